@@ -1,0 +1,54 @@
+# The README's commands. `make serve` and `make test` each set up what they need on a fresh machine.
+PYTHON ?= python3
+VENV ?= .venv
+BIN := $(VENV)/bin
+SHARED_DATA ?= ../shared/data/cifar10-train-jpeg.tar.gz
+DATA_DIR ?= data/cifar10-train
+RUN_DIR ?= runs/baseline
+EPOCHS ?= 15
+
+.PHONY: serve test lint train export evaluate data clean
+
+$(BIN)/python:
+	$(PYTHON) -c 'import sys; assert sys.version_info >= (3, 11), "Python 3.11 or newer is needed"'
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --upgrade pip
+
+# The serving install: FastAPI, ONNX Runtime (CPU), Pillow. No TensorFlow.
+$(VENV)/.serve-installed: pyproject.toml | $(BIN)/python
+	$(BIN)/python -m pip install --quiet -e '.[cpu]'
+	touch $@
+
+# Everything: serving, training (TensorFlow, tf2onnx) and the test tools.
+$(VENV)/.dev-installed: pyproject.toml | $(BIN)/python
+	$(BIN)/python -m pip install --quiet -e '.[cpu,train,dev]'
+	touch $@ $(VENV)/.serve-installed
+
+serve: $(VENV)/.serve-installed
+	$(BIN)/python -m service
+
+test: $(VENV)/.dev-installed
+	$(BIN)/python -m pytest
+
+lint: $(VENV)/.dev-installed
+	$(BIN)/python -m ruff check service training tests
+	$(BIN)/python -m ruff format --check service training tests
+
+$(DATA_DIR):
+	mkdir -p $(DATA_DIR)
+	tar -xzf $(SHARED_DATA) -C $(DATA_DIR) --strip-components=1
+
+data: $(DATA_DIR)
+
+# The bundled baseline: the source article's network on the shared CIFAR-10 images.
+train: $(VENV)/.dev-installed $(DATA_DIR)
+	$(BIN)/python -m training train --data $(DATA_DIR) --run-dir $(RUN_DIR) --epochs $(EPOCHS) --name cifar10-baseline
+
+export: $(VENV)/.dev-installed
+	$(BIN)/python -m training export --run-dir $(RUN_DIR) --output models/default.onnx
+
+evaluate: $(VENV)/.dev-installed $(DATA_DIR)
+	$(BIN)/python -m training evaluate --model models/default.onnx --data $(DATA_DIR) --out $(RUN_DIR)/evaluation-onnx
+
+clean:
+	rm -rf $(VENV) .pytest_cache .ruff_cache

@@ -1,0 +1,1 @@
+"""FastAPI + ONNX Runtime image-classification service; never imports TensorFlow."""

@@ -1,0 +1,163 @@
+"""HTTP routes: read the request, call the core (imaging, inference), return a schema."""
+
+from dataclasses import dataclass
+from typing import Annotated, Any
+
+import numpy as np
+from fastapi import APIRouter, Depends, File, Query, Request, UploadFile
+from fastapi.concurrency import run_in_threadpool
+from fastapi.responses import JSONResponse
+
+from service.config import Settings
+from service.errors import FileTooLarge, NotReady, TooManyImages
+from service.imaging import RESAMPLING_FILTER, decode_image
+from service.inference import OnnxModel, top_k
+from service.schemas import (
+    ErrorResponse,
+    HealthResponse,
+    LabelProbability,
+    ModelMetadataResponse,
+    ModelRef,
+    Prediction,
+    PredictResponse,
+    ReadinessResponse,
+    TensorSpec,
+)
+
+
+@dataclass
+class ServingState:
+    """What the lifespan sets up: the model, and whether it passed its warm-up."""
+
+    model: OnnxModel | None = None
+    ready: bool = False
+
+
+def get_settings(request: Request) -> Settings:
+    """The app's settings."""
+    settings: Settings = request.app.state.settings
+    return settings
+
+
+def get_state(request: Request) -> ServingState:
+    """The app's serving state."""
+    state: ServingState = request.app.state.serving
+    return state
+
+
+def get_model(state: Annotated[ServingState, Depends(get_state)]) -> OnnxModel:
+    """The loaded model, or 503 while there is none."""
+    if not state.ready or state.model is None:
+        raise NotReady("the model is not loaded yet")
+    return state.model
+
+
+SettingsDep = Annotated[Settings, Depends(get_settings)]
+StateDep = Annotated[ServingState, Depends(get_state)]
+ModelDep = Annotated[OnnxModel, Depends(get_model)]
+
+
+def _errors(*statuses: int) -> dict[int | str, dict[str, Any]]:
+    descriptions = {
+        413: "Too many files, a file over the byte limit, or an image over the pixel limit",
+        415: "A file that is not a decodable image",
+        422: "No file, an empty file, or an invalid parameter",
+        503: "The model is not loaded yet",
+    }
+    return {status: {"model": ErrorResponse, "description": descriptions[status]} for status in statuses}
+
+
+router = APIRouter()
+
+
+@router.post("/predict", response_model=PredictResponse, responses=_errors(413, 415, 422, 503))
+async def predict(
+    files: Annotated[
+        list[UploadFile],
+        File(description="One or more image files (PNG, JPEG, WebP, BMP, GIF, ...); answered in upload order."),
+    ],
+    model: ModelDep,
+    settings: SettingsDep,
+    k: Annotated[
+        int | None, Query(alias="top_k", ge=1, description="Labels per image; default from settings.")
+    ] = None,
+) -> PredictResponse:
+    """Classify one or more uploaded images, answered in the order they were uploaded."""
+    if len(files) > settings.max_images_per_request:
+        raise TooManyImages(
+            f"{len(files)} files in one request; the limit is {settings.max_images_per_request}"
+        )
+    uploads: list[tuple[str, bytes]] = []
+    for index, upload in enumerate(files):
+        name = upload.filename or f"file{index}"
+        if upload.size is not None and upload.size > settings.max_image_bytes:
+            raise FileTooLarge(f"{name!r} is {upload.size} bytes; the limit is {settings.max_image_bytes}")
+        uploads.append((name, await upload.read()))
+    info = model.info
+    batch = await run_in_threadpool(_decode_all, uploads, (info.height, info.width), settings.max_image_pixels)
+    probabilities = await run_in_threadpool(model.predict, batch)
+    ranked = top_k(probabilities, info.labels, k or settings.top_k)
+    return PredictResponse(
+        model=ModelRef(name=info.name, version=info.version),
+        predictions=[
+            Prediction(
+                filename=name,
+                label=labels[0][0],
+                probability=labels[0][1],
+                top_k=[LabelProbability(label=label, probability=p) for label, p in labels],
+            )
+            for (name, _), labels in zip(uploads, ranked, strict=True)
+        ],
+    )
+
+
+def _decode_all(uploads: list[tuple[str, bytes]], size: tuple[int, int], max_pixels: int) -> np.ndarray:
+    return np.stack([decode_image(data, filename=name, size=size, max_pixels=max_pixels) for name, data in uploads])
+
+
+@router.get("/health", response_model=HealthResponse)
+async def health(state: StateDep) -> HealthResponse:
+    """Liveness: answers 200 while the process runs, naming the model once it is loaded."""
+    info = state.model.info if state.model else None
+    return HealthResponse(
+        model=info.name if info else None,
+        version=info.version if info else None,
+        provider=info.provider if info else None,
+    )
+
+
+@router.get(
+    "/ready",
+    response_model=ReadinessResponse,
+    responses={503: {"model": ReadinessResponse, "description": "The model is not loaded or warmed up yet"}},
+)
+async def ready(state: StateDep) -> JSONResponse:
+    """Readiness: 200 once the model is loaded and a warm-up inference passed, 503 before."""
+    info = state.model.info if state.model else None
+    body = ReadinessResponse(
+        status="ready" if state.ready else "not_ready",
+        model=info.name if info else None,
+        version=info.version if info else None,
+        provider=info.provider if info else None,
+    )
+    return JSONResponse(body.model_dump(), status_code=200 if state.ready else 503)
+
+
+@router.get("/model", response_model=ModelMetadataResponse, responses=_errors(503))
+async def model_metadata(model: ModelDep) -> ModelMetadataResponse:
+    """The served model: name, version, input and output tensors, labels and execution provider."""
+    info = model.info
+    return ModelMetadataResponse(
+        name=info.name,
+        version=info.version,
+        input=TensorSpec(
+            name=info.input_name, shape=[None, info.height, info.width, 3], dtype="uint8", layout="NHWC"
+        ),
+        output=TensorSpec(name=info.output_name, shape=[None, len(info.labels)], dtype="float32"),
+        labels=list(info.labels),
+        provider=info.provider,
+        providers=list(info.providers),
+        eval_accuracy=info.eval_accuracy,
+        resize_filter=RESAMPLING_FILTER.name.lower(),
+        metadata=info.metadata,
+    )

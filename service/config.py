@@ -1,0 +1,84 @@
+"""Settings, read from `CLASSIFIER_*` environment variables (and a `.env` file if present)."""
+
+from pathlib import Path
+from typing import Annotated, Literal
+
+from pydantic import Field, ValidationError, field_validator
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
+
+ENV_PREFIX = "CLASSIFIER_"
+DEFAULT_MODEL_PATH = Path(__file__).resolve().parent.parent / "models" / "default.onnx"
+AUTO_PROVIDERS = ("CUDAExecutionProvider", "CPUExecutionProvider")
+
+
+class Settings(BaseSettings):
+    """Every knob of the service; the README's settings table lists the same fields."""
+
+    model_config = SettingsConfigDict(env_prefix=ENV_PREFIX, env_file=".env", extra="ignore", frozen=True)
+
+    model_path: Path = DEFAULT_MODEL_PATH
+    """The ONNX model to serve; labels and input size are read from its metadata."""
+
+    host: str = "127.0.0.1"
+    """Address to listen on (0.0.0.0 in containers)."""
+
+    port: int = Field(default=8000, ge=1, le=65535)
+    """TCP port to listen on."""
+
+    max_images_per_request: int = Field(default=64, ge=1)
+    """Most files one /predict request may carry (413 beyond)."""
+
+    max_image_bytes: int = Field(default=10 * 1024 * 1024, ge=1)
+    """Largest single uploaded file in bytes (413 beyond)."""
+
+    max_image_pixels: int = Field(default=36_000_000, ge=1)
+    """Largest width x height an image may declare, checked before decoding (413 beyond: decompression bombs)."""
+
+    top_k: int = Field(default=3, ge=1)
+    """How many labels, with probabilities, each prediction lists (capped at the number of classes)."""
+
+    intra_op_threads: int = Field(default=0, ge=0)
+    """ONNX Runtime threads inside one operator; 0 lets ONNX Runtime choose (one per core)."""
+
+    inter_op_threads: int = Field(default=0, ge=0)
+    """ONNX Runtime threads across operators; 0 lets ONNX Runtime choose."""
+
+    providers: Annotated[tuple[str, ...], NoDecode] = AUTO_PROVIDERS
+    """Execution providers in order of preference, comma-separated; those not available here are skipped."""
+
+    require_gpu: bool = False
+    """Exit at startup if CUDA is not the provider in use, instead of logging a fallback to CPU."""
+
+    log_level: Literal["debug", "info", "warning", "error"] = "info"
+    """Log level of the service and uvicorn."""
+
+    @field_validator("providers", mode="before")
+    @classmethod
+    def _split_providers(cls, value: object) -> object:
+        if isinstance(value, str):
+            value = tuple(part.strip() for part in value.split(",") if part.strip())
+        if not value:
+            raise ValueError("at least one execution provider is needed")
+        return value
+
+    @field_validator("log_level", mode="before")
+    @classmethod
+    def _lowercase_level(cls, value: object) -> object:
+        return value.lower() if isinstance(value, str) else value
+
+
+class SettingsError(Exception):
+    """Invalid settings, with a message that names each offending environment variable."""
+
+
+def load_settings(**overrides: object) -> Settings:
+    """Read the settings, turning pydantic's errors into one message naming the variables."""
+    try:
+        return Settings(**overrides)  # type: ignore[arg-type]
+    except ValidationError as error:
+        problems = [
+            f"{ENV_PREFIX}{'_'.join(str(part) for part in item['loc']).upper()}: {item['msg']}"
+            f" (got {item.get('input')!r})"
+            for item in error.errors()
+        ]
+        raise SettingsError("invalid settings:\n  " + "\n  ".join(problems)) from None

@@ -1,0 +1,69 @@
+"""Errors that carry their HTTP status; one handler in `service.app` renders them as JSON."""
+
+
+class ServiceError(Exception):
+    """Base class: `error` is a stable machine-readable code, the message is for people."""
+
+    status_code = 500
+    error = "internal_error"
+
+    def __init__(self, detail: str) -> None:
+        super().__init__(detail)
+        self.detail = detail
+
+
+class InvalidImage(ServiceError):
+    """The upload is not an image Pillow can decode, or it is truncated or corrupt."""
+
+    status_code = 415
+    error = "invalid_image"
+
+
+class EmptyFile(ServiceError):
+    """A zero-byte upload."""
+
+    status_code = 422
+    error = "empty_file"
+
+
+class TooManyImages(ServiceError):
+    """More files in one request than `max_images_per_request`."""
+
+    status_code = 413
+    error = "too_many_images"
+
+
+class FileTooLarge(ServiceError):
+    """One file over `max_image_bytes`."""
+
+    status_code = 413
+    error = "file_too_large"
+
+
+class ImageTooLarge(ServiceError):
+    """Width x height over `max_image_pixels` (decompression bombs end here, before decoding)."""
+
+    status_code = 413
+    error = "image_too_large"
+
+
+class NotReady(ServiceError):
+    """The model is not loaded (yet)."""
+
+    status_code = 503
+    error = "not_ready"
+
+
+class InferenceFailed(ServiceError):
+    """ONNX Runtime raised while running a batch: a server fault, not the client's."""
+
+    status_code = 500
+    error = "inference_failed"
+
+
+class ModelLoadError(Exception):
+    """The model file is missing, not ONNX, or not a model this service can serve; fatal at startup."""
+
+
+class ProviderUnavailable(Exception):
+    """A GPU was required (`require_gpu`) but ONNX Runtime could not use CUDA; fatal at startup."""

@@ -1,0 +1,149 @@
+"""The ONNX Runtime model: loading, provider choice, metadata, and running a batch. No FastAPI here."""
+
+import json
+import logging
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import onnxruntime as ort
+
+from service.errors import InferenceFailed, ModelLoadError, ProviderUnavailable
+
+log = logging.getLogger(__name__)
+
+CUDA = "CUDAExecutionProvider"
+CPU = "CPUExecutionProvider"
+
+
+@dataclass(frozen=True)
+class ModelInfo:
+    """What the service knows about its model, from the ONNX graph and its metadata."""
+
+    path: Path
+    name: str
+    version: str
+    labels: tuple[str, ...]
+    input_name: str
+    output_name: str
+    height: int
+    width: int
+    providers: tuple[str, ...]
+    eval_accuracy: float | None
+    metadata: dict[str, str] = field(default_factory=dict)
+
+    @property
+    def provider(self) -> str:
+        """The execution provider that runs first (the one doing the work)."""
+        return self.providers[0]
+
+
+class OnnxModel:
+    """An ONNX Runtime session over an image classifier that takes uint8 NHWC RGB and returns probabilities."""
+
+    def __init__(
+        self,
+        path: Path,
+        *,
+        providers: tuple[str, ...] = (CUDA, CPU),
+        intra_op_threads: int = 0,
+        inter_op_threads: int = 0,
+        require_gpu: bool = False,
+    ) -> None:
+        path = Path(path)
+        if not path.is_file():
+            raise ModelLoadError(f"model file {path} does not exist")
+        chosen = choose_providers(providers)
+        options = ort.SessionOptions()
+        options.intra_op_num_threads = intra_op_threads
+        options.inter_op_num_threads = inter_op_threads
+        options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+        try:
+            self._session = ort.InferenceSession(str(path), sess_options=options, providers=list(chosen))
+        except Exception as error:  # ONNX Runtime raises its own types (InvalidProtobuf, Fail, ...)
+            raise ModelLoadError(f"model file {path} could not be loaded by ONNX Runtime: {error}") from error
+        in_use = tuple(self._session.get_providers())
+        if require_gpu and CUDA not in in_use:
+            raise ProviderUnavailable(
+                f"a GPU is required (require_gpu) but ONNX Runtime is using {list(in_use)}; "
+                f"available here: {ort.get_available_providers()}"
+            )
+        if CUDA in chosen and CUDA not in in_use:
+            log.warning("event=provider_fallback requested=%s in_use=%s", list(chosen), list(in_use))
+        self.info = _read_info(path, self._session, in_use)
+        log.info(
+            "event=model_loaded path=%s name=%s version=%s providers=%s labels=%d input=%dx%d",
+            path, self.info.name, self.info.version, ",".join(in_use), len(self.info.labels),
+            self.info.height, self.info.width,
+        )
+
+    def predict(self, images: np.ndarray) -> np.ndarray:
+        """Probabilities (N, classes) for a uint8 batch (N, height, width, 3)."""
+        try:
+            (probabilities,) = self._session.run([self.info.output_name], {self.info.input_name: images})
+        except Exception as error:  # a fault of the model or runtime, never of the client
+            raise InferenceFailed(f"inference failed on a batch of {len(images)}: {error}") from error
+        return np.asarray(probabilities)
+
+    def warm_up(self) -> None:
+        """Run one blank image through the session, so the first request does not pay for lazy set-up."""
+        self.predict(np.zeros((1, self.info.height, self.info.width, 3), dtype=np.uint8))
+
+
+def choose_providers(requested: tuple[str, ...]) -> tuple[str, ...]:
+    """Keep the requested providers that this ONNX Runtime build offers, in order; CPU is the last resort."""
+    known = set(ort.get_all_providers())
+    unknown = [name for name in requested if name not in known]
+    if unknown:
+        raise ModelLoadError(f"unknown execution providers {unknown}; known: {sorted(known)}")
+    available = ort.get_available_providers()
+    chosen = tuple(name for name in requested if name in available)
+    skipped = [name for name in requested if name not in available]
+    if skipped:
+        log.warning("event=providers_unavailable skipped=%s available=%s", skipped, available)
+    return chosen or (CPU,)
+
+
+def _read_info(path: Path, session: ort.InferenceSession, providers: tuple[str, ...]) -> ModelInfo:
+    metadata = dict(session.get_modelmeta().custom_metadata_map)
+    try:
+        labels = tuple(json.loads(metadata["class_names"]))
+    except (KeyError, ValueError, TypeError) as error:
+        raise ModelLoadError(f"model file {path} has no valid 'class_names' metadata: {error}") from error
+    inputs, outputs = session.get_inputs(), session.get_outputs()
+    if len(inputs) != 1 or len(outputs) < 1:
+        raise ModelLoadError(f"model file {path} must have one input, has {len(inputs)}")
+    model_input = inputs[0]
+    shape = model_input.shape
+    if model_input.type != "tensor(uint8)" or len(shape) != 4 or shape[3] != 3:
+        raise ModelLoadError(
+            f"model file {path} must take uint8 images (N, height, width, 3); its input "
+            f"{model_input.name!r} is {model_input.type} {shape}"
+        )
+    height, width = shape[1], shape[2]
+    if not isinstance(height, int) or not isinstance(width, int):
+        raise ModelLoadError(f"model file {path} has no fixed input height and width: {shape}")
+    classes = outputs[0].shape[-1]
+    if isinstance(classes, int) and classes != len(labels):
+        raise ModelLoadError(f"model file {path} outputs {classes} classes but its metadata names {len(labels)}")
+    accuracy = metadata.get("eval_accuracy", "")
+    return ModelInfo(
+        path=path,
+        name=metadata.get("model_name", path.stem),
+        version=metadata.get("model_version", "unknown"),
+        labels=labels,
+        input_name=model_input.name,
+        output_name=outputs[0].name,
+        height=height,
+        width=width,
+        providers=providers,
+        eval_accuracy=float(accuracy) if accuracy else None,
+        metadata=metadata,
+    )
+
+
+def top_k(probabilities: np.ndarray, labels: tuple[str, ...], k: int) -> list[list[tuple[str, float]]]:
+    """For each row, the `k` most probable labels with their probabilities, most probable first."""
+    k = min(k, len(labels))
+    order = np.argsort(-probabilities, axis=1, kind="stable")[:, :k]
+    return [[(labels[index], float(row[index])) for index in ranks] for row, ranks in zip(probabilities, order, strict=True)]

@@ -1,0 +1,150 @@
+"""Response bodies, as they appear in the OpenAPI schema."""
+
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+
+class LabelProbability(BaseModel):
+    """One label and the probability the model gives it."""
+
+    label: str
+    probability: float = Field(ge=0, le=1)
+
+
+class Prediction(BaseModel):
+    """The answer for one uploaded image."""
+
+    filename: str
+    label: str = Field(description="the most probable label")
+    probability: float = Field(ge=0, le=1, description="its probability")
+    top_k: list[LabelProbability] = Field(description="the most probable labels, most probable first")
+
+
+class ModelRef(BaseModel):
+    """Which model answered."""
+
+    name: str
+    version: str
+
+
+class PredictResponse(BaseModel):
+    """Predictions in the order the files were uploaded."""
+
+    model_config = ConfigDict(
+        json_schema_extra={
+            "examples": [
+                {
+                    "model": {"name": "cifar10-baseline", "version": "1"},
+                    "predictions": [
+                        {
+                            "filename": "cat.jpg",
+                            "label": "cat",
+                            "probability": 0.81,
+                            "top_k": [
+                                {"label": "cat", "probability": 0.81},
+                                {"label": "dog", "probability": 0.12},
+                                {"label": "frog", "probability": 0.03},
+                            ],
+                        }
+                    ],
+                }
+            ]
+        }
+    )
+
+    model: ModelRef
+    predictions: list[Prediction]
+
+
+class HealthResponse(BaseModel):
+    """Liveness: the process answers. Names the model once it is loaded."""
+
+    model_config = ConfigDict(
+        json_schema_extra={
+            "examples": [
+                {"status": "ok", "model": "cifar10-baseline", "version": "1", "provider": "CPUExecutionProvider"}
+            ]
+        }
+    )
+
+    status: Literal["ok"] = "ok"
+    model: str | None
+    version: str | None
+    provider: str | None
+
+
+class ReadinessResponse(BaseModel):
+    """Readiness: 200 once the model is loaded and warmed up, 503 before."""
+
+    model_config = ConfigDict(
+        json_schema_extra={
+            "examples": [
+                {
+                    "status": "ready",
+                    "model": "cifar10-baseline",
+                    "version": "1",
+                    "provider": "CPUExecutionProvider",
+                }
+            ]
+        }
+    )
+
+    status: Literal["ready", "not_ready"]
+    model: str | None
+    version: str | None
+    provider: str | None
+
+
+class TensorSpec(BaseModel):
+    """A model input or output."""
+
+    name: str
+    shape: list[int | None] = Field(description="None for the dynamic batch dimension")
+    dtype: str
+    layout: str | None = None
+
+
+class ModelMetadataResponse(BaseModel):
+    """What the service serves: the model, its tensors, labels and the execution provider in use."""
+
+    model_config = ConfigDict(
+        json_schema_extra={
+            "examples": [
+                {
+                    "name": "cifar10-baseline",
+                    "version": "1",
+                    "input": {"name": "image", "shape": [None, 32, 32, 3], "dtype": "uint8", "layout": "NHWC"},
+                    "output": {"name": "probabilities", "shape": [None, 10], "dtype": "float32", "layout": None},
+                    "labels": ["airplane", "automobile", "bird", "cat", "deer"],
+                    "provider": "CPUExecutionProvider",
+                    "providers": ["CPUExecutionProvider"],
+                    "eval_accuracy": 0.71,
+                    "resize_filter": "bicubic",
+                    "metadata": {"architecture": "baseline"},
+                }
+            ]
+        }
+    )
+
+    name: str
+    version: str
+    input: TensorSpec
+    output: TensorSpec
+    labels: list[str]
+    provider: str
+    providers: list[str]
+    eval_accuracy: float | None
+    resize_filter: str
+    metadata: dict[str, str]
+
+
+class ErrorResponse(BaseModel):
+    """Every error: a stable code and a message naming what was wrong."""
+
+    model_config = ConfigDict(
+        json_schema_extra={"examples": [{"error": "invalid_image", "detail": "'notes.txt' is not an image ..."}]}
+    )
+
+    error: str
+    detail: str

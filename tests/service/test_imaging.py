@@ -1,0 +1,160 @@
+"""Decoding and preprocessing of every supported format and mode, and the client errors for bad files."""
+
+import io
+import struct
+import zlib
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from service.errors import EmptyFile, ImageTooLarge, InvalidImage
+from service.imaging import decode_image
+from tests.conftest import encode, noisy_image
+
+SIZE = (32, 32)
+RED = (230, 30, 30)
+
+
+def decode(data: bytes, size: tuple[int, int] = SIZE, max_pixels: int = 10_000_000) -> np.ndarray:
+    return decode_image(data, filename="upload", size=size, max_pixels=max_pixels)
+
+
+def assert_colour(array: np.ndarray, colour: tuple[int, int, int], tolerance: int = 12) -> None:
+    mean = array.reshape(-1, 3).mean(axis=0)
+    assert np.all(np.abs(mean - np.asarray(colour)) <= tolerance), f"mean colour {mean} is not {colour}"
+
+
+@pytest.mark.parametrize("fmt", ["PNG", "JPEG", "WEBP", "BMP", "GIF", "TIFF"])
+@pytest.mark.parametrize("size", [(32, 32), (7, 5), (640, 480)])
+def test_every_format_and_size_becomes_model_input(fmt: str, size: tuple[int, int]) -> None:
+    image = Image.new("RGB", size, RED)
+    options = {"quality": 95} if fmt in {"JPEG", "WEBP"} else {}
+    array = decode(encode(image, fmt, **options))
+    assert array.shape == (32, 32, 3)
+    assert array.dtype == np.uint8
+    assert_colour(array, RED)
+
+
+def test_non_square_model_input_size_is_height_then_width() -> None:
+    array = decode(encode(Image.new("RGB", (100, 100), RED), "PNG"), size=(24, 40))
+    assert array.shape == (24, 40, 3)
+
+
+@pytest.mark.parametrize(
+    ("mode", "value", "expected"),
+    [
+        ("L", 128, (128, 128, 128)),
+        ("1", 1, (255, 255, 255)),
+        ("P", None, RED),
+        ("RGB", RED, RED),
+        ("CMYK", (0, 255, 255, 0), (255, 0, 0)),
+        ("I;16", 65535, (255, 255, 255)),
+        ("I;16", 32896, (128, 128, 128)),
+        ("I", 16448, (64, 64, 64)),
+    ],
+)
+def test_every_mode_becomes_rgb(mode: str, value: object, expected: tuple[int, int, int]) -> None:
+    if mode == "P":
+        image = Image.new("RGB", (16, 16), RED).convert("P")
+    else:
+        image = Image.new(mode, (16, 16), value)  # type: ignore[arg-type]
+    fmt = {"CMYK": "JPEG", "I;16": "PNG", "I": "TIFF"}.get(mode, "PNG")
+    data = encode(image, fmt, quality=100) if fmt == "JPEG" else encode(image, fmt)
+    reopened = Image.open(io.BytesIO(data))
+    assert reopened.mode.startswith(mode[0]), f"fixture saved as {reopened.mode}, wanted {mode}"
+    assert_colour(decode(data), expected, tolerance=3)
+
+
+def test_sixteen_bit_png_scales_down_rather_than_clipping() -> None:
+    ramp = np.linspace(0, 65535, 32 * 32).astype(np.uint16).reshape(32, 32)
+    array = decode(encode(Image.fromarray(ramp), "PNG"))
+    assert array[0, 0, 0] == 0
+    assert array[-1, -1, 0] == 255
+    assert 100 < array[16, 0, 0] < 160
+
+
+@pytest.mark.parametrize(
+    "image", [Image.new("RGBA", (16, 16), (255, 0, 0, 0)), Image.new("LA", (16, 16), (0, 0))], ids=["RGBA", "LA"]
+)
+def test_transparency_is_composited_over_white(image: Image.Image) -> None:
+    assert_colour(decode(encode(image, "PNG")), (255, 255, 255), tolerance=1)
+
+
+def test_palette_transparency_is_composited_over_white() -> None:
+    image = Image.new("P", (16, 16), 0)
+    image.putpalette([0, 0, 0] * 256)
+    assert_colour(decode(encode(image, "PNG", transparency=0)), (255, 255, 255), tolerance=1)
+
+
+def test_animated_gif_uses_first_frame() -> None:
+    frames = [Image.new("RGB", (16, 16), colour) for colour in (RED, (0, 0, 255), (0, 255, 0))]
+    data = encode(frames[0], "GIF", save_all=True, append_images=frames[1:], duration=100, loop=0)
+    assert Image.open(io.BytesIO(data)).n_frames == 3
+    assert_colour(decode(data), RED, tolerance=15)
+
+
+def test_exif_orientation_is_honoured() -> None:
+    # Stored: left half red, right half blue. Orientation 6 means "rotate 90 degrees clockwise to display",
+    # which puts the left half on top.
+    stored = np.zeros((20, 40, 3), dtype=np.uint8)
+    stored[:, :20] = RED
+    stored[:, 20:] = (0, 0, 255)
+    exif = Image.Exif()
+    exif[0x0112] = 6
+    data = encode(Image.fromarray(stored), "JPEG", quality=95, exif=exif.tobytes())
+    array = decode(data)
+    assert_colour(array[:12], RED, tolerance=20)
+    assert_colour(array[-12:], (0, 0, 255), tolerance=20)
+
+
+def test_large_jpeg_is_decoded_at_reduced_scale_and_still_correct() -> None:
+    array = decode(encode(Image.new("RGB", (4000, 3000), RED), "JPEG", quality=90), max_pixels=12_000_000)
+    assert array.shape == (32, 32, 3)
+    assert_colour(array, RED)
+
+
+def png_declaring(width: int, height: int) -> bytes:
+    """A valid small PNG whose header claims `width` x `height` (a decompression bomb's calling card)."""
+    data = bytearray(encode(Image.new("L", (1, 1)), "PNG"))
+    ihdr = 8 + 8  # signature, then the IHDR chunk's length and type
+    data[ihdr : ihdr + 8] = struct.pack(">II", width, height)
+    crc = zlib.crc32(bytes(data[ihdr - 4 : ihdr + 13]))
+    data[ihdr + 13 : ihdr + 17] = struct.pack(">I", crc)
+    return bytes(data)
+
+
+def test_decompression_bomb_is_refused_before_decoding() -> None:
+    with pytest.raises(ImageTooLarge, match="30000x30000"):
+        decode(png_declaring(30000, 30000))
+
+
+def test_pixel_limit_is_the_configured_one() -> None:
+    data = encode(Image.new("RGB", (100, 100), RED), "PNG")
+    decode(data, max_pixels=10_000)
+    with pytest.raises(ImageTooLarge, match="limit is 9999"):
+        decode(data, max_pixels=9_999)
+
+
+@pytest.mark.parametrize(
+    ("data", "error"),
+    [
+        (b"", EmptyFile),
+        (b"hello, I am plain text pretending to be a PNG", InvalidImage),
+        (bytes(np.random.default_rng(0).integers(0, 256, 4096, dtype=np.uint8)), InvalidImage),
+        (encode(noisy_image(RED, (64, 64)), "PNG")[:2000], InvalidImage),
+        (encode(Image.new("RGB", (256, 256), RED), "JPEG")[:300], InvalidImage),
+        (b'<svg xmlns="http://www.w3.org/2000/svg" width="10" height="10"></svg>', InvalidImage),
+    ],
+    ids=["empty", "text", "random-bytes", "truncated-png", "truncated-jpeg", "svg"],
+)
+def test_bad_files_raise_client_errors_naming_the_file(data: bytes, error: type[Exception]) -> None:
+    with pytest.raises(error, match="'upload'"):
+        decode(data)
+
+
+def test_png_with_bad_crc_is_invalid() -> None:
+    data = bytearray(encode(Image.new("RGB", (8, 8), RED), "PNG"))
+    data[29] ^= 0xFF  # inside the IHDR CRC
+    with pytest.raises(InvalidImage):
+        decode(bytes(data))

@@ -1,0 +1,143 @@
+"""The ONNX Runtime model: metadata, providers, and refusal of files it cannot serve."""
+
+import json
+import logging
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import onnx
+import pytest
+from onnx import TensorProto, helper
+
+from service import inference
+from service.errors import ModelLoadError, ProviderUnavailable
+from service.inference import CPU, CUDA, OnnxModel, choose_providers, top_k
+from tests.conftest import REPO
+
+
+def test_bundled_model_metadata(bundled_model: Path) -> None:
+    info = OnnxModel(bundled_model).info
+    assert len(info.labels) == 10
+    assert info.labels[3] == "cat"
+    assert (info.height, info.width) == (32, 32)
+    assert info.providers == (CPU,)
+    assert info.eval_accuracy is not None and 0 < info.eval_accuracy <= 1
+
+
+def test_predict_returns_probabilities(bundled_model: Path) -> None:
+    model = OnnxModel(bundled_model)
+    images = np.random.default_rng(0).integers(0, 256, (5, 32, 32, 3), dtype=np.uint8)
+    probabilities = model.predict(images)
+    assert probabilities.shape == (5, 10)
+    assert np.allclose(probabilities.sum(axis=1), 1, atol=1e-5)
+
+
+def test_top_k_orders_and_caps() -> None:
+    probabilities = np.array([[0.1, 0.7, 0.2], [0.5, 0.2, 0.3]], dtype=np.float32)
+    ranked = top_k(probabilities, ("a", "b", "c"), 5)
+    assert [[label for label, _ in row] for row in ranked] == [["b", "c", "a"], ["a", "c", "b"]]
+
+
+def write_model(path: Path, input_type: int, shape: list, labels: list[str] | None, classes: int = 3) -> Path:
+    """A minimal ONNX model: Cast -> mean over the middle axes -> MatMul to `classes` -> Softmax."""
+    image = helper.make_tensor_value_info("image", input_type, shape)
+    output = helper.make_tensor_value_info("probabilities", TensorProto.FLOAT, ["batch", classes])
+    channels = shape[-1]
+    weights = helper.make_tensor("w", TensorProto.FLOAT, [channels, classes], np.ones(channels * classes).tolist())
+    nodes = [
+        helper.make_node("Cast", ["image"], ["float"], to=TensorProto.FLOAT),
+        helper.make_node("ReduceMean", ["float"], ["mean"], axes=list(range(1, len(shape) - 1)), keepdims=0),
+        helper.make_node("MatMul", ["mean", "w"], ["logits"]),
+        helper.make_node("Softmax", ["logits"], ["probabilities"]),
+    ]
+    graph = helper.make_graph(nodes, "tiny", [image], [output], initializer=[weights])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    if labels is not None:
+        helper.set_model_props(model, {"class_names": json.dumps(labels), "model_name": "tiny"})
+    onnx.save(model, path)
+    return path
+
+
+def test_a_minimal_valid_model_loads(tmp_path: Path) -> None:
+    path = write_model(tmp_path / "ok.onnx", TensorProto.UINT8, ["batch", 8, 8, 3], ["a", "b", "c"])
+    model = OnnxModel(path)
+    assert model.info.name == "tiny"
+    assert model.info.version == "unknown"
+    assert model.predict(np.zeros((2, 8, 8, 3), dtype=np.uint8)).shape == (2, 3)
+
+
+@pytest.mark.parametrize(
+    ("make", "message"),
+    [
+        (lambda d: d / "missing.onnx", "does not exist"),
+        (lambda d: (d / "text.onnx").write_text("not a model") and d / "text.onnx", "could not be loaded"),
+        (
+            lambda d: write_model(d / "f.onnx", TensorProto.FLOAT, ["batch", 8, 8, 3], ["a", "b", "c"]),
+            "must take uint8",
+        ),
+        (lambda d: write_model(d / "nchw.onnx", TensorProto.UINT8, ["batch", 3, 8, 8], ["a", "b", "c"]), "uint8"),
+        (lambda d: write_model(d / "rank.onnx", TensorProto.UINT8, ["batch", 8, 3], ["a", "b", "c"]), "uint8"),
+        (lambda d: write_model(d / "dyn.onnx", TensorProto.UINT8, ["batch", "h", "w", 3], ["a", "b", "c"]), "fixed"),
+        (lambda d: write_model(d / "nolabels.onnx", TensorProto.UINT8, ["batch", 8, 8, 3], None), "class_names"),
+        (lambda d: write_model(d / "count.onnx", TensorProto.UINT8, ["batch", 8, 8, 3], ["a", "b"]), "3 classes"),
+    ],
+    ids=["missing", "not-onnx", "float-input", "nchw", "wrong-rank", "dynamic-size", "no-labels", "label-count"],
+)
+def test_models_it_cannot_serve_are_refused_with_the_file_named(tmp_path: Path, make, message: str) -> None:
+    path = make(tmp_path)
+    with pytest.raises(ModelLoadError, match=message) as caught:
+        OnnxModel(path)
+    assert str(path) in str(caught.value)
+
+
+def test_truncated_model_is_refused(bundled_model: Path, tmp_path: Path) -> None:
+    path = tmp_path / "truncated.onnx"
+    path.write_bytes(bundled_model.read_bytes()[:5000])
+    with pytest.raises(ModelLoadError, match="truncated.onnx"):
+        OnnxModel(path)
+
+
+def test_unknown_provider_name_is_refused() -> None:
+    with pytest.raises(ModelLoadError, match="NoSuchExecutionProvider"):
+        choose_providers(("NoSuchExecutionProvider", CPU))
+
+
+def test_cuda_is_skipped_with_a_warning_where_onnxruntime_lacks_it(caplog: pytest.LogCaptureFixture) -> None:
+    with caplog.at_level(logging.WARNING):
+        assert choose_providers((CUDA, CPU)) == (CPU,)
+    assert "CUDAExecutionProvider" in caplog.text
+
+
+def test_cuda_is_chosen_first_when_onnxruntime_offers_it(monkeypatch: pytest.MonkeyPatch) -> None:
+    # No GPU here: pretend this ONNX Runtime build offers CUDA, as onnxruntime-gpu on a GPU machine does.
+    monkeypatch.setattr(inference.ort, "get_available_providers", lambda: [CUDA, CPU])
+    assert choose_providers((CUDA, CPU)) == (CUDA, CPU)
+
+
+def test_require_gpu_fails_without_one(bundled_model: Path) -> None:
+    with pytest.raises(ProviderUnavailable, match="GPU is required"):
+        OnnxModel(bundled_model, require_gpu=True)
+
+
+def test_require_gpu_stops_the_server_with_a_message(bundled_model: Path) -> None:
+    result = subprocess.run(
+        [sys.executable, "-m", "service"],
+        cwd=REPO,
+        env={"CLASSIFIER_REQUIRE_GPU": "1", "CLASSIFIER_PORT": "18999", "PATH": ""},
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert result.returncode != 0
+    assert "GPU is required" in result.stderr
+
+
+def test_serving_never_imports_tensorflow() -> None:
+    code = (
+        "import sys, service.app, service.__main__\n"
+        "assert 'tensorflow' not in sys.modules, 'tensorflow was imported'\n"
+        "assert 'keras' not in sys.modules, 'keras was imported'\n"
+    )
+    subprocess.run([sys.executable, "-c", code], cwd=REPO, check=True, timeout=60)

@@ -1,0 +1,5 @@
+"""`python -m training` entry point."""
+
+from training.cli import main
+
+main()

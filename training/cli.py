@@ -1,0 +1,144 @@
+"""Command line: `python -m training {train,evaluate,export} ...`."""
+
+import argparse
+import logging
+import os
+import sys
+from pathlib import Path
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")  # TensorFlow's C++ start-up chatter, before it is imported
+
+
+def _train(args: argparse.Namespace) -> None:
+    from training.models import ARCHITECTURES
+    from training.train import TrainConfig, train
+
+    if args.architecture not in ARCHITECTURES:
+        raise SystemExit(f"error: unknown architecture {args.architecture!r}; known: {sorted(ARCHITECTURES)}")
+    if args.resume:
+        train(TrainConfig(data="", run_dir=args.run_dir), resume=True)
+        return
+    if args.data is None:
+        raise SystemExit("error: --data is required unless --resume")
+    config = TrainConfig(
+        data=args.data,
+        run_dir=args.run_dir,
+        architecture=args.architecture,
+        epochs=args.epochs,
+        batch_size=args.batch_size,
+        learning_rate=args.learning_rate,
+        label_smoothing=args.label_smoothing,
+        augment=not args.no_augment,
+        seed=args.seed,
+        validation_fraction=args.validation_fraction,
+        classes=args.classes.split(",") if args.classes else None,
+        skip_invalid=args.skip_invalid,
+        name=args.name,
+    )
+    train(config)
+
+
+def _evaluate(args: argparse.Namespace) -> None:
+    from training.data import load_splits
+    from training.evaluation import evaluate_model, keras_predictor, onnx_predictor, write_report
+
+    model_path = Path(args.model)
+    if not model_path.exists():
+        raise SystemExit(f"error: model {model_path} does not exist")
+    splits = load_splits(
+        args.data,
+        validation_fraction=args.validation_fraction,
+        seed=args.seed,
+        skip_invalid=args.skip_invalid,
+    )
+    if model_path.suffix == ".onnx":
+        predict = onnx_predictor(model_path)
+    else:
+        import keras
+
+        predict = keras_predictor(keras.saving.load_model(model_path))
+    metrics = evaluate_model(predict, splits.validation)
+    out_dir = Path(args.out) if args.out else model_path.parent / f"evaluation-{model_path.stem}"
+    write_report(metrics, out_dir)
+    print(f"accuracy={metrics['accuracy']:.4f} macro_f1={metrics['macro_f1']:.4f} examples={metrics['examples']}")
+    print(f"report written to {out_dir}")
+
+
+def _export(args: argparse.Namespace) -> None:
+    from training.export import ExportError, export_run
+
+    try:
+        path = export_run(
+            Path(args.run_dir),
+            Path(args.output),
+            model_file=args.model,
+            name=args.name,
+            version=args.version,
+            opset=args.opset,
+            tolerance=args.tolerance,
+        )
+    except ExportError as error:
+        raise SystemExit(f"export failed: {error}") from None
+    print(f"exported {path}")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The argument parser with its three commands."""
+    parser = argparse.ArgumentParser(prog="python -m training", description=__doc__)
+    commands = parser.add_subparsers(dest="command", required=True, metavar="{train,evaluate,export}")
+
+    train = commands.add_parser("train", help="train a model into a run directory")
+    train.add_argument(
+        "--data",
+        help="'cifar10' (Keras download), a cifar-10-python.tar.gz or cifar-10-batches-py/, "
+        "or a folder ROOT/<class>/*.{png,jpg,jpeg,webp,bmp}",
+    )
+    train.add_argument("--run-dir", required=True, help="where checkpoints, history and reports go")
+    train.add_argument("--resume", action="store_true", help="continue the run in --run-dir from its last epoch")
+    train.add_argument("--architecture", default="baseline", help="network by name (default: baseline)")
+    train.add_argument("--epochs", type=int, default=10)
+    train.add_argument("--batch-size", type=int, default=64)
+    train.add_argument("--learning-rate", type=float, default=1e-3)
+    train.add_argument("--label-smoothing", type=float, default=0.0)
+    train.add_argument("--no-augment", action="store_true", help="turn off flip and pad-and-crop")
+    train.add_argument("--classes", help="comma-separated class list for an image folder (default: sorted names)")
+    train.add_argument("--name", help="model name written into the exported ONNX (default: the architecture)")
+    _add_split_arguments(train)
+
+    evaluate = commands.add_parser("evaluate", help="evaluate a .keras or .onnx model on a validation split")
+    evaluate.add_argument("--model", required=True, help="a .keras or .onnx file")
+    evaluate.add_argument("--data", required=True, help="as for train")
+    evaluate.add_argument("--out", help="report folder (default: next to the model)")
+    _add_split_arguments(evaluate)
+
+    export = commands.add_parser("export", help="export a trained run to ONNX, gated on Keras/ORT parity")
+    export.add_argument("--run-dir", required=True, help="a finished training run")
+    export.add_argument("--output", required=True, help="path of the .onnx file to write")
+    export.add_argument("--model", help="a .keras file to export instead of the run's model.keras")
+    export.add_argument("--name", help="model name (default: the run's name or architecture)")
+    export.add_argument("--version", default="1", help="model version string (default: 1)")
+    export.add_argument("--opset", type=int, default=17)
+    export.add_argument("--tolerance", type=float, default=1e-4, help="max |p_keras - p_onnx| allowed")
+    return parser
+
+
+def _add_split_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument(
+        "--validation-fraction", type=float, default=0.1, help="held out of an image folder, stratified"
+    )
+    parser.add_argument("--skip-invalid", action="store_true", help="skip undecodable images instead of failing")
+
+
+def main(argv: list[str] | None = None) -> None:
+    """Parse `argv` and run the command."""
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s %(message)s")
+    from training.data import DataError
+
+    handlers = {"train": _train, "evaluate": _evaluate, "export": _export}
+    try:
+        handlers[args.command](args)
+    except (DataError, FileNotFoundError) as error:
+        print(f"error: {error}", file=sys.stderr)
+        raise SystemExit(2) from None

@@ -1,0 +1,226 @@
+"""Data sources: CIFAR-10 via Keras, the official CIFAR-10 python archive, or a folder of labelled images."""
+
+import logging
+import pickle
+import tarfile
+from collections.abc import Iterable, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from service.errors import ServiceError
+from service.imaging import decode_image
+
+log = logging.getLogger(__name__)
+
+CIFAR10_CLASSES = (
+    "airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck",
+)  # fmt: skip
+IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".webp", ".bmp"}
+KERAS_CIFAR10 = "cifar10"
+# Generous enough for any photo in a training folder; serving has its own, configurable limit.
+_FOLDER_MAX_PIXELS = 100_000_000
+
+
+class DataError(Exception):
+    """A data source that cannot be read: wrong layout, no images, or an undecodable file."""
+
+
+@dataclass
+class Dataset:
+    """Images as raw uint8 RGB, NHWC, with integer labels indexing `class_names`."""
+
+    images: np.ndarray
+    labels: np.ndarray
+    class_names: list[str]
+
+    def __post_init__(self) -> None:
+        if len(self.images) != len(self.labels):
+            raise DataError(f"{len(self.images)} images but {len(self.labels)} labels")
+
+    def __len__(self) -> int:
+        return len(self.labels)
+
+    def subset(self, indices: np.ndarray) -> "Dataset":
+        """The examples at `indices`, in that order."""
+        return Dataset(self.images[indices], self.labels[indices], self.class_names)
+
+
+@dataclass
+class Splits:
+    """A training split and the held-out split that evaluation and early choices use."""
+
+    train: Dataset
+    validation: Dataset
+    source: str
+    skipped_files: list[str] = field(default_factory=list)
+
+
+def load_splits(
+    source: str,
+    *,
+    image_size: tuple[int, int] = (32, 32),
+    validation_fraction: float = 0.1,
+    seed: int = 0,
+    class_names: Sequence[str] | None = None,
+    skip_invalid: bool = False,
+) -> Splits:
+    """Open `source`: `cifar10` (Keras download), a CIFAR-10 python archive or folder, or an image folder.
+
+    CIFAR-10 sources use their official test split as validation; an image folder has none, so a stratified,
+    seeded `validation_fraction` of it is held out.
+    """
+    if source == KERAS_CIFAR10:
+        train, test = load_keras_cifar10()
+        return Splits(train, test, "keras.datasets.cifar10")
+    path = Path(source)
+    if not path.exists():
+        raise DataError(f"data source {source!r} does not exist (nor is it {KERAS_CIFAR10!r})")
+    if _is_cifar_python(path):
+        train, test = load_cifar_python(path)
+        return Splits(train, test, f"CIFAR-10 python batches at {path}")
+    if path.is_dir():
+        dataset, skipped = load_image_folder(
+            path, size=image_size, class_names=class_names, skip_invalid=skip_invalid
+        )
+        train, validation = stratified_split(dataset, validation_fraction, seed)
+        return Splits(train, validation, f"image folder {path}", skipped)
+    raise DataError(f"{source!r} is neither a CIFAR-10 python archive/folder nor a folder of class folders")
+
+
+def load_keras_cifar10() -> tuple[Dataset, Dataset]:
+    """CIFAR-10 through `keras.datasets.cifar10.load_data()` (downloads on first use)."""
+    import keras
+
+    (x_train, y_train), (x_test, y_test) = keras.datasets.cifar10.load_data()
+    names = list(CIFAR10_CLASSES)
+    return (
+        Dataset(x_train.astype(np.uint8), y_train.reshape(-1).astype(np.int64), names),
+        Dataset(x_test.astype(np.uint8), y_test.reshape(-1).astype(np.int64), names),
+    )
+
+
+def _is_cifar_python(path: Path) -> bool:
+    if path.is_dir():
+        return (path / "data_batch_1").exists() or (path / "cifar-10-batches-py" / "data_batch_1").exists()
+    return path.is_file() and tarfile.is_tarfile(path)
+
+
+def load_cifar_python(path: Path) -> tuple[Dataset, Dataset]:
+    """The official `cifar-10-python.tar.gz`, or the `cifar-10-batches-py/` folder it unpacks to."""
+    batches: dict[str, dict[bytes, Any]] = {}
+    if path.is_dir():
+        folder = path / "cifar-10-batches-py" if (path / "cifar-10-batches-py").is_dir() else path
+        for member in folder.iterdir():
+            if member.name.startswith(("data_batch_", "test_batch", "batches.meta")):
+                batches[member.name] = _unpickle(member.read_bytes(), member)
+    else:
+        with tarfile.open(path) as archive:
+            for member in archive.getmembers():
+                name = Path(member.name).name
+                if member.isfile() and name.startswith(("data_batch_", "test_batch", "batches.meta")):
+                    extracted = archive.extractfile(member)
+                    assert extracted is not None  # a regular file always extracts
+                    batches[name] = _unpickle(extracted.read(), path / member.name)
+    train_names = sorted(name for name in batches if name.startswith("data_batch_"))
+    if not train_names or "test_batch" not in batches:
+        raise DataError(f"{path} holds no CIFAR-10 data_batch_* and test_batch files")
+    names = list(CIFAR10_CLASSES)
+    if "batches.meta" in batches:
+        names = [name.decode() for name in batches["batches.meta"][b"label_names"]]
+    train = _concat([_cifar_batch(batches[name], names) for name in train_names])
+    return train, _cifar_batch(batches["test_batch"], names)
+
+
+def _unpickle(raw: bytes, origin: Path) -> dict[bytes, Any]:
+    try:
+        result: dict[bytes, Any] = pickle.loads(raw, encoding="bytes")  # noqa: S301 - the dataset's own format
+    except Exception as error:
+        raise DataError(f"{origin} is not a CIFAR-10 python batch: {error}") from error
+    return result
+
+
+def _cifar_batch(batch: dict[bytes, Any], names: list[str]) -> Dataset:
+    # Rows are 3072 bytes: the red plane, then green, then blue, each 32x32 row-major.
+    images = np.asarray(batch[b"data"], dtype=np.uint8).reshape(-1, 3, 32, 32).transpose(0, 2, 3, 1)
+    return Dataset(np.ascontiguousarray(images), np.asarray(batch[b"labels"], dtype=np.int64), names)
+
+
+def _concat(parts: Iterable[Dataset]) -> Dataset:
+    parts = list(parts)
+    return Dataset(
+        np.concatenate([part.images for part in parts]),
+        np.concatenate([part.labels for part in parts]),
+        parts[0].class_names,
+    )
+
+
+def load_image_folder(
+    root: Path,
+    *,
+    size: tuple[int, int],
+    class_names: Sequence[str] | None = None,
+    skip_invalid: bool = False,
+) -> tuple[Dataset, list[str]]:
+    """Read `root/<class>/*.{png,jpg,jpeg,webp,bmp}`, resized to `size`; classes sorted unless given.
+
+    An undecodable file fails the load with its path, or with `skip_invalid` is skipped and returned in the
+    list of skipped paths.
+    """
+    root = Path(root)
+    found = sorted(entry.name for entry in root.iterdir() if entry.is_dir())
+    names = list(class_names) if class_names else found
+    missing = [name for name in names if not (root / name).is_dir()]
+    if missing:
+        raise DataError(f"{root} has no folder for classes {missing}")
+    if not names:
+        raise DataError(f"{root} holds no class folders")
+    files = [
+        (path, label)
+        for label, name in enumerate(names)
+        for path in sorted((root / name).iterdir())
+        if path.suffix.lower() in IMAGE_SUFFIXES
+    ]
+    if not files:
+        raise DataError(f"{root} holds no images with suffixes {sorted(IMAGE_SUFFIXES)}")
+
+    def decode(path: Path) -> np.ndarray | str:
+        try:
+            return decode_image(path.read_bytes(), filename=str(path), size=size, max_pixels=_FOLDER_MAX_PIXELS)
+        except ServiceError as error:
+            return error.detail
+
+    with ThreadPoolExecutor() as pool:
+        decoded = list(pool.map(decode, (path for path, _ in files)))
+    failures = [(str(path), result) for (path, _), result in zip(files, decoded, strict=True) if isinstance(result, str)]
+    if failures and not skip_invalid:
+        listing = "\n  ".join(f"{path}: {reason}" for path, reason in failures[:20])
+        raise DataError(f"{len(failures)} file(s) could not be decoded (use --skip-invalid to skip):\n  {listing}")
+    for path, reason in failures:
+        log.warning("skipped undecodable image path=%s reason=%s", path, reason)
+    kept = [(array, label) for array, (_, label) in zip(decoded, files, strict=True) if not isinstance(array, str)]
+    if not kept:
+        raise DataError(f"no image in {root} could be decoded")
+    images = np.stack([array for array, _ in kept])
+    labels = np.asarray([label for _, label in kept], dtype=np.int64)
+    return Dataset(images, labels, names), [path for path, _ in failures]
+
+
+def stratified_split(dataset: Dataset, validation_fraction: float, seed: int) -> tuple[Dataset, Dataset]:
+    """Hold out `validation_fraction` of each class (at least one image of a class with two or more)."""
+    if not 0 < validation_fraction < 1:
+        raise DataError(f"validation fraction must be between 0 and 1, not {validation_fraction}")
+    rng = np.random.default_rng(seed)
+    train_parts, validation_parts = [], []
+    for label in np.unique(dataset.labels):
+        members = rng.permutation(np.flatnonzero(dataset.labels == label))
+        count = int(round(len(members) * validation_fraction))
+        count = min(max(count, 1), len(members) - 1) if len(members) > 1 else 0
+        validation_parts.append(members[:count])
+        train_parts.append(members[count:])
+    train_indices = rng.permutation(np.concatenate(train_parts))
+    validation_indices = np.sort(np.concatenate(validation_parts))
+    return dataset.subset(train_indices), dataset.subset(validation_indices)

@@ -1,0 +1,162 @@
+"""Export a trained Keras model to ONNX with tf2onnx, gated on Keras vs ONNX Runtime parity."""
+
+import json
+import logging
+import os
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from training.evaluation import METRICS_FILE, Predictor, keras_predictor, onnx_predictor
+from training.models import INPUT_NAME, OUTPUT_NAME
+from training.train import CONFIG_FILE, FINAL_MODEL, PARITY_COUNT, PARITY_IMAGES
+
+log = logging.getLogger(__name__)
+
+MIN_OPSET = 17
+BATCH_DIMENSION = "batch"
+
+
+class ExportError(Exception):
+    """The export could not produce a model that can be trusted; nothing was written at the output path."""
+
+
+class ParityError(ExportError):
+    """ONNX Runtime's answers differ from Keras's beyond the tolerance."""
+
+
+@dataclass
+class ParityReport:
+    """How far the ONNX model's probabilities are from Keras's on the same images."""
+
+    images: int
+    max_abs_difference: float
+    argmax_mismatches: int
+
+
+def export_run(
+    run_dir: Path,
+    output: Path,
+    *,
+    model_file: str | None = None,
+    name: str | None = None,
+    version: str = "1",
+    opset: int = MIN_OPSET,
+    tolerance: float = 1e-4,
+) -> Path:
+    """Convert the run's Keras model to ONNX at `output`, with metadata, if it passes the parity gate."""
+    import keras
+
+    if opset < MIN_OPSET:
+        raise ExportError(f"opset {opset} is below the minimum {MIN_OPSET}")
+    try:
+        record = json.loads((run_dir / CONFIG_FILE).read_text())
+    except (OSError, ValueError) as error:
+        raise ExportError(f"{run_dir} is not a training run ({CONFIG_FILE}: {error})") from error
+    model_path = Path(model_file) if model_file else run_dir / FINAL_MODEL
+    try:
+        model = keras.saving.load_model(model_path)
+    except Exception as error:  # Keras raises many types for a missing, corrupt or foreign file
+        raise ExportError(f"cannot load Keras model {model_path}: {error}") from error
+
+    metrics_path = run_dir / METRICS_FILE
+    metrics = json.loads(metrics_path.read_text()) if metrics_path.exists() else {}
+    metadata = {
+        "model_name": name or record.get("name") or record["architecture"],
+        "model_version": version,
+        "class_names": json.dumps(record["class_names"]),
+        "image_size": json.dumps(list(record["image_size"])),
+        "architecture": record["architecture"],
+        "trained_on": record.get("source", record["data"]),
+        "eval_accuracy": str(metrics.get("accuracy", "")),
+        "eval_examples": str(metrics.get("examples", "")),
+        "exported_at": datetime.now(UTC).isoformat(timespec="seconds"),
+        "keras_version": keras.__version__,
+    }
+    images = parity_images(run_dir / PARITY_IMAGES, tuple(record["image_size"]))
+    return export_model(model, output, metadata=metadata, images=images, opset=opset, tolerance=tolerance)
+
+
+def export_model(
+    model: Any,
+    output: Path,
+    *,
+    metadata: dict[str, str],
+    images: np.ndarray,
+    opset: int = MIN_OPSET,
+    tolerance: float = 1e-4,
+) -> Path:
+    """Convert `model`, store `metadata` in the ONNX file, and move it to `output` only if parity holds."""
+    import onnx
+    import tensorflow as tf
+    import tf2onnx
+
+    height, width = images.shape[1:3]
+    signature = (tf.TensorSpec((None, height, width, 3), tf.uint8, name=INPUT_NAME),)
+    try:
+        proto, _ = tf2onnx.convert.from_keras(model, input_signature=signature, opset=opset)
+    except Exception as error:  # tf2onnx surfaces TensorFlow tracing errors of many types
+        raise ExportError(f"tf2onnx could not convert the model: {error}") from error
+    if [node.name for node in proto.graph.output] != [OUTPUT_NAME]:
+        raise ExportError(f"expected one output named {OUTPUT_NAME!r}, got {[o.name for o in proto.graph.output]}")
+    for value in (*proto.graph.input, *proto.graph.output):
+        value.type.tensor_type.shape.dim[0].dim_param = BATCH_DIMENSION
+    metadata = metadata | {"tf2onnx_version": tf2onnx.__version__, "opset": str(opset)}
+    onnx.helper.set_model_props(proto, metadata)
+    proto.doc_string = f"{metadata.get('model_name', '')} {metadata.get('model_version', '')}: uint8 RGB NHWC in"
+    onnx.checker.check_model(proto)
+
+    output.parent.mkdir(parents=True, exist_ok=True)
+    staging = output.with_name(f".{output.name}.partial")
+    onnx.save(proto, staging)
+    try:
+        report = check_parity(keras_predictor(model), staging, images, tolerance)
+    except ParityError:
+        staging.unlink(missing_ok=True)
+        raise
+    os.replace(staging, output)
+    log.info(
+        "exported path=%s opset=%d parity_images=%d max_abs_difference=%.2e",
+        output, opset, report.images, report.max_abs_difference,
+    )
+    return output
+
+
+def parity_images(path: Path, image_size: tuple[int, int], count: int = PARITY_COUNT) -> np.ndarray:
+    """The run's saved validation images, topped up with seeded random images to `count`."""
+    images = np.load(path) if path.exists() else np.zeros((0, *image_size, 3), dtype=np.uint8)
+    if len(images) < count:
+        rng = np.random.default_rng(0)
+        extra = rng.integers(0, 256, size=(count - len(images), *image_size, 3), dtype=np.uint8)
+        images = np.concatenate([images, extra])
+    return images[:count]
+
+
+def check_parity(keras_predict: Predictor, onnx_path: Path, images: np.ndarray, tolerance: float) -> ParityReport:
+    """Compare Keras and ONNX Runtime on `images`: probabilities within `tolerance` and the same argmax.
+
+    An argmax that differs only between classes Keras itself scores within `tolerance` of each other is a tie,
+    not a mismatch.
+    """
+    expected = keras_predict(images)
+    try:
+        actual = onnx_predictor(onnx_path)(images)
+    except Exception as error:  # ONNX Runtime raises its own exception types for an invalid graph
+        raise ParityError(f"ONNX Runtime could not run {onnx_path.name}: {error}") from error
+    if actual.shape != expected.shape:
+        raise ParityError(f"ONNX output shape {actual.shape} differs from Keras {expected.shape}")
+    max_difference = float(np.abs(actual - expected).max())
+    rows = np.arange(len(images))
+    keras_top, onnx_top = expected.argmax(axis=1), actual.argmax(axis=1)
+    margin = expected[rows, keras_top] - expected[rows, onnx_top]
+    mismatches = int(np.count_nonzero((keras_top != onnx_top) & (margin > tolerance)))
+    report = ParityReport(len(images), max_difference, mismatches)
+    if max_difference > tolerance or mismatches:
+        raise ParityError(
+            f"parity gate failed on {report.images} images: max |p_keras - p_onnx| = {max_difference:.3g} "
+            f"(tolerance {tolerance:g}), {mismatches} argmax mismatches"
+        )
+    return report

@@ -1,0 +1,173 @@
+"""Training: seeded, augmented, checkpointed every epoch and resumable, into a run directory."""
+
+import csv
+import dataclasses
+import json
+import logging
+import shutil
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import keras
+import numpy as np
+import tensorflow as tf
+
+from training.data import Dataset, load_splits
+from training.evaluation import evaluate_model, keras_predictor, plot_history, write_report
+from training.models import build_model
+
+log = logging.getLogger(__name__)
+
+CONFIG_FILE = "run.json"
+HISTORY_CSV = "history.csv"
+HISTORY_JSON = "history.json"
+LAST_CHECKPOINT = "last.keras"
+FINAL_MODEL = "model.keras"
+BACKUP_DIR = "backup"
+PARITY_IMAGES = "parity_images.npy"
+PARITY_COUNT = 256
+
+
+@dataclass
+class TrainConfig:
+    """Everything that decides a training run; saved as run.json so `--resume` needs only the run dir."""
+
+    data: str
+    run_dir: str
+    architecture: str = "baseline"
+    epochs: int = 10
+    batch_size: int = 64
+    learning_rate: float = 1e-3
+    label_smoothing: float = 0.0
+    augment: bool = True
+    seed: int = 0
+    validation_fraction: float = 0.1
+    image_size: tuple[int, int] = (32, 32)
+    classes: list[str] | None = None
+    skip_invalid: bool = False
+    name: str | None = None
+
+    @classmethod
+    def load(cls, run_dir: Path) -> "TrainConfig":
+        """Read the config a run was started with."""
+        raw = json.loads((run_dir / CONFIG_FILE).read_text())
+        raw["image_size"] = tuple(raw["image_size"])
+        return cls(**{key: value for key, value in raw.items() if key in {f.name for f in dataclasses.fields(cls)}})
+
+
+def augment_image(image: tf.Tensor, label: tf.Tensor, padding: int = 4) -> tuple[tf.Tensor, tf.Tensor]:
+    """Random horizontal flip, then a random crop of the image padded by `padding` pixels (reflected)."""
+    height, width = image.shape[0], image.shape[1]
+    image = tf.image.random_flip_left_right(image)
+    padded = tf.pad(image, [[padding, padding], [padding, padding], [0, 0]], mode="REFLECT")
+    return tf.image.random_crop(padded, [height, width, 3]), label
+
+
+def make_dataset(
+    data: Dataset, *, batch_size: int, training: bool, augment: bool, seed: int
+) -> tf.data.Dataset:
+    """A tf.data pipeline of (uint8 images, one-hot labels); shuffled and augmented only for training."""
+    num_classes = len(data.class_names)
+    dataset = tf.data.Dataset.from_tensor_slices((data.images, data.labels))
+    if training:
+        dataset = dataset.shuffle(len(data), seed=seed, reshuffle_each_iteration=True)
+        if augment:
+            dataset = dataset.map(augment_image, num_parallel_calls=tf.data.AUTOTUNE)
+    dataset = dataset.batch(batch_size)
+    dataset = dataset.map(lambda x, y: (x, tf.one_hot(y, num_classes)), num_parallel_calls=tf.data.AUTOTUNE)
+    return dataset.prefetch(tf.data.AUTOTUNE)
+
+
+class EpochTimer(keras.callbacks.Callback):
+    """Adds `epoch_seconds` to each epoch's logs, so the history records wall-clock time."""
+
+    def on_epoch_begin(self, epoch: int, logs: dict[str, Any] | None = None) -> None:
+        self._start = time.perf_counter()
+
+    def on_epoch_end(self, epoch: int, logs: dict[str, Any] | None = None) -> None:
+        if logs is not None:
+            logs["epoch_seconds"] = round(time.perf_counter() - self._start, 2)
+
+
+def train(config: TrainConfig, *, resume: bool = False) -> Path:
+    """Train per `config` into its run dir; with `resume`, continue from the last completed epoch."""
+    run_dir = Path(config.run_dir)
+    if resume:
+        if not (run_dir / CONFIG_FILE).exists():
+            raise FileNotFoundError(f"cannot resume: {run_dir / CONFIG_FILE} does not exist")
+        config = TrainConfig.load(run_dir)
+        config.run_dir = str(run_dir)
+    else:
+        # A fresh run must not pick up another run's epoch counter or history.
+        for stale in (BACKUP_DIR, HISTORY_CSV):
+            path = run_dir / stale
+            shutil.rmtree(path) if path.is_dir() else path.unlink(missing_ok=True)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    keras.utils.set_random_seed(config.seed)
+
+    splits = load_splits(
+        config.data,
+        image_size=config.image_size,
+        validation_fraction=config.validation_fraction,
+        seed=config.seed,
+        class_names=config.classes,
+        skip_invalid=config.skip_invalid,
+    )
+    class_names = splits.train.class_names
+    log.info(
+        "data source=%r train=%d validation=%d classes=%d skipped=%d",
+        splits.source, len(splits.train), len(splits.validation), len(class_names), len(splits.skipped_files),
+    )
+    run_record = dataclasses.asdict(config) | {"class_names": class_names, "source": splits.source}
+    (run_dir / CONFIG_FILE).write_text(json.dumps(run_record, indent=2))
+    np.save(run_dir / PARITY_IMAGES, splits.validation.images[:PARITY_COUNT])
+
+    height, width = config.image_size
+    model = build_model(config.architecture, (height, width, 3), len(class_names))
+    model.compile(
+        optimizer=keras.optimizers.Adam(config.learning_rate),
+        loss=keras.losses.CategoricalCrossentropy(label_smoothing=config.label_smoothing),
+        metrics=["accuracy"],
+    )
+    train_data = make_dataset(
+        splits.train, batch_size=config.batch_size, training=True, augment=config.augment, seed=config.seed
+    )
+    validation_data = make_dataset(
+        splits.validation, batch_size=256, training=False, augment=False, seed=config.seed
+    )
+    callbacks = [
+        EpochTimer(),
+        keras.callbacks.BackupAndRestore(str(run_dir / BACKUP_DIR), save_freq="epoch", delete_checkpoint=False),
+        keras.callbacks.ModelCheckpoint(str(run_dir / LAST_CHECKPOINT), save_freq="epoch"),
+        keras.callbacks.CSVLogger(str(run_dir / HISTORY_CSV), append=True),
+    ]
+    model.fit(
+        train_data,
+        validation_data=validation_data,
+        epochs=config.epochs,
+        callbacks=callbacks,
+        shuffle=False,  # the pipeline shuffles, seeded
+        verbose=1 if sys.stdout.isatty() else 2,  # a progress bar on a terminal, a line per epoch in a log
+    )
+    model.save(run_dir / FINAL_MODEL)
+
+    history = read_history(run_dir / HISTORY_CSV)
+    (run_dir / HISTORY_JSON).write_text(json.dumps(history, indent=2))
+    plot_history(history, run_dir / "training_curves.png")
+    metrics = evaluate_model(keras_predictor(model), splits.validation)
+    write_report(metrics, run_dir)
+    log.info("trained run_dir=%s validation_accuracy=%.4f", run_dir, metrics["accuracy"])
+    return run_dir
+
+
+def read_history(path: Path) -> list[dict[str, float]]:
+    """Rows of the CSV history, one per epoch; an epoch logged twice (a resumed run) keeps its last row."""
+    rows: dict[int, dict[str, float]] = {}
+    with path.open() as handle:
+        for row in csv.DictReader(handle):
+            epoch = int(row["epoch"])
+            rows[epoch] = {key: float(value) for key, value in row.items() if value != ""}
+    return [rows[epoch] for epoch in sorted(rows)]
