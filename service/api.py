@@ -78,15 +78,11 @@ async def predict(
     ],
     model: ModelDep,
     settings: SettingsDep,
-    k: Annotated[
-        int | None, Query(alias="top_k", ge=1, description="Labels per image; default from settings.")
-    ] = None,
+    k: Annotated[int | None, Query(alias="top_k", ge=1, description="Labels per image; default from settings.")] = None,
 ) -> PredictResponse:
     """Classify one or more uploaded images, answered in the order they were uploaded."""
     if len(files) > settings.max_images_per_request:
-        raise TooManyImages(
-            f"{len(files)} files in one request; the limit is {settings.max_images_per_request}"
-        )
+        raise TooManyImages(f"{len(files)} files in one request; the limit is {settings.max_images_per_request}")
     uploads: list[tuple[str, bytes]] = []
     for index, upload in enumerate(files):
         name = upload.filename or f"file{index}"
@@ -150,9 +146,7 @@ async def model_metadata(model: ModelDep) -> ModelMetadataResponse:
     return ModelMetadataResponse(
         name=info.name,
         version=info.version,
-        input=TensorSpec(
-            name=info.input_name, shape=[None, info.height, info.width, 3], dtype="uint8", layout="NHWC"
-        ),
+        input=TensorSpec(name=info.input_name, shape=[None, info.height, info.width, 3], dtype="uint8", layout="NHWC"),
         output=TensorSpec(name=info.output_name, shape=[None, len(info.labels)], dtype="float32"),
         labels=list(info.labels),
         provider=info.provider,

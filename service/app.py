@@ -48,7 +48,12 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             raise
         state.model = model
         state.ready = True
-        log.info("event=ready model=%s version=%s provider=%s", model.info.name, model.info.version, model.info.provider)
+        log.info(
+            "event=ready model=%s version=%s provider=%s",
+            model.info.name,
+            model.info.version,
+            model.info.provider,
+        )
         yield
         state.ready = False
 
@@ -75,9 +80,7 @@ def _install_error_handlers(app: FastAPI) -> None:
 
     @app.exception_handler(RequestValidationError)
     async def validation_error(request: Request, error: RequestValidationError) -> JSONResponse:
-        problems = "; ".join(
-            f"{'.'.join(str(part) for part in item['loc'])}: {item['msg']}" for item in error.errors()
-        )
+        problems = "; ".join(f"{'.'.join(str(part) for part in item['loc'])}: {item['msg']}" for item in error.errors())
         return JSONResponse({"error": "invalid_request", "detail": problems}, status_code=422)
 
     @app.exception_handler(StarletteHTTPException)

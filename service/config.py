@@ -14,7 +14,9 @@ AUTO_PROVIDERS = ("CUDAExecutionProvider", "CPUExecutionProvider")
 class Settings(BaseSettings):
     """Every knob of the service; the README's settings table lists the same fields."""
 
-    model_config = SettingsConfigDict(env_prefix=ENV_PREFIX, env_file=".env", extra="ignore", frozen=True)
+    model_config = SettingsConfigDict(
+        env_prefix=ENV_PREFIX, env_file=".env", extra="ignore", frozen=True, use_attribute_docstrings=True
+    )
 
     model_path: Path = DEFAULT_MODEL_PATH
     """The ONNX model to serve; labels and input size are read from its metadata."""

@@ -24,9 +24,7 @@ Image.MAX_IMAGE_PIXELS = None
 _HIGH_BIT_DEPTH_MODES = {"I;16", "I;16L", "I;16B", "I;16N", "I"}
 
 
-def decode_image(
-    data: bytes, *, filename: str, size: tuple[int, int], max_pixels: int
-) -> np.ndarray:
+def decode_image(data: bytes, *, filename: str, size: tuple[int, int], max_pixels: int) -> np.ndarray:
     """Decode `data` into a `size` = (height, width) RGB uint8 array, or raise a client error naming `filename`."""
     if not data:
         raise EmptyFile(f"{filename!r} is empty (0 bytes)")
@@ -64,9 +62,7 @@ def _to_rgb(image: Image.Image) -> Image.Image:
     if image.mode == "F":
         grey = np.clip(np.asarray(image), 0, 255).astype(np.uint8)
         return Image.fromarray(grey, mode="L").convert("RGB")
-    has_alpha = image.mode in {"RGBA", "LA", "PA", "La", "RGBa"} or (
-        image.mode == "P" and "transparency" in image.info
-    )
+    has_alpha = image.mode in {"RGBA", "LA", "PA", "La", "RGBa"} or (image.mode == "P" and "transparency" in image.info)
     if has_alpha:
         rgba = image.convert("RGBA")
         background = Image.new("RGBA", rgba.size, (*ALPHA_BACKGROUND, 255))

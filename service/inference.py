@@ -73,8 +73,13 @@ class OnnxModel:
         self.info = _read_info(path, self._session, in_use)
         log.info(
             "event=model_loaded path=%s name=%s version=%s providers=%s labels=%d input=%dx%d",
-            path, self.info.name, self.info.version, ",".join(in_use), len(self.info.labels),
-            self.info.height, self.info.width,
+            path,
+            self.info.name,
+            self.info.version,
+            ",".join(in_use),
+            len(self.info.labels),
+            self.info.height,
+            self.info.width,
         )
 
     def predict(self, images: np.ndarray) -> np.ndarray:
@@ -146,4 +151,6 @@ def top_k(probabilities: np.ndarray, labels: tuple[str, ...], k: int) -> list[li
     """For each row, the `k` most probable labels with their probabilities, most probable first."""
     k = min(k, len(labels))
     order = np.argsort(-probabilities, axis=1, kind="stable")[:, :k]
-    return [[(labels[index], float(row[index])) for index in ranks] for row, ranks in zip(probabilities, order, strict=True)]
+    return [
+        [(labels[index], float(row[index])) for index in ranks] for row, ranks in zip(probabilities, order, strict=True)
+    ]

@@ -63,7 +63,12 @@ class HealthResponse(BaseModel):
     model_config = ConfigDict(
         json_schema_extra={
             "examples": [
-                {"status": "ok", "model": "cifar10-baseline", "version": "1", "provider": "CPUExecutionProvider"}
+                {
+                    "status": "ok",
+                    "model": "cifar10-baseline",
+                    "version": "1",
+                    "provider": "CPUExecutionProvider",
+                }
             ]
         }
     )
@@ -114,8 +119,18 @@ class ModelMetadataResponse(BaseModel):
                 {
                     "name": "cifar10-baseline",
                     "version": "1",
-                    "input": {"name": "image", "shape": [None, 32, 32, 3], "dtype": "uint8", "layout": "NHWC"},
-                    "output": {"name": "probabilities", "shape": [None, 10], "dtype": "float32", "layout": None},
+                    "input": {
+                        "name": "image",
+                        "shape": [None, 32, 32, 3],
+                        "dtype": "uint8",
+                        "layout": "NHWC",
+                    },
+                    "output": {
+                        "name": "probabilities",
+                        "shape": [None, 10],
+                        "dtype": "float32",
+                        "layout": None,
+                    },
                     "labels": ["airplane", "automobile", "bird", "cat", "deer"],
                     "provider": "CPUExecutionProvider",
                     "providers": ["CPUExecutionProvider"],

@@ -83,9 +83,7 @@ def load_splits(
         train, test = load_cifar_python(path)
         return Splits(train, test, f"CIFAR-10 python batches at {path}")
     if path.is_dir():
-        dataset, skipped = load_image_folder(
-            path, size=image_size, class_names=class_names, skip_invalid=skip_invalid
-        )
+        dataset, skipped = load_image_folder(path, size=image_size, class_names=class_names, skip_invalid=skip_invalid)
         train, validation = stratified_split(dataset, validation_fraction, seed)
         return Splits(train, validation, f"image folder {path}", skipped)
     raise DataError(f"{source!r} is neither a CIFAR-10 python archive/folder nor a folder of class folders")
@@ -137,7 +135,7 @@ def load_cifar_python(path: Path) -> tuple[Dataset, Dataset]:
 
 def _unpickle(raw: bytes, origin: Path) -> dict[bytes, Any]:
     try:
-        result: dict[bytes, Any] = pickle.loads(raw, encoding="bytes")  # noqa: S301 - the dataset's own format
+        result: dict[bytes, Any] = pickle.loads(raw, encoding="bytes")
     except Exception as error:
         raise DataError(f"{origin} is not a CIFAR-10 python batch: {error}") from error
     return result
@@ -195,7 +193,9 @@ def load_image_folder(
 
     with ThreadPoolExecutor() as pool:
         decoded = list(pool.map(decode, (path for path, _ in files)))
-    failures = [(str(path), result) for (path, _), result in zip(files, decoded, strict=True) if isinstance(result, str)]
+    failures = [
+        (str(path), result) for (path, _), result in zip(files, decoded, strict=True) if isinstance(result, str)
+    ]
     if failures and not skip_invalid:
         listing = "\n  ".join(f"{path}: {reason}" for path, reason in failures[:20])
         raise DataError(f"{len(failures)} file(s) could not be decoded (use --skip-invalid to skip):\n  {listing}")
@@ -217,7 +217,7 @@ def stratified_split(dataset: Dataset, validation_fraction: float, seed: int) ->
     train_parts, validation_parts = [], []
     for label in np.unique(dataset.labels):
         members = rng.permutation(np.flatnonzero(dataset.labels == label))
-        count = int(round(len(members) * validation_fraction))
+        count = round(len(members) * validation_fraction)
         count = min(max(count, 1), len(members) - 1) if len(members) > 1 else 0
         validation_parts.append(members[:count])
         train_parts.append(members[count:])

@@ -120,7 +120,10 @@ def export_model(
     os.replace(staging, output)
     log.info(
         "exported path=%s opset=%d parity_images=%d max_abs_difference=%.2e",
-        output, opset, report.images, report.max_abs_difference,
+        output,
+        opset,
+        report.images,
+        report.max_abs_difference,
     )
     return output
 

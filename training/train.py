@@ -66,9 +66,7 @@ def augment_image(image: tf.Tensor, label: tf.Tensor, padding: int = 4) -> tuple
     return tf.image.random_crop(padded, [height, width, 3]), label
 
 
-def make_dataset(
-    data: Dataset, *, batch_size: int, training: bool, augment: bool, seed: int
-) -> tf.data.Dataset:
+def make_dataset(data: Dataset, *, batch_size: int, training: bool, augment: bool, seed: int) -> tf.data.Dataset:
     """A tf.data pipeline of (uint8 images, one-hot labels); shuffled and augmented only for training."""
     num_classes = len(data.class_names)
     dataset = tf.data.Dataset.from_tensor_slices((data.images, data.labels))
@@ -119,7 +117,11 @@ def train(config: TrainConfig, *, resume: bool = False) -> Path:
     class_names = splits.train.class_names
     log.info(
         "data source=%r train=%d validation=%d classes=%d skipped=%d",
-        splits.source, len(splits.train), len(splits.validation), len(class_names), len(splits.skipped_files),
+        splits.source,
+        len(splits.train),
+        len(splits.validation),
+        len(class_names),
+        len(splits.skipped_files),
     )
     run_record = dataclasses.asdict(config) | {"class_names": class_names, "source": splits.source}
     (run_dir / CONFIG_FILE).write_text(json.dumps(run_record, indent=2))
@@ -135,9 +137,7 @@ def train(config: TrainConfig, *, resume: bool = False) -> Path:
     train_data = make_dataset(
         splits.train, batch_size=config.batch_size, training=True, augment=config.augment, seed=config.seed
     )
-    validation_data = make_dataset(
-        splits.validation, batch_size=256, training=False, augment=False, seed=config.seed
-    )
+    validation_data = make_dataset(splits.validation, batch_size=256, training=False, augment=False, seed=config.seed)
     callbacks = [
         EpochTimer(),
         keras.callbacks.BackupAndRestore(str(run_dir / BACKUP_DIR), save_freq="epoch", delete_checkpoint=False),

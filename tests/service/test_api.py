@@ -20,7 +20,10 @@ RED = (230, 30, 30)
 @pytest.fixture(scope="module")
 def client(bundled_model: Path) -> Iterator[TestClient]:
     settings = Settings(
-        model_path=bundled_model, max_images_per_request=4, max_image_bytes=200_000, max_image_pixels=4_000_000
+        model_path=bundled_model,
+        max_images_per_request=4,
+        max_image_bytes=200_000,
+        max_image_pixels=4_000_000,
     )
     with TestClient(create_app(settings)) as test_client:
         yield test_client
@@ -57,7 +60,9 @@ def test_several_files_are_answered_in_order_and_match_single_answers(client: Te
         single = client.post("/predict", files=upload((name, data)), params={"top_k": 10}).json()["predictions"][0]
         assert single["label"] == batched["label"]
         assert np.allclose(
-            [e["probability"] for e in single["top_k"]], [e["probability"] for e in batched["top_k"]], atol=1e-6
+            [e["probability"] for e in single["top_k"]],
+            [e["probability"] for e in batched["top_k"]],
+            atol=1e-6,
         )
 
 
@@ -76,7 +81,12 @@ def test_health_ready_and_model_metadata(client: TestClient) -> None:
     assert ready.status_code == 200
     assert ready.json()["status"] == "ready"
     metadata = client.get("/model").json()
-    assert metadata["input"] == {"name": "image", "shape": [None, 32, 32, 3], "dtype": "uint8", "layout": "NHWC"}
+    assert metadata["input"] == {
+        "name": "image",
+        "shape": [None, 32, 32, 3],
+        "dtype": "uint8",
+        "layout": "NHWC",
+    }
     assert metadata["output"]["shape"] == [None, len(metadata["labels"])]
     assert metadata["providers"] == ["CPUExecutionProvider"]
     assert metadata["resize_filter"] == "bicubic"

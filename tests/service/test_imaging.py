@@ -55,10 +55,7 @@ def test_non_square_model_input_size_is_height_then_width() -> None:
     ],
 )
 def test_every_mode_becomes_rgb(mode: str, value: object, expected: tuple[int, int, int]) -> None:
-    if mode == "P":
-        image = Image.new("RGB", (16, 16), RED).convert("P")
-    else:
-        image = Image.new(mode, (16, 16), value)  # type: ignore[arg-type]
+    image = Image.new("RGB", (16, 16), RED).convert("P") if mode == "P" else Image.new(mode, (16, 16), value)
     fmt = {"CMYK": "JPEG", "I;16": "PNG", "I": "TIFF"}.get(mode, "PNG")
     data = encode(image, fmt, quality=100) if fmt == "JPEG" else encode(image, fmt)
     reopened = Image.open(io.BytesIO(data))
@@ -75,7 +72,9 @@ def test_sixteen_bit_png_scales_down_rather_than_clipping() -> None:
 
 
 @pytest.mark.parametrize(
-    "image", [Image.new("RGBA", (16, 16), (255, 0, 0, 0)), Image.new("LA", (16, 16), (0, 0))], ids=["RGBA", "LA"]
+    "image",
+    [Image.new("RGBA", (16, 16), (255, 0, 0, 0)), Image.new("LA", (16, 16), (0, 0))],
+    ids=["RGBA", "LA"],
 )
 def test_transparency_is_composited_over_white(image: Image.Image) -> None:
     assert_colour(decode(encode(image, "PNG")), (255, 255, 255), tolerance=1)

@@ -1,0 +1,168 @@
+"""Model building, a short real training run, resuming, evaluation reports, export and its parity gate."""
+
+import json
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import onnx
+import pytest
+
+from tests.conftest import REPO, make_image_folder
+from training.evaluation import compute_metrics, onnx_predictor
+from training.export import ExportError, ParityError, check_parity, export_run
+from training.models import ARCHITECTURES, build_model
+from training.train import TrainConfig, read_history, train
+
+pytestmark = pytest.mark.slow
+
+
+def test_baseline_takes_uint8_pixels_and_returns_probabilities() -> None:
+    model = build_model("baseline", (32, 32, 3), 10)
+    assert model.inputs[0].dtype == "uint8"
+    assert model.input_shape == (None, 32, 32, 3)
+    images = np.random.default_rng(0).integers(0, 256, (3, 32, 32, 3), dtype=np.uint8)
+    probabilities = np.asarray(model.predict(images, verbose=0))
+    assert probabilities.shape == (3, 10)
+    assert np.allclose(probabilities.sum(axis=1), 1, atol=1e-5)
+    assert "baseline" in ARCHITECTURES
+
+
+def test_unknown_architecture_lists_the_known_ones() -> None:
+    with pytest.raises(ValueError, match="baseline"):
+        build_model("resnet9000", (32, 32, 3), 10)
+
+
+def test_training_run_writes_checkpoints_history_and_reports(tiny_run: Path) -> None:
+    for name in ("run.json", "model.keras", "last.keras", "history.csv", "history.json", "metrics.json",
+                 "confusion_matrix.png", "training_curves.png", "parity_images.npy"):  # fmt: skip
+        assert (tiny_run / name).is_file(), name
+    history = json.loads((tiny_run / "history.json").read_text())
+    assert [row["epoch"] for row in history] == list(range(6))
+    assert history[-1]["loss"] < history[0]["loss"]
+    metrics = json.loads((tiny_run / "metrics.json").read_text())
+    assert set(metrics["per_class"]) == {"blue", "green", "red"}
+    assert metrics["examples"] == 9
+    # Three well-separated colours: the baseline learns them in a few epochs.
+    assert metrics["accuracy"] >= 0.66
+
+
+def test_resume_continues_from_the_last_completed_epoch(tmp_path: Path) -> None:
+    data = make_image_folder(tmp_path / "data", per_class=4)
+    config = TrainConfig(
+        data=str(data), run_dir=str(tmp_path / "run"), epochs=1, batch_size=8, validation_fraction=0.25
+    )
+    run_dir = train(config)
+    assert [row["epoch"] for row in read_history(run_dir / "history.csv")] == [0]
+    # Raise the epoch count in the saved config (as if the first run had been stopped after epoch 1).
+    record = json.loads((run_dir / "run.json").read_text())
+    (run_dir / "run.json").write_text(json.dumps(record | {"epochs": 3}))
+    train(TrainConfig(data="", run_dir=str(run_dir)), resume=True)
+    assert [row["epoch"] for row in read_history(run_dir / "history.csv")] == [0, 1, 2]
+
+
+def test_compute_metrics_by_hand() -> None:
+    labels = np.array([0, 0, 1, 1, 2, 2])
+    predictions = np.array([0, 1, 1, 1, 0, 2])
+    metrics = compute_metrics(labels, predictions, ["a", "b", "c"])
+    assert metrics["accuracy"] == round(4 / 6, 4)
+    assert metrics["confusion_matrix"] == [[1, 1, 0], [0, 2, 0], [1, 0, 1]]
+    assert metrics["per_class"]["b"] == {"precision": round(2 / 3, 4), "recall": 1.0, "f1": 0.8, "support": 2}
+    assert metrics["per_class"]["c"]["precision"] == 1.0
+    assert metrics["macro_recall"] == round((0.5 + 1 + 0.5) / 3, 4)
+
+
+def test_export_writes_metadata_and_matches_keras(tiny_run: Path) -> None:
+    import keras
+    import onnxruntime as ort
+
+    session = ort.InferenceSession(str(tiny_run / "model.onnx"), providers=["CPUExecutionProvider"])
+    metadata = session.get_modelmeta().custom_metadata_map
+    assert json.loads(metadata["class_names"]) == ["blue", "green", "red"]
+    assert json.loads(metadata["image_size"]) == [32, 32]
+    assert metadata["model_name"] == "tiny-colours"
+    assert metadata["model_version"] == "test-1"
+    assert float(metadata["eval_accuracy"]) == json.loads((tiny_run / "metrics.json").read_text())["accuracy"]
+    assert int(metadata["opset"]) >= 17
+    (model_input,) = session.get_inputs()
+    assert (model_input.name, model_input.type, model_input.shape) == (
+        "image",
+        "tensor(uint8)",
+        ["batch", 32, 32, 3],
+    )
+    assert session.get_outputs()[0].name == "probabilities"
+
+    images = np.load(tiny_run / "parity_images.npy")
+    keras_model = keras.saving.load_model(tiny_run / "model.keras")
+    expected = keras_model.predict(images, verbose=0)
+    actual = onnx_predictor(tiny_run / "model.onnx")(images)
+    assert np.abs(expected - actual).max() <= 1e-4
+
+
+def test_tampered_onnx_fails_the_parity_gate(tiny_run: Path, tmp_path: Path) -> None:
+    import keras
+
+    proto = onnx.load(tiny_run / "model.onnx")
+    largest = max(proto.graph.initializer, key=lambda tensor: onnx.numpy_helper.to_array(tensor).size)
+    weights = onnx.numpy_helper.to_array(largest)
+    largest.CopyFrom(onnx.numpy_helper.from_array((weights * -1.5).astype(weights.dtype), largest.name))
+    tampered = tmp_path / "tampered.onnx"
+    onnx.save(proto, tampered)
+
+    keras_model = keras.saving.load_model(tiny_run / "model.keras")
+    images = np.random.default_rng(0).integers(0, 256, (256, 32, 32, 3), dtype=np.uint8)
+    predict = lambda x: np.asarray(keras_model.predict(x, verbose=0))  # noqa: E731
+    check_parity(predict, tiny_run / "model.onnx", images, 1e-4)  # the genuine export passes
+    with pytest.raises(ParityError, match="parity gate failed"):
+        check_parity(predict, tampered, images, 1e-4)
+
+
+def test_export_refuses_a_broken_model_and_writes_nothing(tiny_run: Path, tmp_path: Path) -> None:
+    run_copy = tmp_path / "run"
+    shutil.copytree(tiny_run, run_copy)
+    (run_copy / "model.keras").write_bytes(b"PK\x03\x04 this is not a keras archive")
+    output = tmp_path / "out.onnx"
+    with pytest.raises(ExportError, match="cannot load Keras model"):
+        export_run(run_copy, output)
+    assert not output.exists()
+
+
+def run_cli(*args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "training", *args], cwd=REPO, capture_output=True, text=True, timeout=300
+    )
+
+
+def test_cli_help_lists_the_commands() -> None:
+    result = run_cli("--help")
+    assert result.returncode == 0
+    for command in ("train", "evaluate", "export"):
+        assert command in result.stdout
+
+
+def test_cli_export_of_a_broken_model_exits_non_zero(tiny_run: Path, tmp_path: Path) -> None:
+    broken = tmp_path / "broken.keras"
+    broken.write_text("garbage")
+    result = run_cli("export", "--run-dir", str(tiny_run), "--model", str(broken), "--output", str(tmp_path / "x.onnx"))
+    assert result.returncode != 0
+    assert "export failed" in result.stderr
+    assert not (tmp_path / "x.onnx").exists()
+
+
+def test_cli_evaluate_an_onnx_model(tiny_run: Path, tmp_path: Path) -> None:
+    data = make_image_folder(tmp_path / "data", per_class=8)
+    out = tmp_path / "report"
+    result = run_cli("evaluate", "--model", str(tiny_run / "model.onnx"), "--data", str(data), "--out", str(out))
+    assert result.returncode == 0, result.stderr
+    assert "accuracy=" in result.stdout
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert metrics["examples"] == 3
+    assert (out / "confusion_matrix.png").stat().st_size > 1000
+
+
+def test_cli_train_with_a_missing_data_source_is_a_clear_error(tmp_path: Path) -> None:
+    result = run_cli("train", "--data", str(tmp_path / "nothing"), "--run-dir", str(tmp_path / "run"))
+    assert result.returncode == 2
+    assert "does not exist" in result.stderr
