@@ -84,7 +84,10 @@ def _export(args: argparse.Namespace) -> None:
 
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser with its three commands."""
-    parser = argparse.ArgumentParser(prog="python -m training", description=__doc__)
+    parser = argparse.ArgumentParser(
+        prog="python -m training",
+        description="Train an image classifier with Keras, evaluate it, and export it to ONNX for the service.",
+    )
     commands = parser.add_subparsers(dest="command", required=True, metavar="{train,evaluate,export}")
 
     train = commands.add_parser("train", help="train a model into a run directory")

@@ -57,10 +57,12 @@ def export_run(
     except (OSError, ValueError) as error:
         raise ExportError(f"{run_dir} is not a training run ({CONFIG_FILE}: {error})") from error
     model_path = Path(model_file) if model_file else run_dir / FINAL_MODEL
+    if not model_path.is_file():
+        raise ExportError(f"cannot load Keras model {model_path}: the file does not exist")
     try:
         model = keras.saving.load_model(model_path)
-    except Exception as error:  # Keras raises many types for a missing, corrupt or foreign file
-        raise ExportError(f"cannot load Keras model {model_path}: {error}") from error
+    except Exception as error:  # Keras raises many types for a corrupt or foreign file
+        raise ExportError(f"cannot load Keras model {model_path}: not a valid .keras file ({error})") from error
 
     metrics_path = run_dir / METRICS_FILE
     metrics = json.loads(metrics_path.read_text()) if metrics_path.exists() else {}
