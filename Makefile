@@ -7,7 +7,7 @@ DATA_DIR ?= data/cifar10-train
 RUN_DIR ?= runs/baseline
 EPOCHS ?= 15
 
-.PHONY: serve test lint train export evaluate data clean
+.PHONY: serve test lint train train-default export evaluate data clean
 
 $(BIN)/python:
 	$(PYTHON) -c 'import sys; assert sys.version_info >= (3, 11), "Python 3.11 or newer is needed"'
@@ -43,6 +43,11 @@ data: $(DATA_DIR)
 # The bundled baseline: the source article's network on the shared CIFAR-10 images.
 train: $(VENV)/.dev-installed $(DATA_DIR)
 	$(BIN)/python -m training train --data $(DATA_DIR) --run-dir $(RUN_DIR) --epochs $(EPOCHS) --name cifar10-baseline
+
+# The default model's recipe (training/presets/cifar10-resnet9.json); rerun with RESUME=1 to continue a stopped run.
+DEFAULT_RUN_DIR ?= runs/cifar10-resnet9
+train-default: $(VENV)/.dev-installed $(DATA_DIR)
+	$(BIN)/python -m training train --run-dir $(DEFAULT_RUN_DIR) $(if $(RESUME),--resume,--preset cifar10-resnet9 --data $(DATA_DIR))
 
 export: $(VENV)/.dev-installed
 	$(BIN)/python -m training export --run-dir $(RUN_DIR) --output models/default.onnx

@@ -1,6 +1,7 @@
 """Command line: `python -m training {train,evaluate,export} ...`."""
 
 import argparse
+import json
 import logging
 import os
 import sys
@@ -9,33 +10,44 @@ from pathlib import Path
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")  # TensorFlow's C++ start-up chatter, before it is imported
 
 
+PRESETS_DIR = Path(__file__).resolve().parent / "presets"
+# CLI flag -> TrainConfig field, for the flags a preset may also set.
+_TRAIN_FIELDS = (
+    "data", "architecture", "epochs", "batch_size", "learning_rate", "optimizer", "momentum", "weight_decay",
+    "schedule", "warmup_epochs", "label_smoothing", "cutout", "seed", "validation_fraction", "skip_invalid", "name",
+)  # fmt: skip
+
+
+def load_preset(name: str) -> dict[str, object]:
+    """The TrainConfig fields stored in training/presets/NAME.json."""
+    path = PRESETS_DIR / f"{name}.json"
+    if not path.is_file():
+        known = sorted(preset.stem for preset in PRESETS_DIR.glob("*.json"))
+        raise SystemExit(f"error: unknown preset {name!r}; known: {known}")
+    preset: dict[str, object] = json.loads(path.read_text())
+    return preset
+
+
 def _train(args: argparse.Namespace) -> None:
     from training.models import ARCHITECTURES
     from training.train import TrainConfig, train
 
-    if args.architecture not in ARCHITECTURES:
-        raise SystemExit(f"error: unknown architecture {args.architecture!r}; known: {sorted(ARCHITECTURES)}")
     if args.resume:
         train(TrainConfig(data="", run_dir=args.run_dir), resume=True)
         return
-    if args.data is None:
-        raise SystemExit("error: --data is required unless --resume")
-    config = TrainConfig(
-        data=args.data,
-        run_dir=args.run_dir,
-        architecture=args.architecture,
-        epochs=args.epochs,
-        batch_size=args.batch_size,
-        learning_rate=args.learning_rate,
-        label_smoothing=args.label_smoothing,
-        augment=not args.no_augment,
-        seed=args.seed,
-        validation_fraction=args.validation_fraction,
-        classes=args.classes.split(",") if args.classes else None,
-        skip_invalid=args.skip_invalid,
-        name=args.name,
-    )
-    train(config)
+    fields: dict[str, object] = load_preset(args.preset) if args.preset else {}
+    fields.pop("description", None)
+    fields |= {name: getattr(args, name) for name in _TRAIN_FIELDS if getattr(args, name) not in (None, False)}
+    if args.no_augment:
+        fields["augment"] = False
+    if args.classes:
+        fields["classes"] = args.classes.split(",")
+    if "data" not in fields:
+        raise SystemExit("error: --data is required unless --resume (or a preset gives it)")
+    architecture = fields.get("architecture", "baseline")
+    if architecture not in ARCHITECTURES:
+        raise SystemExit(f"error: unknown architecture {architecture!r}; known: {sorted(ARCHITECTURES)}")
+    train(TrainConfig(run_dir=args.run_dir, **fields))  # type: ignore[arg-type]
 
 
 def _evaluate(args: argparse.Namespace) -> None:
@@ -98,15 +110,22 @@ def build_parser() -> argparse.ArgumentParser:
     )
     train.add_argument("--run-dir", required=True, help="where checkpoints, history and reports go")
     train.add_argument("--resume", action="store_true", help="continue the run in --run-dir from its last epoch")
-    train.add_argument("--architecture", default="baseline", help="network by name (default: baseline)")
-    train.add_argument("--epochs", type=int, default=10)
-    train.add_argument("--batch-size", type=int, default=64)
-    train.add_argument("--learning-rate", type=float, default=1e-3)
-    train.add_argument("--label-smoothing", type=float, default=0.0)
-    train.add_argument("--no-augment", action="store_true", help="turn off flip and pad-and-crop")
+    train.add_argument("--preset", help="a recipe from training/presets/ (flags given here override it)")
+    train.add_argument("--architecture", help="network by name (default: baseline)")
+    train.add_argument("--epochs", type=int, help="default 10")
+    train.add_argument("--batch-size", type=int, help="default 64")
+    train.add_argument("--learning-rate", type=float, help="peak rate; default 1e-3")
+    train.add_argument("--optimizer", choices=["adam", "sgd"], help="default adam; sgd is Nesterov")
+    train.add_argument("--momentum", type=float, help="SGD momentum; default 0.9")
+    train.add_argument("--weight-decay", type=float, help="decoupled weight decay; default 0")
+    train.add_argument("--schedule", choices=["constant", "cosine"], help="default constant")
+    train.add_argument("--warmup-epochs", type=float, help="linear warm-up before the cosine decay; default 0")
+    train.add_argument("--label-smoothing", type=float, help="default 0")
+    train.add_argument("--cutout", type=int, help="side of the cutout square in pixels; default 0 (off)")
+    train.add_argument("--no-augment", action="store_true", help="turn off flip, pad-and-crop and cutout")
     train.add_argument("--classes", help="comma-separated class list for an image folder (default: sorted names)")
     train.add_argument("--name", help="model name written into the exported ONNX (default: the architecture)")
-    _add_split_arguments(train)
+    _add_split_arguments(train, defaults=False)
 
     evaluate = commands.add_parser("evaluate", help="evaluate a .keras or .onnx model on a validation split")
     evaluate.add_argument("--model", required=True, help="a .keras or .onnx file")
@@ -125,10 +144,13 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def _add_split_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--seed", type=int, default=0)
+def _add_split_arguments(parser: argparse.ArgumentParser, defaults: bool = True) -> None:
+    parser.add_argument("--seed", type=int, default=0 if defaults else None, help="default 0")
     parser.add_argument(
-        "--validation-fraction", type=float, default=0.1, help="held out of an image folder, stratified"
+        "--validation-fraction",
+        type=float,
+        default=0.1 if defaults else None,
+        help="held out of an image folder, stratified; default 0.1",
     )
     parser.add_argument("--skip-invalid", action="store_true", help="skip undecodable images instead of failing")
 

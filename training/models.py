@@ -25,8 +25,42 @@ def build_baseline(input_shape: tuple[int, int, int], num_classes: int) -> keras
     return keras.Model(inputs, outputs, name="baseline")
 
 
+# CIFAR-10's per-channel pixel mean and standard deviation (of the training images).
+CIFAR10_MEAN = (125.3, 122.9, 113.9)
+CIFAR10_STD = (62.5, 61.9, 66.5)
+
+
+def _conv_bn(x: keras.KerasTensor, filters: int) -> keras.KerasTensor:
+    x = layers.Conv2D(filters, 3, padding="same", use_bias=False)(x)
+    x = layers.BatchNormalization(momentum=0.9)(x)
+    return layers.ReLU()(x)
+
+
+def build_resnet9(input_shape: tuple[int, int, int], num_classes: int, width: int) -> keras.Model:
+    """The DAWNBench ResNet-9 (Myrtle.ai) with every width scaled by `width / 64`.
+
+    Stages: conv w; conv 2w + pool + residual(2 convs); conv 4w + pool; conv 8w + pool + residual(2 convs);
+    global max pool; dense; logits scaled by 1/8 before the softmax, as in the original.
+    """
+    inputs = keras.Input(shape=input_shape, dtype="uint8", name=INPUT_NAME)
+    x = layers.Normalization(mean=CIFAR10_MEAN, variance=[s * s for s in CIFAR10_STD], name="normalise")(inputs)
+    x = _conv_bn(x, width)
+    for filters, residual in ((2 * width, True), (4 * width, False), (8 * width, True)):
+        x = layers.MaxPooling2D(2)(_conv_bn(x, filters))
+        if residual:
+            x = layers.Add()([x, _conv_bn(_conv_bn(x, filters), filters)])
+    x = layers.GlobalMaxPooling2D()(x)
+    x = layers.Dense(num_classes)(x)
+    x = layers.Rescaling(0.125, name="logit_scale")(x)
+    outputs = layers.Activation("softmax", name=OUTPUT_NAME)(x)
+    return keras.Model(inputs, outputs, name=f"resnet9_w{width}")
+
+
 ARCHITECTURES: dict[str, ModelBuilder] = {
     "baseline": build_baseline,
+    "resnet9-w16": lambda shape, classes: build_resnet9(shape, classes, 16),
+    "resnet9-w24": lambda shape, classes: build_resnet9(shape, classes, 24),
+    "resnet9-w32": lambda shape, classes: build_resnet9(shape, classes, 32),
 }
 
 

@@ -41,8 +41,14 @@ class TrainConfig:
     epochs: int = 10
     batch_size: int = 64
     learning_rate: float = 1e-3
+    optimizer: str = "adam"
+    momentum: float = 0.9
+    weight_decay: float = 0.0
+    schedule: str = "constant"
+    warmup_epochs: float = 0.0
     label_smoothing: float = 0.0
     augment: bool = True
+    cutout: int = 0
     seed: int = 0
     validation_fraction: float = 0.1
     image_size: tuple[int, int] = (32, 32)
@@ -58,25 +64,59 @@ class TrainConfig:
         return cls(**{key: value for key, value in raw.items() if key in {f.name for f in dataclasses.fields(cls)}})
 
 
-def augment_image(image: tf.Tensor, label: tf.Tensor, padding: int = 4) -> tuple[tf.Tensor, tf.Tensor]:
-    """Random horizontal flip, then a random crop of the image padded by `padding` pixels (reflected)."""
+def augment_image(image: tf.Tensor, padding: int = 4, cutout: int = 0) -> tf.Tensor:
+    """Random horizontal flip, a random crop of the image padded by `padding` pixels (reflected), and
+    optionally cutout: a `cutout`-pixel square around a random centre set to mid-grey."""
     height, width = image.shape[0], image.shape[1]
     image = tf.image.random_flip_left_right(image)
     padded = tf.pad(image, [[padding, padding], [padding, padding], [0, 0]], mode="REFLECT")
-    return tf.image.random_crop(padded, [height, width, 3]), label
+    image = tf.image.random_crop(padded, [height, width, 3])
+    if cutout:
+        top = tf.random.uniform([], 0, height, dtype=tf.int32) - cutout // 2
+        left = tf.random.uniform([], 0, width, dtype=tf.int32) - cutout // 2
+        rows = tf.range(height)[:, None]
+        columns = tf.range(width)[None, :]
+        inside = (rows >= top) & (rows < top + cutout) & (columns >= left) & (columns < left + cutout)
+        image = tf.where(inside[..., None], tf.constant(128, dtype=image.dtype), image)
+    return image
 
 
-def make_dataset(data: Dataset, *, batch_size: int, training: bool, augment: bool, seed: int) -> tf.data.Dataset:
+def make_dataset(
+    data: Dataset, *, batch_size: int, training: bool, augment: bool, seed: int, cutout: int = 0
+) -> tf.data.Dataset:
     """A tf.data pipeline of (uint8 images, one-hot labels); shuffled and augmented only for training."""
     num_classes = len(data.class_names)
     dataset = tf.data.Dataset.from_tensor_slices((data.images, data.labels))
     if training:
         dataset = dataset.shuffle(len(data), seed=seed, reshuffle_each_iteration=True)
         if augment:
-            dataset = dataset.map(augment_image, num_parallel_calls=tf.data.AUTOTUNE)
+            dataset = dataset.map(
+                lambda x, y: (augment_image(x, cutout=cutout), y), num_parallel_calls=tf.data.AUTOTUNE
+            )
     dataset = dataset.batch(batch_size)
     dataset = dataset.map(lambda x, y: (x, tf.one_hot(y, num_classes)), num_parallel_calls=tf.data.AUTOTUNE)
     return dataset.prefetch(tf.data.AUTOTUNE)
+
+
+def make_optimizer(config: TrainConfig, steps_per_epoch: int) -> keras.optimizers.Optimizer:
+    """Adam or SGD (Nesterov), with a constant rate or a cosine decay after a linear warm-up."""
+    rate: float | keras.optimizers.schedules.LearningRateSchedule = config.learning_rate
+    if config.schedule == "cosine":
+        warmup_steps = int(config.warmup_epochs * steps_per_epoch)
+        rate = keras.optimizers.schedules.CosineDecay(
+            initial_learning_rate=0.0 if warmup_steps else config.learning_rate,
+            decay_steps=max(config.epochs * steps_per_epoch - warmup_steps, 1),
+            warmup_target=config.learning_rate if warmup_steps else None,
+            warmup_steps=warmup_steps,
+        )
+    elif config.schedule != "constant":
+        raise ValueError(f"unknown schedule {config.schedule!r}; known: constant, cosine")
+    weight_decay = config.weight_decay or None
+    if config.optimizer == "sgd":
+        return keras.optimizers.SGD(rate, momentum=config.momentum, nesterov=True, weight_decay=weight_decay)
+    if config.optimizer == "adam":
+        return keras.optimizers.Adam(rate, weight_decay=weight_decay)
+    raise ValueError(f"unknown optimizer {config.optimizer!r}; known: adam, sgd")
 
 
 class EpochTimer(keras.callbacks.Callback):
@@ -129,13 +169,19 @@ def train(config: TrainConfig, *, resume: bool = False) -> Path:
 
     height, width = config.image_size
     model = build_model(config.architecture, (height, width, 3), len(class_names))
+    steps_per_epoch = -(-len(splits.train) // config.batch_size)
     model.compile(
-        optimizer=keras.optimizers.Adam(config.learning_rate),
+        optimizer=make_optimizer(config, steps_per_epoch),
         loss=keras.losses.CategoricalCrossentropy(label_smoothing=config.label_smoothing),
         metrics=["accuracy"],
     )
     train_data = make_dataset(
-        splits.train, batch_size=config.batch_size, training=True, augment=config.augment, seed=config.seed
+        splits.train,
+        batch_size=config.batch_size,
+        training=True,
+        augment=config.augment,
+        seed=config.seed,
+        cutout=config.cutout,
     )
     validation_data = make_dataset(splits.validation, batch_size=256, training=False, augment=False, seed=config.seed)
     callbacks = [

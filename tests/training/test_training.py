@@ -166,3 +166,63 @@ def test_cli_train_with_a_missing_data_source_is_a_clear_error(tmp_path: Path) -
     result = run_cli("train", "--data", str(tmp_path / "nothing"), "--run-dir", str(tmp_path / "run"))
     assert result.returncode == 2
     assert "does not exist" in result.stderr
+
+
+@pytest.mark.parametrize("architecture", ["resnet9-w16", "resnet9-w24"])
+def test_resnet9_takes_uint8_pixels_and_returns_probabilities(architecture: str) -> None:
+    model = build_model(architecture, (32, 32, 3), 10)
+    images = np.random.default_rng(0).integers(0, 256, (2, 32, 32, 3), dtype=np.uint8)
+    probabilities = np.asarray(model.predict(images, verbose=0))
+    assert probabilities.shape == (2, 10)
+    assert np.allclose(probabilities.sum(axis=1), 1, atol=1e-5)
+
+
+def test_augmentation_keeps_shape_and_cutout_paints_a_square() -> None:
+    import tensorflow as tf
+
+    from training.train import augment_image
+
+    image = tf.constant(np.full((32, 32, 3), 200, dtype=np.uint8))
+    painted = []
+    for _ in range(20):
+        augmented = augment_image(image, cutout=8).numpy()
+        assert augmented.shape == (32, 32, 3) and augmented.dtype == np.uint8
+        grey = np.all(augmented == 128, axis=-1)
+        assert set(np.unique(augmented)) <= {128, 200}
+        if grey.any():
+            rows, columns = np.nonzero(grey)
+            assert np.ptp(rows) < 8 and np.ptp(columns) < 8  # one square of at most 8x8 (clipped at the edges)
+        painted.append(grey.sum())
+    assert max(painted) == 64
+    assert np.all(augment_image(image).numpy() == 200)
+
+
+def test_cosine_schedule_warms_up_then_decays() -> None:
+    from training.train import make_optimizer
+
+    config = TrainConfig(
+        data="", run_dir="", epochs=10, learning_rate=0.2, optimizer="sgd", schedule="cosine", warmup_epochs=2
+    )
+    optimizer = make_optimizer(config, steps_per_epoch=100)
+    schedule = optimizer._learning_rate
+    assert float(schedule(0)) == 0.0
+    assert float(schedule(100)) == pytest.approx(0.1, rel=1e-3)
+    assert float(schedule(200)) == pytest.approx(0.2, rel=1e-3)
+    assert float(schedule(1000)) == pytest.approx(0.0, abs=1e-6)
+    with pytest.raises(ValueError, match="unknown optimizer"):
+        make_optimizer(TrainConfig(data="", run_dir="", optimizer="lbfgs"), 10)
+
+
+def test_cli_preset_sets_the_recipe_and_flags_override_it(tmp_path: Path) -> None:
+    data = make_image_folder(tmp_path / "data", per_class=4)
+    result = run_cli(
+        "train", "--preset", "cifar10-resnet9", "--data", str(data), "--epochs", "1", "--run-dir", str(tmp_path / "r")
+    )
+    assert result.returncode == 0, result.stderr
+    record = json.loads((tmp_path / "r" / "run.json").read_text())
+    preset = json.loads((REPO / "training" / "presets" / "cifar10-resnet9.json").read_text())
+    assert record["epochs"] == 1 and record["data"] == str(data)
+    for key in ("architecture", "optimizer", "learning_rate", "weight_decay", "cutout", "label_smoothing"):
+        assert record[key] == preset[key], key
+    unknown = run_cli("train", "--preset", "nope", "--run-dir", str(tmp_path / "x"))
+    assert unknown.returncode != 0 and "cifar10-resnet9" in unknown.stderr
