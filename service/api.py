@@ -1,5 +1,7 @@
 """HTTP routes: read the request, call the core (imaging, inference), return a schema."""
 
+import asyncio
+from collections.abc import Coroutine
 from dataclasses import dataclass
 from typing import Annotated, Any
 
@@ -8,8 +10,9 @@ from fastapi import APIRouter, Depends, File, Query, Request, UploadFile
 from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import JSONResponse
 
+from service.batching import Batcher
 from service.config import Settings
-from service.errors import FileTooLarge, NotReady, TooManyImages
+from service.errors import ClientDisconnected, FileTooLarge, NotReady, TooManyImages
 from service.imaging import RESAMPLING_FILTER, decode_image
 from service.inference import OnnxModel, top_k
 from service.schemas import (
@@ -27,9 +30,10 @@ from service.schemas import (
 
 @dataclass
 class ServingState:
-    """What the lifespan sets up: the model, and whether it passed its warm-up."""
+    """What the lifespan sets up: the model, its batcher, and whether warm-up passed."""
 
     model: OnnxModel | None = None
+    batcher: Batcher | None = None
     ready: bool = False
 
 
@@ -52,9 +56,17 @@ def get_model(state: Annotated[ServingState, Depends(get_state)]) -> OnnxModel:
     return state.model
 
 
+def get_batcher(state: Annotated[ServingState, Depends(get_state)]) -> Batcher:
+    """The running batcher, or 503 while there is none."""
+    if not state.ready or state.batcher is None:
+        raise NotReady("the model is not loaded yet")
+    return state.batcher
+
+
 SettingsDep = Annotated[Settings, Depends(get_settings)]
 StateDep = Annotated[ServingState, Depends(get_state)]
 ModelDep = Annotated[OnnxModel, Depends(get_model)]
+BatcherDep = Annotated[Batcher, Depends(get_batcher)]
 
 
 def _errors(*statuses: int) -> dict[int | str, dict[str, Any]]:
@@ -62,7 +74,9 @@ def _errors(*statuses: int) -> dict[int | str, dict[str, Any]]:
         413: "Too many files, a file over the byte limit, or an image over the pixel limit",
         415: "A file that is not a decodable image",
         422: "No file, an empty file, or an invalid parameter",
-        503: "The model is not loaded yet",
+        500: "The model failed on the batch holding this request's images",
+        503: "The model is not loaded yet, the queue is full (with Retry-After), or the server is shutting down",
+        504: "The request's images waited in the queue past queue_timeout_ms",
     }
     return {status: {"model": ErrorResponse, "description": descriptions[status]} for status in statuses}
 
@@ -70,28 +84,31 @@ def _errors(*statuses: int) -> dict[int | str, dict[str, Any]]:
 router = APIRouter()
 
 
-@router.post("/predict", response_model=PredictResponse, responses=_errors(413, 415, 422, 503))
+@router.post("/predict", response_model=PredictResponse, responses=_errors(413, 415, 422, 500, 503, 504))
 async def predict(
+    request: Request,
     files: Annotated[
         list[UploadFile],
         File(description="One or more image files (PNG, JPEG, WebP, BMP, GIF, ...); answered in upload order."),
     ],
     model: ModelDep,
+    batcher: BatcherDep,
     settings: SettingsDep,
     k: Annotated[int | None, Query(alias="top_k", ge=1, description="Labels per image; default from settings.")] = None,
 ) -> PredictResponse:
     """Classify one or more uploaded images, answered in the order they were uploaded."""
     if len(files) > settings.max_images_per_request:
         raise TooManyImages(f"{len(files)} files in one request; the limit is {settings.max_images_per_request}")
-    uploads: list[tuple[str, bytes]] = []
-    for index, upload in enumerate(files):
-        name = upload.filename or f"file{index}"
+    names = [upload.filename or f"file{index}" for index, upload in enumerate(files)]
+    for name, upload in zip(names, files, strict=True):
         if upload.size is not None and upload.size > settings.max_image_bytes:
             raise FileTooLarge(f"{name!r} is {upload.size} bytes; the limit is {settings.max_image_bytes}")
-        uploads.append((name, await upload.read()))
+    batcher.check_capacity(len(files))  # refuse an overload before spending time on decoding
     info = model.info
-    batch = await run_in_threadpool(_decode_all, uploads, (info.height, info.width), settings.max_image_pixels)
-    probabilities = await run_in_threadpool(model.predict, batch)
+    with batcher.expecting():
+        uploads = [(name, await upload.read()) for name, upload in zip(names, files, strict=True)]
+        batch = await run_in_threadpool(_decode_all, uploads, (info.height, info.width), settings.max_image_pixels)
+    probabilities = await _unless_disconnected(request, batcher.submit(batch))
     ranked = top_k(probabilities, info.labels, k or settings.top_k)
     return PredictResponse(
         model=ModelRef(name=info.name, version=info.version),
@@ -105,6 +122,26 @@ async def predict(
             for (name, _), labels in zip(uploads, ranked, strict=True)
         ],
     )
+
+
+async def _unless_disconnected(request: Request, work: Coroutine[Any, Any, np.ndarray]) -> np.ndarray:
+    """Await `work`, but cancel it (dropping its queued images) if the client disconnects first."""
+    task = asyncio.ensure_future(work)
+    watcher = asyncio.ensure_future(_disconnect(request))
+    try:
+        await asyncio.wait({task, watcher}, return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        watcher.cancel()
+    if not task.done():
+        task.cancel()
+        raise ClientDisconnected("the client disconnected before its answer was ready")
+    return task.result()
+
+
+async def _disconnect(request: Request) -> None:
+    """Return once the client has gone (the body is already read, so only a disconnect can arrive)."""
+    while (await request.receive())["type"] != "http.disconnect":
+        pass
 
 
 def _decode_all(uploads: list[tuple[str, bytes]], size: tuple[int, int], max_pixels: int) -> np.ndarray:

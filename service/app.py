@@ -2,20 +2,37 @@
 
 import asyncio
 import logging
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 
+import numpy as np
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from service.api import ServingState, router
+from service.batching import Batcher
 from service.config import Settings, load_settings
 from service.errors import ModelLoadError, ProviderUnavailable, ServiceError
 from service.inference import OnnxModel
 
 log = logging.getLogger(__name__)
+
+SHUTDOWN_TIMEOUT_S = 20.0
+"""How long shutdown waits for queued images to be answered."""
+
+
+def warm_up_sizes(max_batch_size: int) -> list[int]:
+    """Batch sizes run once before readiness: powers of two below the largest batch, and the largest itself."""
+    sizes = [size for size in (1, 2, 4, 8, 16, 32, 64, 128, 256, 512) if size < max_batch_size]
+    return [*sizes, max_batch_size]
+
+
+def constant_answer(classes: int) -> Callable[[np.ndarray], np.ndarray]:
+    """Benchmark only: a model stand-in that answers uniform probabilities at once (the HTTP ceiling)."""
+    return lambda images: np.full((len(images), classes), 1 / classes, dtype=np.float32)
+
 
 DESCRIPTION = """
 Image classification over HTTP. Upload images to `POST /predict` as multipart/form-data (field `files`,
@@ -42,20 +59,28 @@ def create_app(settings: Settings | None = None) -> FastAPI:
                 inter_op_threads=settings.inter_op_threads,
                 require_gpu=settings.require_gpu,
             )
-            await asyncio.to_thread(model.warm_up)
+            await asyncio.to_thread(model.warm_up, warm_up_sizes(settings.max_batch_size))
         except (ModelLoadError, ProviderUnavailable, ServiceError) as error:
             log.error("event=startup_failed model_path=%s reason=%s", settings.model_path, error)
             raise
-        state.model = model
+        batcher = Batcher(
+            constant_answer(len(model.info.labels)) if settings.benchmark_constant_answer else model.predict,
+            max_batch_size=settings.max_batch_size,
+            max_delay_ms=settings.max_delay_ms,
+            queue_capacity=settings.queue_capacity,
+            queue_timeout_ms=settings.queue_timeout_ms or None,
+            merge_requests=settings.batching,
+        )
+        batcher.start()
+        state.model, state.batcher = model, batcher
         state.ready = True
         log.info(
-            "event=ready model=%s version=%s provider=%s",
-            model.info.name,
-            model.info.version,
-            model.info.provider,
-        )
+            "event=ready model=%s version=%s provider=%s batching=%s max_batch_size=%d",
+            model.info.name, model.info.version, model.info.provider, settings.batching, settings.max_batch_size,
+        )  # fmt: skip
         yield
         state.ready = False
+        await batcher.stop(timeout=SHUTDOWN_TIMEOUT_S)
 
     app = FastAPI(
         title="Image classifier",
@@ -76,7 +101,9 @@ def _install_error_handlers(app: FastAPI) -> None:
     async def service_error(request: Request, error: ServiceError) -> JSONResponse:
         if error.status_code >= 500:
             log.error("event=server_error path=%s error=%s detail=%s", request.url.path, error.error, error.detail)
-        return JSONResponse({"error": error.error, "detail": error.detail}, status_code=error.status_code)
+        return JSONResponse(
+            {"error": error.error, "detail": error.detail}, status_code=error.status_code, headers=error.headers
+        )
 
     @app.exception_handler(RequestValidationError)
     async def validation_error(request: Request, error: RequestValidationError) -> JSONResponse:

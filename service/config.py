@@ -39,6 +39,24 @@ class Settings(BaseSettings):
     top_k: int = Field(default=3, ge=1)
     """How many labels, with probabilities, each prediction lists (capped at the number of classes)."""
 
+    batching: bool = True
+    """Merge images from concurrent requests into one model call; off, each request runs alone."""
+
+    max_batch_size: int = Field(default=32, ge=1)
+    """Most images in one model call; a request with more is split across batches."""
+
+    max_delay_ms: float = Field(default=2.0, ge=0)
+    """Longest a batch waits for more images, from its first queued image (only while more are being decoded)."""
+
+    queue_capacity: int = Field(default=256, ge=1)
+    """Most images waiting for a batch; a request that does not fit is refused at once with 503 and Retry-After."""
+
+    queue_timeout_ms: float = Field(default=5000, ge=0)
+    """An image still queued this long after it arrived fails its request with 504; 0 waits forever."""
+
+    benchmark_constant_answer: bool = False
+    """Benchmark only: skip ONNX Runtime and answer a constant (uniform) prediction, to measure the HTTP ceiling."""
+
     intra_op_threads: int = Field(default=0, ge=0)
     """ONNX Runtime threads inside one operator; 0 lets ONNX Runtime choose (one per core)."""
 

@@ -10,6 +10,7 @@ class ServiceError(Exception):
     def __init__(self, detail: str) -> None:
         super().__init__(detail)
         self.detail = detail
+        self.headers: dict[str, str] = {}
 
 
 class InvalidImage(ServiceError):
@@ -52,6 +53,38 @@ class NotReady(ServiceError):
 
     status_code = 503
     error = "not_ready"
+
+
+class QueueFull(ServiceError):
+    """The batch queue has no room for this request's images: refused at once, with Retry-After."""
+
+    status_code = 503
+    error = "overloaded"
+
+    def __init__(self, detail: str, retry_after_s: int = 1) -> None:
+        super().__init__(detail)
+        self.headers = {"Retry-After": str(retry_after_s)}
+
+
+class QueueTimeout(ServiceError):
+    """An image waited in the queue past its deadline."""
+
+    status_code = 504
+    error = "timeout"
+
+
+class ShuttingDown(ServiceError):
+    """The server is draining: no new work is accepted."""
+
+    status_code = 503
+    error = "shutting_down"
+
+
+class ClientDisconnected(ServiceError):
+    """The client went away before its answer was ready; its queued images were dropped (logged as 499)."""
+
+    status_code = 499
+    error = "client_disconnected"
 
 
 class InferenceFailed(ServiceError):

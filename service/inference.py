@@ -2,6 +2,7 @@
 
 import json
 import logging
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -90,9 +91,10 @@ class OnnxModel:
             raise InferenceFailed(f"inference failed on a batch of {len(images)}: {error}") from error
         return np.asarray(probabilities)
 
-    def warm_up(self) -> None:
-        """Run one blank image through the session, so the first request does not pay for lazy set-up."""
-        self.predict(np.zeros((1, self.info.height, self.info.width, 3), dtype=np.uint8))
+    def warm_up(self, batch_sizes: Iterable[int] = (1,)) -> None:
+        """Run blank batches of each size, so no request pays for ONNX Runtime's lazy set-up of a shape."""
+        for size in batch_sizes:
+            self.predict(np.zeros((size, self.info.height, self.info.width, 3), dtype=np.uint8))
 
 
 def choose_providers(requested: tuple[str, ...]) -> tuple[str, ...]:

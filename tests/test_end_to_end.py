@@ -2,11 +2,13 @@
 uploaded PNG and JPEG files."""
 
 import os
+import re
 import socket
 import subprocess
 import sys
 import time
 from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import httpx2 as httpx
@@ -23,15 +25,16 @@ def free_port() -> int:
         return int(probe.getsockname()[1])
 
 
-@pytest.fixture
-def server(tiny_run: Path, tmp_path: Path) -> Iterator[str]:
+@contextmanager
+def running_server(model: Path, log: Path, **settings: str) -> Iterator[str]:
+    """`python -m service` on a free loopback port, until the block ends; yields its base URL once ready."""
     port = free_port()
     env = os.environ | {
-        "CLASSIFIER_MODEL_PATH": str(tiny_run / "model.onnx"),
+        "CLASSIFIER_MODEL_PATH": str(model),
         "CLASSIFIER_HOST": "127.0.0.1",
         "CLASSIFIER_PORT": str(port),
     }
-    log = tmp_path / "server.log"
+    env |= {f"CLASSIFIER_{name.upper()}": value for name, value in settings.items()}
     with log.open("wb") as output:
         process = subprocess.Popen(
             [sys.executable, "-m", "service"], cwd=REPO, env=env, stdout=output, stderr=subprocess.STDOUT
@@ -53,6 +56,12 @@ def server(tiny_run: Path, tmp_path: Path) -> Iterator[str]:
     finally:
         process.terminate()
         process.wait(timeout=30)
+
+
+@pytest.fixture
+def server(tiny_run: Path, tmp_path: Path) -> Iterator[str]:
+    with running_server(tiny_run / "model.onnx", tmp_path / "server.log") as url:
+        yield url
 
 
 def test_real_server_classifies_uploaded_png_and_jpeg(server: str) -> None:
@@ -88,3 +97,51 @@ def test_real_server_classifies_uploaded_png_and_jpeg(server: str) -> None:
     bad = httpx.post(f"{server}/predict", files=[("files", ("x.png", b"nope", "image/png"))])
     assert bad.status_code == 415
     assert httpx.get(f"{server}/ready").status_code == 200
+
+
+def test_200_concurrent_requests_each_get_their_own_answer(bundled_model: Path, tmp_path: Path) -> None:
+    """Distinct images sent at once are batched together by the server, yet each answer is that image's own."""
+    import asyncio
+
+    import numpy as np
+
+    from service.imaging import decode_image
+    from service.inference import OnnxModel
+
+    uploads = [
+        encode(noisy_image((i * 7 % 256, i * 13 % 256, i * 29 % 256), (40, 30), seed=i), "PNG") for i in range(200)
+    ]
+    model = OnnxModel(bundled_model)
+    expected = [
+        model.predict(decode_image(data, filename="x", size=(32, 32), max_pixels=10**6)[None])[0] for data in uploads
+    ]
+
+    async def send_all(url: str) -> list[dict]:
+        limits = httpx.Limits(max_connections=200)
+        async with httpx.AsyncClient(base_url=url, limits=limits, timeout=60) as client:
+
+            async def send(index: int) -> dict:
+                files = [("files", (f"img{index}.png", uploads[index], "image/png"))]
+                response = await client.post("/predict", files=files, params={"top_k": 10})
+                assert response.status_code == 200, response.text
+                return response.json()
+
+            return await asyncio.gather(*(send(i) for i in range(200)))
+
+    with running_server(bundled_model, tmp_path / "server.log", max_delay_ms="20") as url:
+        answers = asyncio.run(send_all(url))
+    labels = model.info.labels
+    for index, (answer, probabilities) in enumerate(zip(answers, expected, strict=True)):
+        (prediction,) = answer["predictions"]
+        assert prediction["filename"] == f"img{index}.png"
+        served = np.zeros(len(labels))
+        for entry in prediction["top_k"]:
+            served[labels.index(entry["label"])] = entry["probability"]
+        assert np.abs(served - probabilities).max() < 1e-5, index
+    log = (tmp_path / "server.log").read_text()
+    assert "batch_failed" not in log
+    stopped = re.search(r"event=batcher_stopped batches=(\d+) images=(\d+)", log)
+    assert stopped, log
+    batches, images = int(stopped[1]), int(stopped[2])
+    assert images == 200  # every image ran exactly once (warm-up does not go through the batcher)
+    assert batches < images, "no two requests were merged: the test proved nothing about batching"

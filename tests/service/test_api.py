@@ -168,3 +168,52 @@ def test_unknown_route_and_method_are_json(client: TestClient) -> None:
     response = client.get("/predict")
     assert response.status_code == 405
     assert response.json()["error"] == "method_not_allowed"
+
+
+def test_a_request_that_cannot_fit_the_queue_is_refused_with_retry_after(bundled_model: Path) -> None:
+    settings = Settings(model_path=bundled_model, queue_capacity=2)
+    with TestClient(create_app(settings)) as small_queue:
+        refused = small_queue.post("/predict", files=upload(*[(f"{i}.png", photo(i)) for i in range(3)]))
+        assert refused.status_code == 503
+        assert refused.headers["Retry-After"] == "1"
+        assert refused.json()["error"] == "overloaded"
+        assert small_queue.post("/predict", files=upload(("a.png", photo(1)), ("b.png", photo(2)))).status_code == 200
+
+
+def test_batching_off_and_large_requests_split_across_batches(bundled_model: Path) -> None:
+    images = [(f"img{i}.png", photo(i)) for i in range(7)]
+    answers = []
+    for batching, max_batch_size in ((True, 32), (False, 3)):
+        settings = Settings(model_path=bundled_model, batching=batching, max_batch_size=max_batch_size)
+        with TestClient(create_app(settings)) as variant:
+            answers.append(variant.post("/predict", files=upload(*images), params={"top_k": 10}).json())
+    assert [p["filename"] for p in answers[1]["predictions"]] == [name for name, _ in images]
+    for merged, split in zip(answers[0]["predictions"], answers[1]["predictions"], strict=True):
+        assert merged["label"] == split["label"]
+        assert abs(merged["probability"] - split["probability"]) < 1e-5
+
+
+def test_a_client_that_disconnects_has_its_work_cancelled() -> None:
+    import asyncio
+
+    from service.api import _unless_disconnected
+    from service.errors import ClientDisconnected
+
+    class GoneRequest:
+        async def receive(self) -> dict:
+            await asyncio.sleep(0.01)
+            return {"type": "http.disconnect"}
+
+    async def scenario() -> bool:
+        never = asyncio.get_running_loop().create_future()
+
+        async def work() -> np.ndarray:
+            await never
+            return np.zeros(1)
+
+        with pytest.raises(ClientDisconnected):
+            await _unless_disconnected(GoneRequest(), work())  # type: ignore[arg-type]
+        await asyncio.sleep(0)
+        return never.cancelled()
+
+    assert asyncio.run(scenario()), "the queued work was not cancelled"

@@ -1,0 +1,236 @@
+"""Server-side dynamic batching: images from concurrent requests run as one model call. No FastAPI here.
+
+As Ray Serve's batcher: a future per image, one consumer task, a size cap and a wait cap measured from the first
+queued image, results set only on futures still waiting, a failed batch fails only its own images, and the loop
+keeps running. The wait cap is only spent while more images are known to be on their way (requests still being
+decoded), so a lone request is never held back for company that is not coming.
+"""
+
+import asyncio
+import logging
+import time
+from collections import deque
+from collections.abc import Callable, Iterable, Iterator
+from concurrent.futures import ThreadPoolExecutor
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from service.errors import InferenceFailed, QueueFull, QueueTimeout, ServiceError, ShuttingDown
+
+log = logging.getLogger(__name__)
+
+Predict = Callable[[np.ndarray], np.ndarray]
+"""A batch of images (N, ...) -> one result row per image (N, ...)."""
+
+
+@dataclass(eq=False)
+class _Item:
+    request: int
+    image: np.ndarray
+    future: asyncio.Future[np.ndarray]
+    enqueued_at: float
+    deadline: float | None
+
+
+@dataclass
+class BatchStats:
+    """What the last batches looked like; the metrics layer reads it."""
+
+    batches: int = 0
+    images: int = 0
+    failed_batches: int = 0
+    expired_images: int = 0
+    cancelled_images: int = 0
+    last_sizes: deque[int] = field(default_factory=lambda: deque(maxlen=1000))
+
+
+class Batcher:
+    """Queues single images, runs them in batches of up to `max_batch_size` on one worker thread.
+
+    With `merge_requests` off, a batch never mixes requests: each request runs alone (split into batches of at
+    most `max_batch_size`), which is the no-batching baseline.
+    """
+
+    def __init__(
+        self,
+        predict: Predict,
+        *,
+        max_batch_size: int,
+        max_delay_ms: float,
+        queue_capacity: int,
+        queue_timeout_ms: float | None = None,
+        merge_requests: bool = True,
+        retry_after_s: int = 1,
+    ) -> None:
+        if max_batch_size < 1 or queue_capacity < 1 or max_delay_ms < 0:
+            raise ValueError("max_batch_size and queue_capacity must be >= 1 and max_delay_ms >= 0")
+        self._predict = predict
+        self.max_batch_size = max_batch_size
+        self.queue_capacity = queue_capacity
+        self._max_delay = max_delay_ms / 1000
+        self._queue_timeout = queue_timeout_ms / 1000 if queue_timeout_ms else None
+        self._retry_after_s = retry_after_s
+        self.merge_requests = merge_requests
+        self._requests = 0
+        self._queue: deque[_Item] = deque()
+        self._changed = asyncio.Event()
+        self._incoming = 0
+        self._accepting = False
+        self._task: asyncio.Task[None] | None = None
+        self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="inference")
+        self.stats = BatchStats()
+
+    @property
+    def queue_depth(self) -> int:
+        """Images waiting for a batch (cancelled ones not yet skipped included)."""
+        return len(self._queue)
+
+    @property
+    def running(self) -> bool:
+        """True between start() and stop()."""
+        return self._accepting
+
+    def start(self) -> None:
+        """Start the consumer task on the running event loop."""
+        self._accepting = True
+        self._task = asyncio.get_running_loop().create_task(self._run(), name="batcher")
+
+    async def stop(self, timeout: float | None = None) -> None:
+        """Refuse new images, answer every queued one, then stop; what is left after `timeout` fails with 503."""
+        self._accepting = False
+        self._changed.set()
+        if self._task is not None:
+            try:
+                await asyncio.wait_for(asyncio.shield(self._task), timeout)
+            except TimeoutError:
+                self._task.cancel()
+                self._fail_queued(ShuttingDown("the server stopped before this image was processed"))
+        self._executor.shutdown(wait=True)
+        log.info(
+            "event=batcher_stopped batches=%d images=%d failed_batches=%d expired_images=%d cancelled_images=%d",
+            self.stats.batches, self.stats.images, self.stats.failed_batches, self.stats.expired_images,
+            self.stats.cancelled_images,
+        )  # fmt: skip
+
+    @contextmanager
+    def expecting(self) -> Iterator[None]:
+        """Mark a request whose images are being decoded: the batcher may wait (up to max_delay) for them."""
+        self._incoming += 1
+        try:
+            yield
+        finally:
+            self._incoming -= 1
+            self._changed.set()
+
+    def check_capacity(self, count: int) -> None:
+        """Raise QueueFull (503) at once if `count` more images would overflow the queue."""
+        if not self._accepting:
+            raise ShuttingDown("the server is shutting down and accepts no new requests")
+        if len(self._queue) + count > self.queue_capacity:
+            raise QueueFull(
+                f"the queue holds {len(self._queue)} of {self.queue_capacity} images; "
+                f"{count} more do not fit, retry later",
+                retry_after_s=self._retry_after_s,
+            )
+
+    async def submit(self, images: np.ndarray) -> np.ndarray:
+        """Queue each image of `images`, wait for all of them, return their results in order."""
+        self.check_capacity(len(images))
+        loop = asyncio.get_running_loop()
+        now = time.monotonic()
+        deadline = now + self._queue_timeout if self._queue_timeout else None
+        self._requests += 1
+        items = [_Item(self._requests, image, loop.create_future(), now, deadline) for image in images]
+        self._queue.extend(items)
+        self._changed.set()
+        try:
+            results = await asyncio.gather(*(item.future for item in items))
+        except BaseException:
+            # A failed image or a cancelled request (client gone): drop this request's other queued images.
+            for item in items:
+                item.future.cancel()
+            self.stats.cancelled_images += sum(item.future.cancelled() for item in items)
+            raise
+        return np.stack(results)
+
+    async def _run(self) -> None:
+        while True:
+            if not self._queue:
+                if not self._accepting:
+                    return
+                self._changed.clear()
+                await self._changed.wait()
+                continue
+            await self._wait_for_more()
+            batch = self._take_batch()
+            if batch:
+                await self._execute(batch)
+
+    async def _wait_for_more(self) -> None:
+        """Wait while the batch is not full, images are still being decoded, and the first image's wait is short."""
+        deadline = self._queue[0].enqueued_at + self._max_delay
+        if not self.merge_requests:
+            return
+        while len(self._queue) < self.max_batch_size and self._incoming > 0 and self._accepting:
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                return
+            self._changed.clear()
+            try:
+                await asyncio.wait_for(self._changed.wait(), remaining)
+            except TimeoutError:
+                return
+
+    def _take_batch(self) -> list[_Item]:
+        batch: list[_Item] = []
+        now = time.monotonic()
+        while self._queue and len(batch) < self.max_batch_size:
+            item = self._queue.popleft()
+            if item.future.done():  # cancelled: its request is gone
+                continue
+            if not self.merge_requests and batch and item.request != batch[0].request:
+                self._queue.appendleft(item)  # batching off: each request runs alone
+                break
+            if item.deadline is not None and now > item.deadline:
+                self.stats.expired_images += 1
+                waited_ms = (now - item.enqueued_at) * 1000
+                item.future.set_exception(QueueTimeout(f"the image waited {waited_ms:.0f} ms in the queue"))
+                continue
+            batch.append(item)
+        return batch
+
+    async def _execute(self, batch: list[_Item]) -> None:
+        images = np.stack([item.image for item in batch])
+        loop = asyncio.get_running_loop()
+        try:
+            results = await loop.run_in_executor(self._executor, self._predict, images)
+            if len(results) != len(batch):
+                raise InferenceFailed(f"the model returned {len(results)} results for {len(batch)} images")
+        except asyncio.CancelledError:  # stop() gave up waiting: answer rather than leave requests hanging
+            _fail(batch, ShuttingDown("the server stopped while this image was being processed"))
+            raise
+        except Exception as error:  # any fault of the model fails this batch only
+            self.stats.failed_batches += 1
+            failure = error if isinstance(error, ServiceError) else InferenceFailed(f"inference failed: {error}")
+            log.error("event=batch_failed size=%d error=%s", len(batch), failure)
+            _fail(batch, failure)
+            return
+        self.stats.batches += 1
+        self.stats.images += len(batch)
+        self.stats.last_sizes.append(len(batch))
+        for item, result in zip(batch, results, strict=True):
+            if not item.future.done():
+                item.future.set_result(result)
+
+    def _fail_queued(self, error: ServiceError) -> None:
+        _fail(self._queue, error)
+        self._queue.clear()
+
+
+def _fail(items: Iterable[_Item], error: Exception) -> None:
+    """Set `error` on every item still waiting."""
+    for item in items:
+        if not item.future.done():
+            item.future.set_exception(error)
