@@ -79,7 +79,19 @@ def export_run(
         "keras_version": keras.__version__,
     }
     images = parity_images(run_dir / PARITY_IMAGES, tuple(record["image_size"]))
-    return export_model(model, output, metadata=metadata, images=images, opset=opset, tolerance=tolerance)
+    exported = export_model(model, output, metadata=metadata, images=images, opset=opset, tolerance=tolerance)
+    save_inference_copy(model, output.with_suffix(".keras"))
+    return exported
+
+
+def save_inference_copy(model: Any, path: Path) -> None:
+    """Save the exported network as Keras, without optimizer state: the reference for parity checks and for
+    benchmarking Keras's `model.predict` against ONNX Runtime."""
+    import keras
+
+    copy = keras.models.clone_model(model)
+    copy.set_weights(model.get_weights())
+    copy.save(path)
 
 
 def export_model(

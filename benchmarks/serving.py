@@ -1,0 +1,410 @@
+"""Serving benchmark: the real server on 127.0.0.1 under `hey`, against the ceilings and the baselines.
+
+    python -m benchmarks.serving [--quick]        (or: make bench)
+
+Runs, each bounded in requests and time:
+- batched server: 1 image per request at concurrency 1, 8, 64; 32 images per request at concurrency 4;
+  an overload run far past capacity (refusals counted, accepted requests' latency, memory before and after);
+- (a) model ceiling: decode + ONNX Runtime in-process at the best batch size, no HTTP;
+- (b) HTTP ceiling: the same server with inference replaced by a constant answer;
+- (c) the same server with batching off;
+- (d) the article's way: Keras `model.predict` per request (benchmarks/keras_server.py).
+Writes benchmarks/results/serving.md, serving.json and serving.png.
+"""
+
+import argparse
+import csv
+import io
+import json
+import os
+import platform
+import shutil
+import socket
+import statistics
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+REPO = Path(__file__).resolve().parent.parent
+RESULTS = REPO / "benchmarks" / "results"
+SAMPLE = REPO / "tests" / "data" / "cifar10-sample"
+BOUNDARY = "benchmarkboundary7MA4YWxkTrZu0gW"
+
+
+@dataclass
+class Run:
+    """One load-generator run and what it measured."""
+
+    name: str
+    mode: str
+    concurrency: int
+    images_per_request: int
+    requests: int = 0
+    ok: int = 0
+    refused: int = 0
+    other: int = 0
+    seconds: float = 0.0
+    images_per_s: float = 0.0
+    p50_ms: float = 0.0
+    p95_ms: float = 0.0
+    p99_ms: float = 0.0
+    refused_p99_ms: float | None = None
+    refused_max_ms: float | None = None
+    extra: dict[str, float] = field(default_factory=dict)
+
+
+def multipart_body(images: list[bytes]) -> bytes:
+    """A multipart/form-data body with each image as a `files` part."""
+    parts = []
+    for index, data in enumerate(images):
+        head = (
+            f'--{BOUNDARY}\r\nContent-Disposition: form-data; name="files"; filename="{index}.jpg"\r\n'
+            "Content-Type: image/jpeg\r\n\r\n"
+        )
+        parts.append(head.encode() + data + b"\r\n")
+    return b"".join(parts) + f"--{BOUNDARY}--\r\n".encode()
+
+
+def sample_images(count: int) -> list[bytes]:
+    """Real CIFAR-10 JPEGs from the test fixture, cycled to `count`."""
+    files = sorted(SAMPLE.rglob("*.jpg"))
+    return [files[i % len(files)].read_bytes() for i in range(count)]
+
+
+def free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return int(probe.getsockname()[1])
+
+
+def wait_ready(url: str, process: subprocess.Popen[bytes], timeout: float = 120) -> None:
+    import urllib.request
+
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if process.poll() is not None:
+            raise RuntimeError(f"server exited with {process.returncode}")
+        try:
+            with urllib.request.urlopen(f"{url}/ready", timeout=1) as response:
+                if response.status == 200:
+                    return
+        except OSError:
+            pass
+        time.sleep(0.2)
+    raise RuntimeError("server not ready in time")
+
+
+@contextmanager
+def server(command: list[str], env: dict[str, str], port: int, log: Path) -> Iterator[tuple[str, int]]:
+    """Start a server process; yield (url, pid) once ready; stop it."""
+    with log.open("wb") as output:
+        process = subprocess.Popen(command, cwd=REPO, env=os.environ | env, stdout=output, stderr=subprocess.STDOUT)
+    url = f"http://127.0.0.1:{port}"
+    try:
+        wait_ready(url, process)
+        yield url, process.pid
+    finally:
+        process.terminate()
+        try:
+            process.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            process.kill()
+
+
+@contextmanager
+def service(model: Path, log_dir: Path, **settings: str) -> Iterator[tuple[str, int]]:
+    """`python -m service` with CLASSIFIER_* settings."""
+    port = free_port()
+    env = {"CLASSIFIER_MODEL_PATH": str(model), "CLASSIFIER_PORT": str(port), "CLASSIFIER_LOG_LEVEL": "warning"}
+    env |= {f"CLASSIFIER_{key.upper()}": value for key, value in settings.items()}
+    label = "-".join(f"{k}={v}" for k, v in settings.items()) or "default"
+    with server([sys.executable, "-m", "service"], env, port, log_dir / f"server-{label}.log") as running:
+        yield running
+
+
+def rss_mb(pid: int) -> float:
+    """Resident memory of a process, from /proc."""
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1]) / 1024
+    return float("nan")
+
+
+def hey(url: str, body: Path, *, concurrency: int, requests: int | None = None, seconds: float | None = None,
+        timeout_s: int = 20) -> list[tuple[float, int]]:  # fmt: skip
+    """Run hey against POST {url}/predict; (latency seconds, status) per request."""
+    command = ["hey", "-m", "POST", "-c", str(concurrency), "-t", str(timeout_s), "-o", "csv",
+               "-T", f"multipart/form-data; boundary={BOUNDARY}", "-D", str(body)]  # fmt: skip
+    command += ["-z", f"{seconds}s"] if seconds else ["-n", str(requests)]
+    limit = (seconds or 600) + 120
+    output = subprocess.run(
+        [*command, f"{url}/predict"], capture_output=True, text=True, timeout=limit, check=True
+    ).stdout
+    rows = csv.DictReader(io.StringIO(output))
+    return [(float(row["response-time"]), int(row["status-code"])) for row in rows]
+
+
+def summarise(run: Run, samples: list[tuple[float, int]], seconds: float) -> Run:
+    """Fill `run` from per-request samples."""
+    accepted = sorted(latency * 1000 for latency, status in samples if status == 200)
+    refused = sorted(latency * 1000 for latency, status in samples if status == 503)
+    run.requests = len(samples)
+    run.ok, run.refused = len(accepted), len(refused)
+    run.other = run.requests - run.ok - run.refused
+    run.seconds = round(seconds, 2)
+    run.images_per_s = round(run.ok * run.images_per_request / seconds, 1)
+    if accepted:
+        run.p50_ms, run.p95_ms, run.p99_ms = (round(float(np.percentile(accepted, q)), 2) for q in (50, 95, 99))
+    if refused:
+        run.refused_p99_ms = round(float(np.percentile(refused, 99)), 2)
+        run.refused_max_ms = round(refused[-1], 2)
+    return run
+
+
+def load(url: str, body: Path, run: Run, **options: float) -> Run:
+    """hey against `url`, summarised into `run`; prints a line."""
+    started = time.monotonic()
+    samples = hey(url, body, concurrency=run.concurrency, **options)  # type: ignore[arg-type]
+    summarise(run, samples, time.monotonic() - started)
+    print(
+        f"{run.name:<34} c={run.concurrency:<4} {run.images_per_s:>8.1f} img/s  p50 {run.p50_ms:7.2f}  "
+        f"p99 {run.p99_ms:7.2f} ms  ok={run.ok} refused={run.refused} other={run.other}",
+        flush=True,
+    )
+    return run
+
+
+def model_ceiling(model_path: Path, images: list[bytes], seconds: float) -> tuple[Run, dict[int, float]]:
+    """(a) decode + ONNX Runtime in one process at several batch sizes, no HTTP; the best is the ceiling."""
+    from service.imaging import decode_image
+    from service.inference import OnnxModel
+
+    model = OnnxModel(model_path, providers=("CPUExecutionProvider",))
+    size = (model.info.height, model.info.width)
+    per_size: dict[int, float] = {}
+    for batch_size in (1, 8, 16, 32, 64):
+        model.warm_up([batch_size])
+        done, started = 0, time.monotonic()
+        while time.monotonic() - started < seconds:
+            batch = [images[(done + i) % len(images)] for i in range(batch_size)]
+            arrays = np.stack([decode_image(data, filename="x", size=size, max_pixels=10**8) for data in batch])
+            model.predict(arrays)
+            done += batch_size
+        per_size[batch_size] = round(done / (time.monotonic() - started), 1)
+    best = max(per_size, key=lambda key: per_size[key])
+    run = Run("(a) model ceiling, in-process", "ceiling", 0, best, images_per_s=per_size[best])
+    print(f"(a) model ceiling: {per_size} img/s by batch size; best {best}", flush=True)
+    return run, per_size
+
+
+def single_image_latency(model_path: Path, image: bytes, count: int = 2000) -> dict[str, float]:
+    """Batch-1 decode and ONNX Runtime times in-process, one thread and default threads (medians, ms)."""
+    from service.imaging import decode_image
+    from service.inference import OnnxModel
+
+    figures: dict[str, float] = {}
+    array = decode_image(image, filename="x", size=(32, 32), max_pixels=10**8)[None]
+    for threads in (1, 0):
+        model = OnnxModel(model_path, providers=("CPUExecutionProvider",), intra_op_threads=threads)
+        model.warm_up([1] * 20)
+        times = []
+        for _ in range(count):
+            started = time.perf_counter()
+            model.predict(array)
+            times.append(time.perf_counter() - started)
+        figures[f"ort_batch1_{'1thread' if threads == 1 else 'default_threads'}_ms"] = round(
+            statistics.median(times) * 1000, 3
+        )
+    times = []
+    for _ in range(count):
+        started = time.perf_counter()
+        decode_image(image, filename="x", size=(32, 32), max_pixels=10**8)
+        times.append(time.perf_counter() - started)
+    figures["decode_ms"] = round(statistics.median(times) * 1000, 3)
+    return figures
+
+
+def write_results(runs: list[Run], context: dict[str, object]) -> None:
+    """benchmarks/results/serving.{json,md,png}."""
+    RESULTS.mkdir(parents=True, exist_ok=True)
+    (RESULTS / "serving.json").write_text(json.dumps({"context": context, "runs": [asdict(r) for r in runs]}, indent=2))
+    lines = [
+        "# Serving benchmark",
+        "",
+        f"Machine: {context['machine']}. Model: `{context['model']}`. Load generator: hey, on the same machine.",
+        f"Run: {context['when']}; command: `{context['command']}`.",
+        "",
+        "| run | mode | concurrency | images/request | images/s | p50 ms | p95 ms | p99 ms | ok | 503 | 503 p99 ms |",
+        "|---|---|---|---|---|---|---|---|---|---|---|",
+    ]
+    for r in runs:
+        refused_p99 = "" if r.refused_p99_ms is None else f"{r.refused_p99_ms:.2f}"
+        lines.append(
+            f"| {r.name} | {r.mode} | {r.concurrency or '-'} | {r.images_per_request} | {r.images_per_s:.1f} | "
+            f"{r.p50_ms:.2f} | {r.p95_ms:.2f} | {r.p99_ms:.2f} | {r.ok} | {r.refused} | {refused_p99} |"
+        )
+    lines += ["", "## Targets", ""] + [f"- {line}" for line in context["targets"]]  # type: ignore[operator]
+    lines += ["", "## Other figures", ""] + [f"- {k}: {v}" for k, v in context["figures"].items()]  # type: ignore[union-attr]
+    (RESULTS / "serving.md").write_text("\n".join(lines) + "\n")
+    plot(runs)
+
+
+def plot(runs: list[Run]) -> None:
+    """Throughput and p99 against concurrency, one line per mode (1 image per request)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    figure, (left, right) = plt.subplots(1, 2, figsize=(11, 4))
+    for mode in ("batched", "batching off", "constant answer", "keras predict"):
+        points = sorted(
+            (r.concurrency, r) for r in runs if r.mode == mode and r.images_per_request == 1 and r.refused == 0
+        )
+        if not points:
+            continue
+        left.plot([c for c, _ in points], [r.images_per_s for _, r in points], marker="o", label=mode)
+        right.plot([c for c, _ in points], [r.p99_ms for _, r in points], marker="o", label=mode)
+    for r in runs:
+        if r.mode == "ceiling":
+            left.axhline(r.images_per_s, linestyle="--", color="grey", label="model ceiling (in-process)")
+    for axes, title in ((left, "throughput, 1 image/request (images/s)"), (right, "p99 latency (ms)")):
+        axes.set_xscale("log", base=2)
+        axes.set_xlabel("concurrency")
+        axes.set_title(title)
+        axes.grid(alpha=0.3)
+        axes.legend(fontsize=8)
+    right.set_yscale("log")
+    figure.tight_layout()
+    figure.savefig(RESULTS / "serving.png", dpi=100)
+    plt.close(figure)
+
+
+def main() -> None:
+    """Run every scenario and write the results."""
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--model", default=str(REPO / "models" / "default.onnx"))
+    parser.add_argument("--keras-model", default=str(REPO / "models" / "default.keras"))
+    parser.add_argument("--quick", action="store_true", help="a short smoke run (figures are rough)")
+    args = parser.parse_args()
+    if shutil.which("hey") is None:
+        raise SystemExit("hey is not installed: apt-get install -y hey")
+    scale = 0.2 if args.quick else 1.0
+    model = Path(args.model)
+    logs = RESULTS / "logs"
+    logs.mkdir(parents=True, exist_ok=True)
+    one = logs / "one-image.body"
+    one.write_bytes(multipart_body(sample_images(1)))
+    thirty_two = logs / "32-images.body"
+    thirty_two.write_bytes(multipart_body(sample_images(32)))
+    n = lambda count: max(int(count * scale), 64)  # noqa: E731
+
+    runs: list[Run] = []
+    ceiling, per_size = model_ceiling(model, sample_images(64), seconds=3 * scale + 1)
+    runs.append(ceiling)
+    figures = single_image_latency(model, sample_images(1)[0])
+    print(f"in-process figures: {figures}", flush=True)
+
+    with service(model, logs) as (url, pid):
+        runs.append(load(url, one, Run("1 image/request", "batched", 1, 1), requests=n(3000)))
+        runs.append(load(url, one, Run("1 image/request", "batched", 8, 1), requests=n(6000)))
+        runs.append(load(url, one, Run("1 image/request", "batched", 64, 1), requests=n(12000)))
+        runs.append(load(url, thirty_two, Run("32 images/request", "batched", 4, 32), requests=n(600)))
+        capacity_rps = runs[-2].images_per_s
+        before = rss_mb(pid)
+        peak = [before]
+        sampling = threading.Event()
+
+        def sample() -> None:
+            while not sampling.wait(0.2):
+                peak.append(rss_mb(pid))
+
+        sampler = threading.Thread(target=sample)
+        sampler.start()
+        overload = load(url, one, Run("overload, 1 image/request", "batched", 512, 1), seconds=max(10 * scale, 4))
+        sampling.set()
+        sampler.join()
+        time.sleep(1)
+        overload.extra = {"rss_before_mb": round(before, 1), "rss_peak_mb": round(max(peak), 1),
+                          "rss_after_mb": round(rss_mb(pid), 1), "offered_rps": round(overload.requests / overload.seconds, 1),
+                          "capacity_rps": capacity_rps}  # fmt: skip
+        runs.append(overload)
+    with service(model, logs, benchmark_constant_answer="true") as (url, _):
+        for concurrency in (1, 8, 64):
+            runs.append(load(url, one, Run("(b) HTTP ceiling", "constant answer", concurrency, 1),
+                             requests=n(3000 * max(1, concurrency // 8))))  # fmt: skip
+    with service(model, logs, batching="false") as (url, _):
+        for concurrency in (1, 8, 64):
+            runs.append(load(url, one, Run("(c) batching off", "batching off", concurrency, 1),
+                             requests=n(3000 * max(1, concurrency // 8))))  # fmt: skip
+    keras_model = Path(args.keras_model)
+    if keras_model.is_file():
+        port = free_port()
+        command = [sys.executable, "-m", "benchmarks.keras_server", str(keras_model), str(port)]
+        with server(command, {}, port, logs / "keras-server.log") as (url, _):
+            for concurrency in (1, 8):
+                runs.append(load(url, one, Run("(d) Keras model.predict", "keras predict", concurrency, 1),
+                                 requests=n(300 * concurrency)))  # fmt: skip
+    else:
+        print(f"(d) skipped: {keras_model} not found", flush=True)
+
+    targets = judge(runs)
+    for line in targets:
+        print(line)
+    context = {
+        "machine": f"{platform.machine()}, {os.cpu_count()} cores, {platform.processor() or 'cpu'}, Python {platform.python_version()}",
+        "model": str(model.relative_to(REPO) if model.is_relative_to(REPO) else model),
+        "when": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
+        "command": "python -m benchmarks.serving" + (" --quick" if args.quick else ""),
+        "targets": targets,
+        "figures": figures | {f"model ceiling at batch {k} (img/s)": v for k, v in per_size.items()},
+    }  # fmt: skip
+    write_results(runs, context)
+    print(f"results written to {RESULTS}")
+
+
+def judge(runs: list[Run]) -> list[str]:
+    """The issue's targets, each with its measured figure and a verdict."""
+
+    def find(mode: str, concurrency: int, per_request: int = 1) -> Run:
+        return next(
+            r for r in runs if r.mode == mode and r.concurrency == concurrency and r.images_per_request == per_request
+        )
+
+    ceiling = next(r for r in runs if r.mode == "ceiling").images_per_s
+    http = find("constant answer", 64).images_per_s
+    batched64 = find("batched", 64).images_per_s
+    off64 = find("batching off", 64).images_per_s
+    lone = find("batched", 1)
+    big = find("batched", 4, 32).images_per_s
+    overload = next(r for r in runs if r.name.startswith("overload"))
+    unloaded_p99 = find("batched", 64).p99_ms
+    verdict = lambda ok: "met" if ok else "NOT met"  # noqa: E731
+    bound = min(ceiling, http)
+    memory = overload.extra
+    return [
+        f"1 image/request at c=64: {batched64:.0f} img/s = {batched64 / bound:.0%} of min(model ceiling {ceiling:.0f}, "
+        f"HTTP ceiling {http:.0f}) (target >= 70%): {verdict(batched64 >= 0.7 * bound)}; batching off {off64:.0f} img/s "
+        f"(target: batched >= off): {verdict(batched64 >= off64)}",
+        f"32 images/request at c=4: {big:.0f} img/s = {big / ceiling:.0%} of the model ceiling (target >= 80%): "
+        f"{verdict(big >= 0.8 * ceiling)}",
+        f"concurrency 1: p99 {lone.p99_ms:.2f} ms (target <= 5 ms): {verdict(lone.p99_ms <= 5)}",
+        f"overload (c={overload.concurrency}, offered {memory.get('offered_rps', 0):.0f} req/s vs capacity "
+        f"{memory.get('capacity_rps', 0):.0f}): {overload.refused} refused, 503 p99 {overload.refused_p99_ms} ms / max "
+        f"{overload.refused_max_ms} ms (target every 503 <= 10 ms): "
+        f"{verdict(overload.refused_max_ms is not None and overload.refused_max_ms <= 10)}; accepted p99 "
+        f"{overload.p99_ms:.1f} ms vs unloaded (c=64) p99 {unloaded_p99:.1f} ms (target <= 3x): "
+        f"{verdict(overload.p99_ms <= 3 * unloaded_p99)}; RSS {memory.get('rss_before_mb')} -> peak "
+        f"{memory.get('rss_peak_mb')} -> {memory.get('rss_after_mb')} MB; other statuses {overload.other}",
+    ]
+
+
+if __name__ == "__main__":
+    main()
