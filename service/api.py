@@ -37,26 +37,27 @@ class ServingState:
     ready: bool = False
 
 
-def get_settings(request: Request) -> Settings:
+# Dependencies are `async def` so FastAPI calls them inline: a plain `def` costs a thread-pool hop per request.
+async def get_settings(request: Request) -> Settings:
     """The app's settings."""
     settings: Settings = request.app.state.settings
     return settings
 
 
-def get_state(request: Request) -> ServingState:
+async def get_state(request: Request) -> ServingState:
     """The app's serving state."""
     state: ServingState = request.app.state.serving
     return state
 
 
-def get_model(state: Annotated[ServingState, Depends(get_state)]) -> OnnxModel:
+async def get_model(state: Annotated[ServingState, Depends(get_state)]) -> OnnxModel:
     """The loaded model, or 503 while there is none."""
     if not state.ready or state.model is None:
         raise NotReady("the model is not loaded yet")
     return state.model
 
 
-def get_batcher(state: Annotated[ServingState, Depends(get_state)]) -> Batcher:
+async def get_batcher(state: Annotated[ServingState, Depends(get_state)]) -> Batcher:
     """The running batcher, or 503 while there is none."""
     if not state.ready or state.batcher is None:
         raise NotReady("the model is not loaded yet")

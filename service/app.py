@@ -16,6 +16,7 @@ from service.batching import Batcher
 from service.config import Settings, load_settings
 from service.errors import ModelLoadError, ProviderUnavailable, ServiceError
 from service.inference import OnnxModel
+from service.limits import AdmissionControl
 
 log = logging.getLogger(__name__)
 
@@ -92,6 +93,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.state.settings = settings
     app.state.serving = ServingState()
     app.include_router(router)
+    app.add_middleware(AdmissionControl, limit=settings.max_concurrent_requests, paths=frozenset({"/predict"}))
     _install_error_handlers(app)
     return app
 

@@ -39,6 +39,9 @@ class Settings(BaseSettings):
     top_k: int = Field(default=3, ge=1)
     """How many labels, with probabilities, each prediction lists (capped at the number of classes)."""
 
+    max_concurrent_requests: int = Field(default=64, ge=1)
+    """Most /predict requests in progress at once; more are refused at once with 503 and Retry-After."""
+
     batching: bool = True
     """Merge images from concurrent requests into one model call; off, each request runs alone."""
 

@@ -217,3 +217,42 @@ def test_a_client_that_disconnects_has_its_work_cancelled() -> None:
         return never.cancelled()
 
     assert asyncio.run(scenario()), "the queued work was not cancelled"
+
+
+def test_requests_over_the_concurrency_limit_are_refused_before_their_body_is_read() -> None:
+    import asyncio
+
+    from service.limits import AdmissionControl
+
+    release = asyncio.Event()
+    sent: list[dict] = []
+
+    async def slow_app(scope: dict, receive: object, send: object) -> None:
+        await release.wait()
+
+    async def scenario() -> None:
+        control = AdmissionControl(slow_app, limit=2, paths=frozenset({"/predict"}))  # type: ignore[arg-type]
+        scope = {"type": "http", "path": "/predict", "method": "POST", "headers": []}
+
+        async def never_read() -> dict:
+            raise AssertionError("the refused request's body was read")
+
+        async def record(message: dict) -> None:
+            sent.append(message)
+
+        held = [asyncio.create_task(control(scope, never_read, record)) for _ in range(2)]  # type: ignore[arg-type]
+        await asyncio.sleep(0)
+        assert control.in_flight == 2
+        await control(scope, never_read, record)  # type: ignore[arg-type]
+        other = {"type": "http", "path": "/health", "method": "GET", "headers": []}
+        release.set()
+        await control(other, never_read, record)  # type: ignore[arg-type]  # other paths are never limited
+        await asyncio.gather(*held)
+        assert control.in_flight == 0 and control.refused == 1
+
+    asyncio.run(scenario())
+    start = next(message for message in sent if message["type"] == "http.response.start")
+    assert start["status"] == 503
+    assert (b"retry-after", b"1") in start["headers"]
+    body = next(message for message in sent if message["type"] == "http.response.body")
+    assert b'"error":"overloaded"' in body["body"]
