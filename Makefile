@@ -7,7 +7,7 @@ DATA_DIR ?= data/cifar10-train
 RUN_DIR ?= runs/baseline
 EPOCHS ?= 15
 
-.PHONY: serve test lint train train-default export evaluate data clean
+.PHONY: serve test lint bench train train-default export evaluate data clean
 
 $(BIN)/python:
 	$(PYTHON) -c 'import sys; assert sys.version_info >= (3, 11), "Python 3.11 or newer is needed"'
@@ -30,9 +30,14 @@ serve: $(VENV)/.serve-installed
 test: $(VENV)/.dev-installed
 	$(BIN)/python -m pytest
 
+# Serving benchmark (not part of the tests): needs `hey` (apt-get install -y hey); writes benchmarks/results/.
+bench: $(VENV)/.dev-installed
+	@command -v hey >/dev/null || { echo "hey is missing: apt-get install -y hey"; exit 1; }
+	$(BIN)/python -m benchmarks.serving
+
 lint: $(VENV)/.dev-installed
-	$(BIN)/python -m ruff check service training tests
-	$(BIN)/python -m ruff format --check service training tests
+	$(BIN)/python -m ruff check service training tests benchmarks
+	$(BIN)/python -m ruff format --check service training tests benchmarks
 
 $(DATA_DIR):
 	mkdir -p $(DATA_DIR)

@@ -12,12 +12,12 @@ from typing import Annotated
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
-import keras  # noqa: E402
-import numpy as np  # noqa: E402
-import uvicorn  # noqa: E402
-from fastapi import FastAPI, File, UploadFile  # noqa: E402
+import keras
+import numpy as np
+import uvicorn
+from fastapi import FastAPI, File, UploadFile
 
-from service.imaging import decode_image  # noqa: E402
+from service.imaging import decode_image
 
 
 def create_app(model_path: str) -> FastAPI:

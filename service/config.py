@@ -27,6 +27,10 @@ class Settings(BaseSettings):
     port: int = Field(default=8000, ge=1, le=65535)
     """TCP port to listen on."""
 
+    workers: int = Field(default=1, ge=1)
+    """Server processes (uvicorn workers), each with its own model session and batcher; on Kubernetes prefer 1
+    and more replicas."""
+
     max_images_per_request: int = Field(default=64, ge=1)
     """Most files one /predict request may carry (413 beyond)."""
 

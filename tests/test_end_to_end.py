@@ -128,7 +128,8 @@ def test_200_concurrent_requests_each_get_their_own_answer(bundled_model: Path, 
 
             return await asyncio.gather(*(send(i) for i in range(200)))
 
-    with running_server(bundled_model, tmp_path / "server.log", max_delay_ms="20") as url:
+    settings = {"max_delay_ms": "20", "max_concurrent_requests": "256", "queue_capacity": "256"}
+    with running_server(bundled_model, tmp_path / "server.log", **settings) as url:
         answers = asyncio.run(send_all(url))
     labels = model.info.labels
     for index, (answer, probabilities) in enumerate(zip(answers, expected, strict=True)):
@@ -145,3 +146,12 @@ def test_200_concurrent_requests_each_get_their_own_answer(bundled_model: Path, 
     batches, images = int(stopped[1]), int(stopped[2])
     assert images == 200  # every image ran exactly once (warm-up does not go through the batcher)
     assert batches < images, "no two requests were merged: the test proved nothing about batching"
+
+
+def test_several_workers_serve(bundled_model: Path, tmp_path: Path) -> None:
+    with running_server(bundled_model, tmp_path / "server.log", workers="2") as url:
+        files = [("files", ("a.jpg", encode(noisy_image(COLOURS["red"], (32, 32), seed=1), "JPEG"), "image/jpeg"))]
+        for _ in range(10):
+            assert httpx.post(f"{url}/predict", files=files, timeout=30).status_code == 200
+    log = (tmp_path / "server.log").read_text()
+    assert log.count("event=ready") == 2, log
