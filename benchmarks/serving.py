@@ -359,11 +359,11 @@ def main() -> None:
     with service(model, logs, benchmark_constant_answer="true") as (url, _):
         for concurrency in (1, 8, 64):
             runs.append(load(url, one, Run("(b) HTTP ceiling", "constant answer", concurrency, 1),
-                             requests=n(3000 * max(1, concurrency // 8))))  # fmt: skip
+                             requests=n(10000 if concurrency == 64 else 3000)))  # fmt: skip
     with service(model, logs, batching="false") as (url, _):
         for concurrency in (1, 8, 64):
             runs.append(load(url, one, Run("(c) batching off", "batching off", concurrency, 1),
-                             requests=n(3000 * max(1, concurrency // 8))))  # fmt: skip
+                             requests=n(10000 if concurrency == 64 else 3000)))  # fmt: skip
     keras_model = Path(args.keras_model)
     if keras_model.is_file():
         port = free_port()
@@ -371,7 +371,7 @@ def main() -> None:
         with server(command, {}, port, logs / "keras-server.log") as (url, _):
             for concurrency in (1, 8):
                 runs.append(load(url, one, Run("(d) Keras model.predict", "keras predict", concurrency, 1),
-                                 requests=n(300 * concurrency)))  # fmt: skip
+                                 requests=n(100 * concurrency)))  # fmt: skip
     else:
         print(f"(d) skipped: {keras_model} not found", flush=True)
 

@@ -58,6 +58,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
                 providers=settings.providers,
                 intra_op_threads=settings.intra_op_threads,
                 inter_op_threads=settings.inter_op_threads,
+                intra_op_spinning=settings.intra_op_spinning,
                 require_gpu=settings.require_gpu,
             )
             await asyncio.to_thread(model.warm_up, warm_up_sizes(settings.max_batch_size))

@@ -70,6 +70,10 @@ class Settings(BaseSettings):
     inter_op_threads: int = Field(default=0, ge=0)
     """ONNX Runtime threads across operators; 0 lets ONNX Runtime choose."""
 
+    intra_op_spinning: bool = False
+    """Let ONNX Runtime's threads busy-wait between runs. Off by measurement: on a small CPU the spinning steals
+    time from decoding and HTTP (32-image requests 20% faster, single-image p99 lower with it off)."""
+
     providers: Annotated[tuple[str, ...], NoDecode] = AUTO_PROVIDERS
     """Execution providers in order of preference, comma-separated; those not available here are skipped."""
 

@@ -39,7 +39,7 @@ def decode_image(data: bytes, *, filename: str, size: tuple[int, int], max_pixel
         # JPEG only: decode at a reduced scale that is still at least the target size (much faster for photos).
         image.draft("RGB", (max(size), max(size)))
         image.load()
-        image = ImageOps.exif_transpose(image)
+        ImageOps.exif_transpose(image, in_place=True)  # in place: no copy for the usual image without rotation
         rgb = _to_rgb(image)
     except ImageTooLarge:
         raise

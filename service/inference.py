@@ -49,6 +49,7 @@ class OnnxModel:
         providers: tuple[str, ...] = (CUDA, CPU),
         intra_op_threads: int = 0,
         inter_op_threads: int = 0,
+        intra_op_spinning: bool = False,
         require_gpu: bool = False,
     ) -> None:
         path = Path(path)
@@ -59,6 +60,8 @@ class OnnxModel:
         options.intra_op_num_threads = intra_op_threads
         options.inter_op_num_threads = inter_op_threads
         options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+        if not intra_op_spinning:
+            options.add_session_config_entry("session.intra_op.allow_spinning", "0")
         try:
             self._session = ort.InferenceSession(str(path), sess_options=options, providers=list(chosen))
         except Exception as error:  # ONNX Runtime raises its own types (InvalidProtobuf, Fail, ...)
