@@ -291,6 +291,7 @@ def plot(runs: list[Run]) -> None:
         axes.set_title(title)
         axes.grid(alpha=0.3)
         axes.legend(fontsize=8)
+    left.set_yscale("log")
     right.set_yscale("log")
     figure.tight_layout()
     figure.savefig(RESULTS / "serving.png", dpi=100)
