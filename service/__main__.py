@@ -1,27 +1,19 @@
 """`python -m service`: read the settings, then serve with uvicorn."""
 
-import copy
+import os
 import sys
-from typing import Any
+import tempfile
 
 import uvicorn
-from fastapi import FastAPI
 
 from service.app import create_app
 from service.config import SettingsError, load_settings
+from service.lifecycle import DrainingServer
+from service.logs import logging_config
+from service.metrics import MULTIPROCESS_ENV
 
-
-def logging_config(level: str) -> dict[str, Any]:
-    """uvicorn's logging set-up plus our own loggers, one key=value line per event."""
-    config = copy.deepcopy(uvicorn.config.LOGGING_CONFIG)
-    config["formatters"]["service"] = {"format": "%(asctime)s level=%(levelname)s logger=%(name)s %(message)s"}
-    config["handlers"]["service"] = {
-        "class": "logging.StreamHandler",
-        "formatter": "service",
-        "stream": "ext://sys.stderr",
-    }
-    config["loggers"]["service"] = {"handlers": ["service"], "level": level.upper(), "propagate": False}
-    return config
+# After draining, uvicorn's own graceful shutdown only has to close idle connections.
+UVICORN_GRACE_S = 2
 
 
 def main() -> None:
@@ -31,18 +23,25 @@ def main() -> None:
     except SettingsError as error:
         print(f"error: {error}", file=sys.stderr)
         raise SystemExit(2) from None
-    # One worker runs the app built here; several need an import path, and each worker re-reads the settings.
-    app: FastAPI | str = create_app(settings) if settings.workers == 1 else "service.app:create_app"
-    uvicorn.run(
-        app,
-        factory=settings.workers > 1,
-        workers=settings.workers,
-        host=settings.host,
-        port=settings.port,
-        log_level=settings.log_level,
-        log_config=logging_config(settings.log_level),  # applied in every worker process too
-        timeout_graceful_shutdown=20,
-    )
+    options = {
+        "host": settings.host,
+        "port": settings.port,
+        "log_level": settings.log_level,
+        "log_config": logging_config(settings.log_level, settings.log_format),  # applied in every worker too
+        "access_log": False,  # the service logs one structured line per request itself
+        "timeout_graceful_shutdown": UVICORN_GRACE_S,
+    }
+    if settings.workers == 1:
+        server = DrainingServer(
+            uvicorn.Config(create_app(settings), **options), drain_timeout_s=settings.drain_timeout_s
+        )
+        server.run()
+        if not server.started:
+            raise SystemExit(3)  # the model did not load: the reason is logged
+        return
+    # Several workers: each re-reads the settings and builds its app; metrics are shared through files.
+    os.environ.setdefault(MULTIPROCESS_ENV, tempfile.mkdtemp(prefix="classifier-metrics-"))
+    uvicorn.run("service.app:create_app", factory=True, workers=settings.workers, **options)  # type: ignore[arg-type]
 
 
 if __name__ == "__main__":

@@ -8,13 +8,14 @@ from typing import Annotated, Any
 import numpy as np
 from fastapi import APIRouter, Depends, File, Query, Request, UploadFile
 from fastapi.concurrency import run_in_threadpool
-from fastapi.responses import JSONResponse
+from fastapi.responses import JSONResponse, Response
 
-from service.batching import Batcher
+from service.batching import Batcher, RequestTiming
 from service.config import Settings
 from service.errors import ClientDisconnected, FileTooLarge, NotReady, TooManyImages
 from service.imaging import RESAMPLING_FILTER, decode_image
 from service.inference import OnnxModel, top_k
+from service.lifecycle import DrainState
 from service.schemas import (
     ErrorResponse,
     HealthResponse,
@@ -32,9 +33,15 @@ from service.schemas import (
 class ServingState:
     """What the lifespan sets up: the model, its batcher, and whether warm-up passed."""
 
+    drain: DrainState
     model: OnnxModel | None = None
     batcher: Batcher | None = None
     ready: bool = False
+
+    @property
+    def serving(self) -> bool:
+        """Loaded, warmed up and not draining: what readiness reports."""
+        return self.ready and not self.drain.draining
 
 
 # Dependencies are `async def` so FastAPI calls them inline: a plain `def` costs a thread-pool hop per request.
@@ -106,10 +113,14 @@ async def predict(
             raise FileTooLarge(f"{name!r} is {upload.size} bytes; the limit is {settings.max_image_bytes}")
     batcher.check_capacity(len(files))  # refuse an overload before spending time on decoding
     info = model.info
+    request.state.telemetry["images"] = len(files)
     with batcher.expecting():
         uploads = [(name, await upload.read()) for name, upload in zip(names, files, strict=True)]
         batch = await run_in_threadpool(_decode_all, uploads, (info.height, info.width), settings.max_image_pixels)
-    probabilities = await _unless_disconnected(request, batcher.submit(batch))
+    timing = RequestTiming()
+    probabilities = await _unless_disconnected(request, batcher.submit(batch, timing))
+    request.state.telemetry.update(queue_wait_s=timing.queue_wait_s, inference_s=timing.inference_s)
+    request.app.state.metrics.images_per_request.observe(len(files))
     ranked = top_k(probabilities, info.labels, k or settings.top_k)
     return PredictResponse(
         model=ModelRef(name=info.name, version=info.version),
@@ -166,15 +177,16 @@ async def health(state: StateDep) -> HealthResponse:
     responses={503: {"model": ReadinessResponse, "description": "The model is not loaded or warmed up yet"}},
 )
 async def ready(state: StateDep) -> JSONResponse:
-    """Readiness: 200 once the model is loaded and a warm-up inference passed, 503 before."""
+    """Readiness: 200 once the model is loaded and a warm-up inference passed; 503 before, and while draining."""
     info = state.model.info if state.model else None
+    status = "draining" if state.drain.draining else "ready" if state.ready else "not_ready"
     body = ReadinessResponse(
-        status="ready" if state.ready else "not_ready",
+        status=status,
         model=info.name if info else None,
         version=info.version if info else None,
         provider=info.provider if info else None,
     )
-    return JSONResponse(body.model_dump(), status_code=200 if state.ready else 503)
+    return JSONResponse(body.model_dump(), status_code=200 if state.serving else 503)
 
 
 @router.get("/model", response_model=ModelMetadataResponse, responses=_errors(503))
@@ -193,3 +205,10 @@ async def model_metadata(model: ModelDep) -> ModelMetadataResponse:
         resize_filter=RESAMPLING_FILTER.name.lower(),
         metadata=info.metadata,
     )
+
+
+@router.get("/metrics", response_class=Response, responses={200: {"content": {"text/plain": {}}}})
+async def metrics(request: Request) -> Response:
+    """Prometheus metrics in the text exposition format (all workers' when several run)."""
+    body, content_type = request.app.state.metrics.exposition()
+    return Response(body, media_type=content_type)

@@ -2,6 +2,7 @@
 
 import asyncio
 import logging
+import os
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 
@@ -9,6 +10,7 @@ import numpy as np
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
+from prometheus_client import multiprocess
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from service.api import ServingState, router
@@ -16,12 +18,12 @@ from service.batching import Batcher
 from service.config import Settings, load_settings
 from service.errors import ModelLoadError, ProviderUnavailable, ServiceError
 from service.inference import OnnxModel
-from service.limits import AdmissionControl
+from service.lifecycle import DRAIN, DrainState
+from service.limits import AdmissionControl, ApiKeyAuth, RequestTimeout
+from service.metrics import MULTIPROCESS_ENV, Metrics
+from service.telemetry import RequestTelemetry
 
 log = logging.getLogger(__name__)
-
-SHUTDOWN_TIMEOUT_S = 20.0
-"""How long shutdown waits for queued images to be answered."""
 
 
 def warm_up_sizes(max_batch_size: int) -> list[int]:
@@ -44,9 +46,10 @@ Errors are JSON: `{"error": "<code>", "detail": "<what was wrong>"}`.
 """
 
 
-def create_app(settings: Settings | None = None) -> FastAPI:
+def create_app(settings: Settings | None = None, drain: DrainState = DRAIN) -> FastAPI:
     """Build the app; the model is loaded and warmed up when the lifespan starts, not here."""
     settings = settings or load_settings()
+    metrics = Metrics()
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
@@ -72,8 +75,10 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             queue_capacity=settings.queue_capacity,
             queue_timeout_ms=settings.queue_timeout_ms or None,
             merge_requests=settings.batching,
+            observer=metrics,
         )
         batcher.start()
+        metrics.model_info.labels(model.info.name, model.info.version, model.info.provider).set(1)
         state.model, state.batcher = model, batcher
         state.ready = True
         log.info(
@@ -82,7 +87,9 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         )  # fmt: skip
         yield
         state.ready = False
-        await batcher.stop(timeout=SHUTDOWN_TIMEOUT_S)
+        await batcher.stop(timeout=settings.drain_timeout_s)
+        if os.environ.get(MULTIPROCESS_ENV):
+            multiprocess.mark_process_dead(os.getpid())
 
     app = FastAPI(
         title="Image classifier",
@@ -90,19 +97,45 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         description=DESCRIPTION,
         version="0.1.0",
         lifespan=lifespan,
+        max_body_size=settings.max_body_bytes,
     )
     app.state.settings = settings
-    app.state.serving = ServingState()
+    app.state.serving = ServingState(drain=drain)
+    app.state.metrics = metrics
     app.include_router(router)
-    app.add_middleware(AdmissionControl, limit=settings.max_concurrent_requests, paths=frozenset({"/predict"}))
-    _install_error_handlers(app)
+
+    def refused(reason: str) -> None:
+        metrics.refusals.labels(reason).inc()
+
+    # Added innermost first: telemetry wraps everything, so refusals and timeouts are logged and counted too.
+    app.add_middleware(
+        AdmissionControl,
+        limit=settings.max_concurrent_requests,
+        paths=frozenset({"/predict"}),
+        drain=drain,
+        on_refused=refused,
+    )
+    app.add_middleware(
+        ApiKeyAuth,
+        keys=settings.api_keys,
+        header=settings.api_key_header,
+        open_paths=frozenset(settings.api_key_open_paths),
+    )
+    app.add_middleware(RequestTimeout, seconds=settings.request_timeout_s, on_refused=refused)
+    app.add_middleware(RequestTelemetry, metrics=metrics)
+    _install_error_handlers(app, refused)
     return app
 
 
-def _install_error_handlers(app: FastAPI) -> None:
+REFUSAL_STATUSES = {499, 503, 504}
+
+
+def _install_error_handlers(app: FastAPI, refused: Callable[[str], None]) -> None:
     @app.exception_handler(ServiceError)
     async def service_error(request: Request, error: ServiceError) -> JSONResponse:
-        if error.status_code >= 500:
+        if error.status_code in REFUSAL_STATUSES:
+            refused("queue_full" if error.error == "overloaded" else error.error)
+        elif error.status_code >= 500:
             log.error("event=server_error path=%s error=%s detail=%s", request.url.path, error.error, error.detail)
         return JSONResponse(
             {"error": error.error, "detail": error.detail}, status_code=error.status_code, headers=error.headers
@@ -115,7 +148,10 @@ def _install_error_handlers(app: FastAPI) -> None:
 
     @app.exception_handler(StarletteHTTPException)
     async def http_error(request: Request, error: StarletteHTTPException) -> JSONResponse:
-        code = {400: "bad_request", 404: "not_found", 405: "method_not_allowed"}.get(error.status_code, "http_error")
-        return JSONResponse(
-            {"error": code, "detail": str(error.detail)}, status_code=error.status_code, headers=error.headers
-        )
+        codes = {400: "bad_request", 404: "not_found", 405: "method_not_allowed", 413: "body_too_large"}
+        code = codes.get(error.status_code, "http_error")
+        detail = str(error.detail)
+        if error.status_code == 413:
+            limit = request.app.state.settings.max_body_bytes
+            detail = f"the request body is over the limit of {limit} bytes"
+        return JSONResponse({"error": code, "detail": detail}, status_code=error.status_code, headers=error.headers)

@@ -14,6 +14,7 @@ from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from dataclasses import dataclass, field
+from typing import Protocol
 
 import numpy as np
 
@@ -25,6 +26,33 @@ Predict = Callable[[np.ndarray], np.ndarray]
 """A batch of images (N, ...) -> one result row per image (N, ...)."""
 
 
+class BatchObserver(Protocol):
+    """Receives what the batcher does, e.g. to export metrics."""
+
+    def observe_batch(self, size: int, queue_waits: list[float], inference_s: float) -> None: ...
+    def observe_queue_depth(self, depth: int) -> None: ...
+    def observe_failure(self) -> None: ...
+
+
+class _NoObserver:
+    def observe_batch(self, size: int, queue_waits: list[float], inference_s: float) -> None:
+        pass
+
+    def observe_queue_depth(self, depth: int) -> None:
+        pass
+
+    def observe_failure(self) -> None:
+        pass
+
+
+@dataclass
+class RequestTiming:
+    """Where one request's time went: its longest queue wait and the model time of the batches it was in."""
+
+    queue_wait_s: float = 0.0
+    inference_s: float = 0.0
+
+
 @dataclass(eq=False)
 class _Item:
     request: int
@@ -32,6 +60,7 @@ class _Item:
     future: asyncio.Future[np.ndarray]
     enqueued_at: float
     deadline: float | None
+    timing: RequestTiming
 
 
 @dataclass
@@ -63,6 +92,7 @@ class Batcher:
         queue_timeout_ms: float | None = None,
         merge_requests: bool = True,
         retry_after_s: int = 1,
+        observer: BatchObserver | None = None,
     ) -> None:
         if max_batch_size < 1 or queue_capacity < 1 or max_delay_ms < 0:
             raise ValueError("max_batch_size and queue_capacity must be >= 1 and max_delay_ms >= 0")
@@ -73,6 +103,7 @@ class Batcher:
         self._queue_timeout = queue_timeout_ms / 1000 if queue_timeout_ms else None
         self._retry_after_s = retry_after_s
         self.merge_requests = merge_requests
+        self._observer: BatchObserver = observer or _NoObserver()
         self._requests = 0
         self._queue: deque[_Item] = deque()
         self._changed = asyncio.Event()
@@ -135,15 +166,19 @@ class Batcher:
                 retry_after_s=self._retry_after_s,
             )
 
-    async def submit(self, images: np.ndarray) -> np.ndarray:
-        """Queue each image of `images`, wait for all of them, return their results in order."""
+    async def submit(self, images: np.ndarray, timing: RequestTiming | None = None) -> np.ndarray:
+        """Queue each image of `images`, wait for all of them, return their results in order.
+
+        `timing`, if given, is filled in with where the request's time went."""
         self.check_capacity(len(images))
         loop = asyncio.get_running_loop()
         now = time.monotonic()
         deadline = now + self._queue_timeout if self._queue_timeout else None
         self._requests += 1
-        items = [_Item(self._requests, image, loop.create_future(), now, deadline) for image in images]
+        timing = timing or RequestTiming()
+        items = [_Item(self._requests, image, loop.create_future(), now, deadline, timing) for image in images]
         self._queue.extend(items)
+        self._observer.observe_queue_depth(len(self._queue))
         self._changed.set()
         try:
             results = await asyncio.gather(*(item.future for item in items))
@@ -199,11 +234,14 @@ class Batcher:
                 item.future.set_exception(QueueTimeout(f"the image waited {waited_ms:.0f} ms in the queue"))
                 continue
             batch.append(item)
+        self._observer.observe_queue_depth(len(self._queue))
         return batch
 
     async def _execute(self, batch: list[_Item]) -> None:
         images = np.stack([item.image for item in batch])
         loop = asyncio.get_running_loop()
+        started = time.monotonic()
+        waits = [started - item.enqueued_at for item in batch]
         try:
             results = await loop.run_in_executor(self._executor, self._predict, images)
             if len(results) != len(batch):
@@ -213,13 +251,20 @@ class Batcher:
             raise
         except Exception as error:  # any fault of the model fails this batch only
             self.stats.failed_batches += 1
+            self._observer.observe_failure()
             failure = error if isinstance(error, ServiceError) else InferenceFailed(f"inference failed: {error}")
             log.error("event=batch_failed size=%d error=%s", len(batch), failure)
             _fail(batch, failure)
             return
+        elapsed = time.monotonic() - started
         self.stats.batches += 1
         self.stats.images += len(batch)
         self.stats.last_sizes.append(len(batch))
+        self._observer.observe_batch(len(batch), waits, elapsed)
+        for timing in {id(item.timing): item.timing for item in batch}.values():
+            timing.inference_s += elapsed
+        for item, wait in zip(batch, waits, strict=True):
+            item.timing.queue_wait_s = max(item.timing.queue_wait_s, wait)
         for item, result in zip(batch, results, strict=True):
             if not item.future.done():
                 item.future.set_result(result)

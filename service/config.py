@@ -31,6 +31,25 @@ class Settings(BaseSettings):
     """Server processes (uvicorn workers), each with its own model session and batcher; on Kubernetes prefer 1
     and more replicas."""
 
+    max_body_bytes: int = Field(default=64 * 1024 * 1024, ge=1)
+    """Largest request body in bytes, enforced while it streams in (413 beyond, before it is all read)."""
+
+    request_timeout_s: float = Field(default=30.0, ge=0)
+    """A request taking longer, reading a slowly trickled upload included, is answered 504; 0 turns this off."""
+
+    drain_timeout_s: float = Field(default=20.0, ge=0)
+    """On SIGTERM, how long to wait for requests in flight before stopping (keep it below the orchestrator's
+    grace period, 30 s on Kubernetes)."""
+
+    api_keys: Annotated[tuple[str, ...], NoDecode] = ()
+    """API keys, comma-separated; empty (the default) turns authentication off."""
+
+    api_key_header: str = "X-API-Key"
+    """The request header that carries the API key."""
+
+    api_key_open_paths: Annotated[tuple[str, ...], NoDecode] = ("/health", "/ready", "/metrics")
+    """Paths that never need the API key, comma-separated."""
+
     max_images_per_request: int = Field(default=64, ge=1)
     """Most files one /predict request may carry (413 beyond)."""
 
@@ -83,6 +102,9 @@ class Settings(BaseSettings):
     log_level: Literal["debug", "info", "warning", "error"] = "info"
     """Log level of the service and uvicorn."""
 
+    log_format: Literal["json", "text"] = "json"
+    """Log lines as one JSON object each, or as key=value text."""
+
     @field_validator("providers", mode="before")
     @classmethod
     def _split_providers(cls, value: object) -> object:
@@ -92,7 +114,14 @@ class Settings(BaseSettings):
             raise ValueError("at least one execution provider is needed")
         return value
 
-    @field_validator("log_level", mode="before")
+    @field_validator("api_keys", "api_key_open_paths", mode="before")
+    @classmethod
+    def _split_list(cls, value: object) -> object:
+        if isinstance(value, str):
+            return tuple(part.strip() for part in value.split(",") if part.strip())
+        return value
+
+    @field_validator("log_level", "log_format", mode="before")
     @classmethod
     def _lowercase_level(cls, value: object) -> object:
         return value.lower() if isinstance(value, str) else value

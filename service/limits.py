@@ -1,21 +1,46 @@
-"""Admission control: a cap on /predict requests in flight, enforced before the body is read.
+"""Request limits enforced as pure ASGI middleware, before FastAPI reads a body: admission control (a cap on
+/predict requests in flight, and refusal while draining), an overall request timeout, and the optional API key.
 
 Under overload the HTTP layer, not the model, is often the bottleneck: without a cap, requests pile up in the
 event loop and every one of them gets slow. With it, the excess is refused at once with 503 and Retry-After, and
 the accepted requests keep the latency of a fully loaded, not an overloaded, server.
 """
 
+import asyncio
+import hmac
+from collections.abc import Callable
+
 from starlette.responses import JSONResponse
-from starlette.types import ASGIApp, Receive, Scope, Send
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from service.lifecycle import DrainState
+
+Refused = Callable[[str], None]
+"""Told the reason of each refusal (for metrics)."""
+
+
+def _error(status: int, error: str, detail: str, headers: dict[str, str] | None = None) -> JSONResponse:
+    return JSONResponse({"error": error, "detail": detail}, status_code=status, headers=headers)
 
 
 class AdmissionControl:
-    """Pure ASGI middleware: at most `limit` requests to `paths` at once; the rest get 503 without being read."""
+    """At most `limit` requests to `paths` at once, none while draining; the rest get 503 without being read."""
 
-    def __init__(self, app: ASGIApp, *, limit: int, paths: frozenset[str], retry_after_s: int = 1) -> None:
+    def __init__(
+        self,
+        app: ASGIApp,
+        *,
+        limit: int,
+        paths: frozenset[str],
+        drain: DrainState,
+        on_refused: Refused = lambda reason: None,
+        retry_after_s: int = 1,
+    ) -> None:
         self.app = app
         self.limit = limit
         self.paths = paths
+        self.drain = drain
+        self.on_refused = on_refused
         self.retry_after_s = retry_after_s
         self.in_flight = 0
         self.refused = 0
@@ -24,20 +49,80 @@ class AdmissionControl:
         if scope["type"] != "http" or scope["path"] not in self.paths:
             await self.app(scope, receive, send)
             return
+        retry = {"Retry-After": str(self.retry_after_s)}
+        if self.drain.draining:
+            self.on_refused("shutting_down")
+            response = _error(503, "shutting_down", "the server is shutting down; retry on another replica", retry)
+            await response(scope, receive, send)
+            return
         if self.in_flight >= self.limit:
             self.refused += 1
-            response = JSONResponse(
-                {
-                    "error": "overloaded",
-                    "detail": f"{self.in_flight} requests are in progress, the limit is {self.limit}; retry later",
-                },
-                status_code=503,
-                headers={"Retry-After": str(self.retry_after_s)},
-            )
-            await response(scope, receive, send)
+            self.on_refused("overloaded")
+            detail = f"{self.in_flight} requests are in progress, the limit is {self.limit}; retry later"
+            await _error(503, "overloaded", detail, retry)(scope, receive, send)
             return
         self.in_flight += 1
         try:
             await self.app(scope, receive, send)
         finally:
             self.in_flight -= 1
+
+
+class RequestTimeout:
+    """Answer 504 when a request (reading its body included, so a trickled upload too) takes over `seconds`."""
+
+    def __init__(self, app: ASGIApp, *, seconds: float, on_refused: Refused = lambda reason: None) -> None:
+        self.app = app
+        self.seconds = seconds
+        self.on_refused = on_refused
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http" or not self.seconds:
+            await self.app(scope, receive, send)
+            return
+        response_started = False
+
+        async def tracking_send(message: Message) -> None:
+            nonlocal response_started
+            response_started = response_started or message["type"] == "http.response.start"
+            await send(message)
+
+        try:
+            async with asyncio.timeout(self.seconds):
+                await self.app(scope, receive, tracking_send)
+        except TimeoutError:
+            if response_started:
+                raise
+            self.on_refused("timeout")
+            detail = f"the request took longer than {self.seconds:g} s (upload and processing together)"
+            await _error(504, "timeout", detail)(scope, receive, send)
+
+
+class ApiKeyAuth:
+    """With `keys` set, every path but `open_paths` needs one of them in `header`; compared in constant time."""
+
+    def __init__(self, app: ASGIApp, *, keys: tuple[str, ...], header: str, open_paths: frozenset[str]) -> None:
+        self.app = app
+        self.keys = [key.encode() for key in keys]
+        self.header = header
+        self.header_key = header.lower().encode("latin-1")
+        self.open_paths = open_paths
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http" or not self.keys or scope["path"] in self.open_paths:
+            await self.app(scope, receive, send)
+            return
+        supplied = next((value for name, value in scope["headers"] if name == self.header_key), None)
+        if supplied is None:
+            headers = {"WWW-Authenticate": f'ApiKey header="{self.header}"'}
+            await _error(401, "unauthorized", f"this endpoint needs an API key in the {self.header} header", headers)(
+                scope, receive, send
+            )
+            return
+        matched = False
+        for key in self.keys:  # no early exit: the time taken does not depend on which key matched
+            matched |= hmac.compare_digest(supplied, key)
+        if not matched:
+            await _error(403, "forbidden", f"the API key in {self.header} is not valid")(scope, receive, send)
+            return
+        await self.app(scope, receive, send)

@@ -80,7 +80,7 @@ class HealthResponse(BaseModel):
 
 
 class ReadinessResponse(BaseModel):
-    """Readiness: 200 once the model is loaded and warmed up, 503 before."""
+    """Readiness: 200 once the model is loaded and warmed up; 503 before, and while draining."""
 
     model_config = ConfigDict(
         json_schema_extra={
@@ -95,7 +95,7 @@ class ReadinessResponse(BaseModel):
         }
     )
 
-    status: Literal["ready", "not_ready"]
+    status: Literal["ready", "not_ready", "draining"]
     model: str | None
     version: str | None
     provider: str | None

@@ -1,0 +1,34 @@
+"""Logging set-up for the server process and each uvicorn worker: key=value text or one JSON object per line."""
+
+import copy
+from typing import Any, Literal
+
+import uvicorn.config
+
+LogFormat = Literal["json", "text"]
+
+_TEXT_FORMAT = "%(asctime)s level=%(levelname)s logger=%(name)s %(message)s"
+_JSON_FIELDS = "%(asctime)s %(levelname)s %(name)s %(message)s"
+
+
+def logging_config(level: str, log_format: LogFormat) -> dict[str, Any]:
+    """uvicorn's logging config, with our loggers added and uvicorn's own lines in the same format."""
+    config = copy.deepcopy(uvicorn.config.LOGGING_CONFIG)
+    if log_format == "json":
+        formatter = {
+            "()": "pythonjsonlogger.json.JsonFormatter",
+            "fmt": _JSON_FIELDS,
+            "rename_fields": {"asctime": "time", "levelname": "level", "name": "logger"},
+        }
+    else:
+        formatter = {"format": _TEXT_FORMAT}
+    config["formatters"]["service"] = formatter
+    config["handlers"]["service"] = {
+        "class": "logging.StreamHandler",
+        "formatter": "service",
+        "stream": "ext://sys.stderr",
+    }
+    config["handlers"]["default"]["formatter"] = "service"
+    config["loggers"]["service"] = {"handlers": ["service"], "level": level.upper(), "propagate": False}
+    config["loggers"]["uvicorn"]["level"] = level.upper()
+    return config

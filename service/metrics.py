@@ -1,0 +1,88 @@
+"""Prometheus metrics, exposed at /metrics; correct across several uvicorn workers (multiprocess mode)."""
+
+import os
+
+from prometheus_client import (
+    CONTENT_TYPE_LATEST,
+    CollectorRegistry,
+    Counter,
+    Gauge,
+    Histogram,
+    generate_latest,
+    multiprocess,
+)
+
+# Milliseconds to seconds: a lone request takes a few ms, a loaded one 100s of ms, a stuck one seconds.
+LATENCY_BUCKETS = (0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.2, 0.5, 1.0, 2.0, 5.0, 10.0)
+COUNT_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256)
+MULTIPROCESS_ENV = "PROMETHEUS_MULTIPROC_DIR"
+
+
+class Metrics:
+    """Every metric of one app, in its own registry (so tests can build several apps)."""
+
+    def __init__(self) -> None:
+        self.registry = CollectorRegistry()
+        registry = self.registry
+        self.requests = Counter(
+            "classifier_http_requests", "HTTP requests by route template, method and status code.",
+            ["route", "method", "status"], registry=registry,
+        )  # fmt: skip
+        self.request_duration = Histogram(
+            "classifier_http_request_duration_seconds", "Time from request start to the end of the response.",
+            ["route"], buckets=LATENCY_BUCKETS, registry=registry,
+        )  # fmt: skip
+        self.images_per_request = Histogram(
+            "classifier_images_per_request", "Images in each accepted /predict request.",
+            buckets=COUNT_BUCKETS, registry=registry,
+        )  # fmt: skip
+        self.batch_size = Histogram(
+            "classifier_batch_size", "Images in each model call.", buckets=COUNT_BUCKETS, registry=registry
+        )
+        self.queue_depth = Gauge(
+            "classifier_queue_depth", "Images waiting for a batch.", multiprocess_mode="livesum", registry=registry
+        )
+        self.queue_wait = Histogram(
+            "classifier_queue_wait_seconds", "Time each image waited between queueing and its batch starting.",
+            buckets=LATENCY_BUCKETS, registry=registry,
+        )  # fmt: skip
+        self.inference_duration = Histogram(
+            "classifier_inference_duration_seconds", "Time of each model call (one batch).",
+            buckets=LATENCY_BUCKETS, registry=registry,
+        )  # fmt: skip
+        self.refusals = Counter(
+            "classifier_refusals", "Requests refused or cut short, by reason "
+            "(overloaded, queue_full, timeout, shutting_down, client_disconnected).",
+            ["reason"], registry=registry,
+        )  # fmt: skip
+        self.inference_failures = Counter(
+            "classifier_inference_failures", "Model calls that raised (each fails its batch's requests with 500).",
+            registry=registry,
+        )  # fmt: skip
+        self.model_info = Gauge(
+            "classifier_model_info", "The served model: always 1, labelled with name, version and provider.",
+            ["name", "version", "provider"], multiprocess_mode="livemax", registry=registry,
+        )  # fmt: skip
+
+    def observe_batch(self, size: int, queue_waits: list[float], inference_s: float) -> None:
+        """One model call: its size, each image's wait, and its duration."""
+        self.batch_size.observe(size)
+        self.inference_duration.observe(inference_s)
+        for wait in queue_waits:
+            self.queue_wait.observe(wait)
+
+    def observe_queue_depth(self, depth: int) -> None:
+        """The queue's length after it changed."""
+        self.queue_depth.set(depth)
+
+    def observe_failure(self) -> None:
+        """A model call that raised."""
+        self.inference_failures.inc()
+
+    def exposition(self) -> tuple[bytes, str]:
+        """The text format for a scrape: this process's registry, or every worker's in multiprocess mode."""
+        if os.environ.get(MULTIPROCESS_ENV):
+            registry = CollectorRegistry()
+            multiprocess.MultiProcessCollector(registry)
+            return generate_latest(registry), CONTENT_TYPE_LATEST
+        return generate_latest(self.registry), CONTENT_TYPE_LATEST
