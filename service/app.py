@@ -10,8 +10,10 @@ import numpy as np
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
+from fastapi.routing import APIRoute
 from prometheus_client import multiprocess
 from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.routing import Route
 
 from service.api import ServingState, router
 from service.batching import Batcher
@@ -19,7 +21,7 @@ from service.config import Settings, load_settings
 from service.errors import ModelLoadError, ProviderUnavailable, ServiceError
 from service.inference import OnnxModel
 from service.lifecycle import DRAIN, DrainState
-from service.limits import AdmissionControl, ApiKeyAuth, RequestTimeout
+from service.limits import AdmissionControl, ApiKeyAuth, BodyLimit, RequestTimeout
 from service.metrics import MULTIPROCESS_ENV, Metrics
 from service.telemetry import RequestTelemetry
 
@@ -97,7 +99,6 @@ def create_app(settings: Settings | None = None, drain: DrainState = DRAIN) -> F
         description=DESCRIPTION,
         version="0.1.0",
         lifespan=lifespan,
-        max_body_size=settings.max_body_bytes,
     )
     app.state.settings = settings
     app.state.serving = ServingState(drain=drain)
@@ -121,8 +122,13 @@ def create_app(settings: Settings | None = None, drain: DrainState = DRAIN) -> F
         header=settings.api_key_header,
         open_paths=frozenset(settings.api_key_open_paths),
     )
+    app.add_middleware(BodyLimit, max_bytes=settings.max_body_bytes)
     app.add_middleware(RequestTimeout, seconds=settings.request_timeout_s, on_refused=refused)
-    app.add_middleware(RequestTelemetry, metrics=metrics)
+    # The API's routes, and FastAPI's own (docs, schema), whatever objects app.routes wraps them in.
+    known_paths = frozenset(
+        route.path for route in [*router.routes, *app.routes] if isinstance(route, APIRoute | Route)
+    )
+    app.add_middleware(RequestTelemetry, metrics=metrics, known_paths=known_paths)
     _install_error_handlers(app, refused)
     return app
 
@@ -151,7 +157,4 @@ def _install_error_handlers(app: FastAPI, refused: Callable[[str], None]) -> Non
         codes = {400: "bad_request", 404: "not_found", 405: "method_not_allowed", 413: "body_too_large"}
         code = codes.get(error.status_code, "http_error")
         detail = str(error.detail)
-        if error.status_code == 413:
-            limit = request.app.state.settings.max_body_bytes
-            detail = f"the request body is over the limit of {limit} bytes"
         return JSONResponse({"error": code, "detail": detail}, status_code=error.status_code, headers=error.headers)

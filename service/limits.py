@@ -10,6 +10,7 @@ import asyncio
 import hmac
 from collections.abc import Callable
 
+from starlette.exceptions import HTTPException
 from starlette.responses import JSONResponse
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
@@ -66,6 +67,59 @@ class AdmissionControl:
             await self.app(scope, receive, send)
         finally:
             self.in_flight -= 1
+
+
+class BodyTooLarge(HTTPException):
+    """Raised from `receive` when the body grows past the limit. An HTTPException, so that FastAPI passes it
+    through its body parsing (which turns other errors into 400) to the app's JSON error handler."""
+
+    def __init__(self, max_bytes: int) -> None:
+        super().__init__(413, f"the request body is over the limit of {max_bytes} bytes")
+
+
+class BodyLimit:
+    """413 once a request body exceeds `max_bytes`: at once from Content-Length, else while it streams in.
+
+    Starlette's RequestBodyLimitMiddleware does the counting too, but answers in plain text; every error of this
+    service is JSON.
+    """
+
+    def __init__(self, app: ASGIApp, *, max_bytes: int) -> None:
+        self.app = app
+        self.max_bytes = max_bytes
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        detail = f"the request body is over the limit of {self.max_bytes} bytes"
+        declared = next((value for name, value in scope["headers"] if name == b"content-length"), None)
+        if declared is not None and declared.isdigit() and int(declared) > self.max_bytes:
+            await _error(413, "body_too_large", detail)(scope, receive, send)
+            return
+        received = 0
+        response_started = False
+
+        async def counting_receive() -> Message:
+            nonlocal received
+            message = await receive()
+            if message["type"] == "http.request":
+                received += len(message.get("body", b""))
+                if received > self.max_bytes:
+                    raise BodyTooLarge(self.max_bytes)
+            return message
+
+        async def tracking_send(message: Message) -> None:
+            nonlocal response_started
+            response_started = response_started or message["type"] == "http.response.start"
+            await send(message)
+
+        try:
+            await self.app(scope, counting_receive, tracking_send)
+        except BodyTooLarge:
+            if response_started:
+                raise
+            await _error(413, "body_too_large", detail)(scope, receive, send)
 
 
 class RequestTimeout:

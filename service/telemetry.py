@@ -32,9 +32,12 @@ def request_id_from(scope: Scope) -> str:
 class RequestTelemetry:
     """Pure ASGI middleware, outermost: sets the request id (echoed in the response), then logs and counts."""
 
-    def __init__(self, app: ASGIApp, *, metrics: Metrics) -> None:
+    def __init__(self, app: ASGIApp, *, metrics: Metrics, known_paths: frozenset[str]) -> None:
         self.app = app
         self.metrics = metrics
+        # Requests refused before routing (API key, admission) are still labelled by their route when the path
+        # is one; any other path is one label, so scanners cannot blow up the metrics' cardinality.
+        self.known_paths = known_paths
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -58,7 +61,9 @@ class RequestTelemetry:
             await self.app(scope, receive, send_with_id)
         finally:
             elapsed = time.perf_counter() - started
-            route = getattr(scope.get("route"), "path", UNMATCHED_ROUTE)
+            route = getattr(scope.get("route"), "path", None)
+            if route is None:
+                route = scope["path"] if scope["path"] in self.known_paths else UNMATCHED_ROUTE
             method = scope["method"]
             self.metrics.requests.labels(route, method, str(status)).inc()
             self.metrics.request_duration.labels(route).observe(elapsed)

@@ -1,0 +1,184 @@
+"""Admission control, draining refusal, the request timeout, the body limit and the API key."""
+
+import asyncio
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from fastapi.testclient import TestClient
+
+from service.app import create_app
+from service.config import Settings
+from service.lifecycle import DrainState
+from service.limits import AdmissionControl, RequestTimeout
+from tests.conftest import encode, noisy_image
+
+RED = (230, 30, 30)
+
+
+def upload(*files: tuple[str, bytes]) -> list[tuple[str, tuple[str, bytes, str]]]:
+    return [("files", (name, data, "application/octet-stream")) for name, data in files]
+
+
+GOOD = upload(("good.png", encode(noisy_image(RED, (32, 32)), "PNG")))
+
+
+class Recorder:
+    """Collects the ASGI messages a middleware sends."""
+
+    def __init__(self) -> None:
+        self.messages: list[dict] = []
+
+    async def __call__(self, message: dict) -> None:
+        self.messages.append(message)
+
+    @property
+    def status(self) -> int:
+        return next(m["status"] for m in self.messages if m["type"] == "http.response.start")
+
+    @property
+    def headers(self) -> list[tuple[bytes, bytes]]:
+        return next(m["headers"] for m in self.messages if m["type"] == "http.response.start")
+
+    @property
+    def body(self) -> bytes:
+        return b"".join(m.get("body", b"") for m in self.messages if m["type"] == "http.response.body")
+
+
+async def never_read() -> dict:
+    raise AssertionError("the body was read")
+
+
+def http_scope(path: str = "/predict") -> dict:
+    return {"type": "http", "path": path, "method": "POST", "headers": []}
+
+
+def test_requests_over_the_concurrency_limit_are_refused_before_their_body_is_read() -> None:
+    release = asyncio.Event()
+    reasons: list[str] = []
+
+    async def slow_app(scope: dict, receive: object, send: object) -> None:
+        await release.wait()
+
+    async def scenario() -> Recorder:
+        control = AdmissionControl(
+            slow_app, limit=2, paths=frozenset({"/predict"}), drain=DrainState(), on_refused=reasons.append
+        )  # type: ignore[arg-type]
+        held = [asyncio.create_task(control(http_scope(), never_read, Recorder())) for _ in range(2)]
+        await asyncio.sleep(0)
+        assert control.in_flight == 2
+        refused = Recorder()
+        await control(http_scope(), never_read, refused)
+        release.set()
+        await control(http_scope("/health"), never_read, Recorder())  # other paths are never limited
+        await asyncio.gather(*held)
+        assert control.in_flight == 0 and control.refused == 1
+        return refused
+
+    refused = asyncio.run(scenario())
+    assert refused.status == 503
+    assert (b"retry-after", b"1") in refused.headers
+    assert b'"error":"overloaded"' in refused.body
+    assert reasons == ["overloaded"]
+
+
+def test_while_draining_new_requests_are_refused_with_503() -> None:
+    drain = DrainState()
+    drain.start()
+    reasons: list[str] = []
+
+    async def app(scope: dict, receive: object, send: object) -> None:
+        raise AssertionError("a request reached the app while draining")
+
+    control = AdmissionControl(app, limit=10, paths=frozenset({"/predict"}), drain=drain, on_refused=reasons.append)
+    refused = Recorder()
+    asyncio.run(control(http_scope(), never_read, refused))  # type: ignore[arg-type]
+    assert refused.status == 503
+    assert b'"error":"shutting_down"' in refused.body
+    assert reasons == ["shutting_down"]
+
+
+def test_a_trickled_upload_is_cut_off_by_the_request_timeout() -> None:
+    reasons: list[str] = []
+
+    async def reading_app(scope: dict, receive, send) -> None:
+        while (await receive()).get("more_body"):
+            pass
+
+    async def trickle() -> dict:
+        await asyncio.sleep(0.05)  # one byte every 50 ms, forever
+        return {"type": "http.request", "body": b"x", "more_body": True}
+
+    timeout = RequestTimeout(reading_app, seconds=0.3, on_refused=reasons.append)
+    answered = Recorder()
+    asyncio.run(asyncio.wait_for(timeout(http_scope(), trickle, answered), 10))  # type: ignore[arg-type]
+    assert answered.status == 504
+    assert b'"error":"timeout"' in answered.body
+    assert reasons == ["timeout"]
+
+
+@pytest.fixture(scope="module")
+def keyed(bundled_model: Path) -> Iterator[TestClient]:
+    settings = Settings(model_path=bundled_model, api_keys=("first-key", "second-key"), max_body_bytes=20_000)
+    with TestClient(create_app(settings)) as client:
+        yield client
+
+
+@pytest.mark.parametrize(
+    ("headers", "status", "error"),
+    [
+        ({}, 401, "unauthorized"),
+        ({"X-API-Key": "wrong"}, 403, "forbidden"),
+        ({"X-API-Key": ""}, 403, "forbidden"),
+        ({"X-API-Key": "first-key"}, 200, None),
+        ({"X-API-Key": "second-key"}, 200, None),
+        ({"x-api-key": "second-key"}, 200, None),
+    ],
+)
+def test_api_key_guards_predict(keyed: TestClient, headers: dict[str, str], status: int, error: str | None) -> None:
+    response = keyed.post("/predict", files=GOOD, headers=headers)
+    assert response.status_code == status, response.text
+    if error:
+        assert response.json()["error"] == error
+        assert "X-API-Key" in response.json()["detail"]
+
+
+def test_api_key_guards_model_metadata_but_not_probes_or_metrics(keyed: TestClient) -> None:
+    assert keyed.get("/model").status_code == 401
+    assert keyed.get("/model", headers={"X-API-Key": "first-key"}).status_code == 200
+    for open_path in ("/health", "/ready", "/metrics"):
+        assert keyed.get(open_path).status_code == 200, open_path
+
+
+def test_api_key_open_paths_are_configurable(bundled_model: Path) -> None:
+    settings = Settings(model_path=bundled_model, api_keys=("k",), api_key_open_paths=("/health",))
+    with TestClient(create_app(settings)) as client:
+        assert client.get("/metrics").status_code == 401
+        assert client.get("/health").status_code == 200
+
+
+def test_body_over_the_total_limit_is_refused_with_413(keyed: TestClient) -> None:
+    big = upload(*[(f"{i}.bmp", encode(noisy_image(RED, (64, 64), seed=i), "BMP")) for i in range(3)])  # ~37 KB
+    response = keyed.post("/predict", files=big, headers={"X-API-Key": "first-key"})
+    assert response.status_code == 413
+    assert response.json() == {
+        "error": "body_too_large",
+        "detail": "the request body is over the limit of 20000 bytes",
+    }
+    assert keyed.post("/predict", files=GOOD, headers={"X-API-Key": "first-key"}).status_code == 200
+
+
+def test_body_limit_holds_without_content_length_while_streaming(keyed: TestClient) -> None:
+    def chunks() -> Iterator[bytes]:
+        # A valid multipart start, then 100 KB of one file's data, streamed (chunked: no Content-Length).
+        yield b'--b\r\nContent-Disposition: form-data; name="files"; filename="big.bmp"\r\n\r\n'
+        for _ in range(100):
+            yield b"x" * 1000
+        yield b"\r\n--b--\r\n"
+
+    response = keyed.post(
+        "/predict",
+        content=chunks(),
+        headers={"X-API-Key": "first-key", "Content-Type": "multipart/form-data; boundary=b"},
+    )
+    assert response.status_code == 413
