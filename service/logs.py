@@ -7,8 +7,8 @@ import uvicorn.config
 
 LogFormat = Literal["json", "text"]
 
-_TEXT_FORMAT = "%(asctime)s level=%(levelname)s logger=%(name)s %(message)s"
-_JSON_FIELDS = "%(asctime)s %(levelname)s %(name)s %(message)s"
+_TEXT_FORMAT = "%(asctime)s level=%(levelname)s pid=%(process)d logger=%(name)s %(message)s"
+_JSON_FIELDS = "%(asctime)s %(levelname)s %(process)d %(name)s %(message)s"
 
 
 def logging_config(level: str, log_format: LogFormat) -> dict[str, Any]:
@@ -18,7 +18,7 @@ def logging_config(level: str, log_format: LogFormat) -> dict[str, Any]:
         formatter = {
             "()": "pythonjsonlogger.json.JsonFormatter",
             "fmt": _JSON_FIELDS,
-            "rename_fields": {"asctime": "time", "levelname": "level", "name": "logger"},
+            "rename_fields": {"asctime": "time", "levelname": "level", "name": "logger", "process": "pid"},
         }
     else:
         formatter = {"format": _TEXT_FORMAT}

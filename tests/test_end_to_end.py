@@ -1,6 +1,7 @@
 """End to end: a model trained and exported here is served by the real server (uvicorn, loopback) and classifies
 uploaded PNG and JPEG files."""
 
+import json
 import os
 import re
 import socket
@@ -148,10 +149,27 @@ def test_200_concurrent_requests_each_get_their_own_answer(bundled_model: Path, 
     assert batches < images, "no two requests were merged: the test proved nothing about batching"
 
 
-def test_several_workers_serve(bundled_model: Path, tmp_path: Path) -> None:
+def test_several_workers_serve_and_metrics_add_up_across_them(bundled_model: Path, tmp_path: Path) -> None:
+    from prometheus_client.parser import text_string_to_metric_families
+
+    def predictions_counted(url: str) -> float:
+        text = httpx.get(f"{url}/metrics", timeout=10).text
+        return sum(
+            sample.value
+            for family in text_string_to_metric_families(text)
+            for sample in family.samples
+            if sample.name == "classifier_http_requests_total" and sample.labels["route"] == "/predict"
+        )
+
     with running_server(bundled_model, tmp_path / "server.log", workers="2") as url:
         files = [("files", ("a.jpg", encode(noisy_image(COLOURS["red"], (32, 32), seed=1), "JPEG"), "image/jpeg"))]
-        for _ in range(10):
-            assert httpx.post(f"{url}/predict", files=files, timeout=30).status_code == 200
+        with httpx.Client() as client:  # new connections, so both workers take some
+            for _ in range(20):
+                assert client.post(f"{url}/predict", files=files, headers={"Connection": "close"}).status_code == 200
+        # Whichever worker answers the scrape, it reports both workers' requests.
+        assert [predictions_counted(url) for _ in range(6)] == [20.0] * 6
     log = (tmp_path / "server.log").read_text()
     assert log.count("event=ready") == 2, log
+    events = [json.loads(line) for line in log.splitlines() if line.startswith("{")]
+    serving_pids = {event["pid"] for event in events if event.get("route") == "/predict"}
+    assert len(serving_pids) == 2, "one worker took every request: the metrics test proved nothing"
