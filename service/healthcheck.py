@@ -15,7 +15,7 @@ def main() -> int:
     """Probe http://127.0.0.1:PORT/ready."""
     url = f"http://127.0.0.1:{load_settings().port}/ready"
     try:
-        with urllib.request.urlopen(url, timeout=TIMEOUT_S) as response:  # noqa: S310 - a fixed local URL
+        with urllib.request.urlopen(url, timeout=TIMEOUT_S) as response:
             ready = response.status == 200
     except (urllib.error.URLError, OSError) as error:
         print(f"not ready: {url}: {error}", file=sys.stderr)
