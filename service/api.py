@@ -1,6 +1,8 @@
 """HTTP routes: read the request, call the core (imaging, inference), return a schema."""
 
 import asyncio
+import re
+import unicodedata
 from collections.abc import Coroutine
 from dataclasses import dataclass
 from typing import Annotated, Any
@@ -107,7 +109,7 @@ async def predict(
     """Classify one or more uploaded images, answered in the order they were uploaded."""
     if len(files) > settings.max_images_per_request:
         raise TooManyImages(f"{len(files)} files in one request; the limit is {settings.max_images_per_request}")
-    names = [upload.filename or f"file{index}" for index, upload in enumerate(files)]
+    names = [client_filename(upload.filename, index) for index, upload in enumerate(files)]
     for name, upload in zip(names, files, strict=True):
         if upload.size is not None and upload.size > settings.max_image_bytes:
             raise FileTooLarge(f"{name!r} is {upload.size} bytes; the limit is {settings.max_image_bytes}")
@@ -134,6 +136,17 @@ async def predict(
             for (name, _), labels in zip(uploads, ranked, strict=True)
         ],
     )
+
+
+MAX_FILENAME_CHARS = 255
+
+
+def client_filename(raw: str | None, index: int) -> str:
+    """The upload's file name, safe to echo and log: its last path component, without control or unassigned
+    characters, at most 255 characters; `file<index>` when nothing is left."""
+    name = re.split(r"[/\\]", raw or "")[-1]
+    name = "".join(char for char in name if not unicodedata.category(char).startswith("C"))
+    return name.strip()[:MAX_FILENAME_CHARS] or f"file{index}"
 
 
 async def _unless_disconnected(request: Request, work: Coroutine[Any, Any, np.ndarray]) -> np.ndarray:
