@@ -99,7 +99,10 @@ async def predict(
     request: Request,
     files: Annotated[
         list[UploadFile],
-        File(description="One or more image files (PNG, JPEG, WebP, BMP, GIF, ...); answered in upload order."),
+        File(
+            description="One or more image files (PNG, JPEG, WebP, BMP, GIF, ...); answered in upload order.",
+            min_length=1,
+        ),
     ],
     model: ModelDep,
     batcher: BatcherDep,

@@ -1,0 +1,171 @@
+"""Faults: unusable model files, ONNX Runtime failing mid-batch, missing GPUs, and a flood of requests."""
+
+import asyncio
+import json
+import logging
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import httpx2 as httpx
+import numpy as np
+import onnx
+import pytest
+from fastapi.testclient import TestClient
+from onnx import TensorProto, helper
+
+from service.app import create_app
+from service.config import Settings
+from service.inference import OnnxModel
+from tests.conftest import REPO, encode, noisy_image
+from tests.service.test_inference import write_model
+from tests.test_end_to_end import free_port, running_server
+
+
+def start_and_wait(model: Path, **settings: str) -> subprocess.CompletedProcess[str]:
+    env = os.environ | {"CLASSIFIER_MODEL_PATH": str(model), "CLASSIFIER_PORT": str(free_port())}
+    env |= {f"CLASSIFIER_{name.upper()}": value for name, value in settings.items()}
+    return subprocess.run(
+        [sys.executable, "-m", "service"], cwd=REPO, env=env, capture_output=True, text=True, timeout=60
+    )
+
+
+def bad_models(directory: Path, bundled: Path) -> dict[str, tuple[Path, str]]:
+    truncated = directory / "truncated.onnx"
+    truncated.write_bytes(bundled.read_bytes()[:4000])
+    not_onnx = directory / "photo.onnx"
+    not_onnx.write_bytes(encode(noisy_image((1, 2, 3)), "PNG"))
+    wrong_shape = write_model(directory / "nchw.onnx", TensorProto.UINT8, ["batch", 3, 32, 32], ["a", "b", "c"])
+    return {
+        "missing": (directory / "missing.onnx", "does not exist"),
+        "truncated": (truncated, "could not be loaded"),
+        "not-onnx": (not_onnx, "could not be loaded"),
+        "wrong-input-shape": (wrong_shape, "must take uint8 images (N, height, width, 3)"),
+    }
+
+
+@pytest.mark.parametrize("fault", ["missing", "truncated", "not-onnx", "wrong-input-shape"])
+def test_an_unusable_model_file_stops_startup_with_a_message(fault: str, tmp_path: Path, bundled_model: Path) -> None:
+    path, problem = bad_models(tmp_path, bundled_model)[fault]
+    result = start_and_wait(path)
+    assert result.returncode != 0
+    assert str(path) in result.stderr and problem in result.stderr
+    assert "event=ready" not in result.stderr
+
+
+def failing_model(path: Path) -> Path:
+    """A real ONNX model that ONNX Runtime cannot run on some inputs: it gathers from a 10-element table at the
+    index given by the first pixel's red value, so a red value of 10 or more makes Gather fail at run time."""
+    image = helper.make_tensor_value_info("image", TensorProto.UINT8, ["batch", 8, 8, 3])
+    output = helper.make_tensor_value_info("probabilities", TensorProto.FLOAT, ["batch", 3])
+    nodes = [
+        helper.make_node("Cast", ["image"], ["pixels"], to=TensorProto.FLOAT),
+        helper.make_node("ReduceMean", ["pixels"], ["mean"], axes=[1, 2], keepdims=0),
+        helper.make_node("MatMul", ["mean", "weights"], ["logits"]),
+        helper.make_node("Slice", ["image", "zeros", "ones", "axes"], ["corner"]),
+        helper.make_node("Reshape", ["corner", "flat"], ["corner_flat"]),
+        helper.make_node("Cast", ["corner_flat"], ["index"], to=TensorProto.INT64),
+        helper.make_node("Gather", ["table", "index"], ["looked_up"]),
+        helper.make_node("Unsqueeze", ["looked_up", "one_axis"], ["column"]),
+        helper.make_node("Add", ["logits", "column"], ["shifted"]),
+        helper.make_node("Softmax", ["shifted"], ["probabilities"]),
+    ]
+    constants = [
+        helper.make_tensor("weights", TensorProto.FLOAT, [3, 3], np.eye(3).flatten().tolist()),
+        helper.make_tensor("zeros", TensorProto.INT64, [3], [0, 0, 0]),
+        helper.make_tensor("ones", TensorProto.INT64, [3], [1, 1, 1]),
+        helper.make_tensor("axes", TensorProto.INT64, [3], [1, 2, 3]),
+        helper.make_tensor("flat", TensorProto.INT64, [1], [-1]),
+        helper.make_tensor("table", TensorProto.FLOAT, [10], [0.0] * 10),
+        helper.make_tensor("one_axis", TensorProto.INT64, [1], [1]),
+    ]
+    graph = helper.make_graph(nodes, "fails-on-bright-corners", [image], [output], initializer=constants)
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    helper.set_model_props(model, {"class_names": json.dumps(["a", "b", "c"]), "model_name": "fragile"})
+    onnx.save(model, path)
+    return path
+
+
+def test_onnx_runtime_failing_mid_batch_fails_those_requests_only(tmp_path: Path) -> None:
+    model = failing_model(tmp_path / "fragile.onnx")
+    dark = encode(noisy_image((0, 0, 0), (8, 8)).point(lambda v: min(v, 5)), "PNG")
+    bright = encode(noisy_image((250, 250, 250), (8, 8)), "PNG")
+
+    def upload(data: bytes) -> list[tuple[str, tuple[str, bytes, str]]]:
+        return [("files", ("x.png", data, "image/png"))]
+
+    with TestClient(create_app(Settings(model_path=model))) as client:
+        assert client.post("/predict", files=upload(dark)).status_code == 200
+        failed = client.post("/predict", files=upload(bright))
+        assert failed.status_code == 500
+        assert failed.json()["error"] == "inference_failed"
+        assert "Gather" in failed.json()["detail"] or "indices" in failed.json()["detail"]
+        assert client.post("/predict", files=upload(dark)).status_code == 200
+        metrics = client.get("/metrics").text
+    assert "classifier_inference_failures_total 1.0" in metrics
+
+
+def test_gpu_preferred_but_absent_means_cpu_with_one_warning(
+    bundled_model: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    with caplog.at_level(logging.WARNING, logger="service"):
+        model = OnnxModel(bundled_model, providers=("CUDAExecutionProvider", "CPUExecutionProvider"))
+    assert model.info.providers == ("CPUExecutionProvider",)
+    warnings = [record for record in caplog.records if record.levelno >= logging.WARNING]
+    assert len(warnings) == 1 and "CUDAExecutionProvider" in warnings[0].getMessage()
+
+
+def test_gpu_required_but_absent_exits_with_a_message(bundled_model: Path) -> None:
+    result = start_and_wait(bundled_model, require_gpu="true")
+    assert result.returncode != 0
+    assert "a GPU is required" in result.stderr
+
+
+def rss_mb(pid: int) -> float:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1]) / 1024
+    raise AssertionError("no VmRSS")
+
+
+def server_pid(log: Path) -> int:
+    """The serving process's pid, from its JSON log lines."""
+    for line in log.read_text().splitlines():
+        if line.startswith("{"):
+            return int(json.loads(line)["pid"])
+    raise AssertionError("no JSON log line yet")
+
+
+def test_a_flood_gets_every_request_answered_and_memory_returns(bundled_model: Path, tmp_path: Path) -> None:
+    images = [encode(noisy_image((i % 256, 80, 160), (32, 32), seed=i), "JPEG") for i in range(50)]
+
+    async def flood(url: str, count: int) -> list[int]:
+        limits = httpx.Limits(max_connections=count)
+        async with httpx.AsyncClient(base_url=url, limits=limits, timeout=30) as client:
+
+            async def one(index: int) -> int:
+                files = [("files", (f"{index}.jpg", images[index % len(images)], "image/jpeg"))]
+                return (await client.post("/predict", files=files)).status_code
+
+            return await asyncio.wait_for(asyncio.gather(*(one(i) for i in range(count))), 120)
+
+    settings = {"max_concurrent_requests": "16", "queue_capacity": "32", "queue_timeout_ms": "2000"}
+    log = tmp_path / "server.log"
+    with running_server(bundled_model, log, **settings) as url:
+        asyncio.run(flood(url, 300))  # warm-up: allocator pools, thread pools, connection buffers
+        pid = server_pid(log)
+        time.sleep(1)
+        before = rss_mb(pid)
+        started = time.monotonic()
+        statuses = asyncio.run(flood(url, 400))
+        elapsed = time.monotonic() - started
+        time.sleep(1)
+        after = rss_mb(pid)
+        assert httpx.get(f"{url}/ready").status_code == 200
+    counts = {status: statuses.count(status) for status in sorted(set(statuses))}
+    print(f"\nflood: 400 concurrent requests in {elapsed:.1f} s -> {counts}; RSS {before:.1f} -> {after:.1f} MB")
+    assert set(counts) <= {200, 503, 504}, counts
+    assert counts.get(200, 0) > 0 and counts.get(503, 0) > 0
+    assert after <= before * 1.10, f"RSS grew from {before:.1f} to {after:.1f} MB"
