@@ -7,7 +7,7 @@ DATA_DIR ?= data/cifar10-train
 RUN_DIR ?= runs/baseline
 EPOCHS ?= 15
 
-.PHONY: serve test lint bench train train-default export evaluate data clean
+.PHONY: serve test lint bench soak train train-default export evaluate data clean
 
 $(BIN)/python:
 	$(PYTHON) -c 'import sys; assert sys.version_info >= (3, 11), "Python 3.11 or newer is needed"'
@@ -34,6 +34,11 @@ test: $(VENV)/.dev-installed
 bench: $(VENV)/.dev-installed
 	@command -v hey >/dev/null || { echo "hey is missing: apt-get install -y hey"; exit 1; }
 	$(BIN)/python -m benchmarks.serving
+
+# 10 minutes of constant moderate load; fails on any error or on memory growth of 10% or more.
+soak: $(VENV)/.dev-installed
+	@command -v hey >/dev/null || { echo "hey is missing: apt-get install -y hey"; exit 1; }
+	$(BIN)/python -m benchmarks.soak
 
 lint: $(VENV)/.dev-installed
 	$(BIN)/python -m ruff check service training tests benchmarks

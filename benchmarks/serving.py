@@ -148,6 +148,14 @@ def rss_mb(pid: int) -> float:
 def hey(url: str, body: Path, *, concurrency: int, requests: int | None = None, seconds: float | None = None,
         rate_per_worker: float | None = None, timeout_s: int = 20) -> list[tuple[float, int]]:  # fmt: skip
     """Run hey against POST {url}/predict; (latency seconds, status) per request."""
+    rows = hey_rows(url, body, concurrency=concurrency, requests=requests, seconds=seconds,
+                    rate_per_worker=rate_per_worker, timeout_s=timeout_s)  # fmt: skip
+    return [(latency, status) for latency, status, _ in rows]
+
+
+def hey_rows(url: str, body: Path, *, concurrency: int, requests: int | None = None, seconds: float | None = None,
+             rate_per_worker: float | None = None, timeout_s: int = 20) -> list[tuple[float, int, float]]:  # fmt: skip
+    """Run hey against POST {url}/predict; (latency s, status, start offset s) per request."""
     command = ["hey", "-m", "POST", "-c", str(concurrency), "-t", str(timeout_s), "-o", "csv",
                "-T", f"multipart/form-data; boundary={BOUNDARY}", "-D", str(body)]  # fmt: skip
     command += ["-z", f"{seconds}s"] if seconds else ["-n", str(requests)]
@@ -158,7 +166,7 @@ def hey(url: str, body: Path, *, concurrency: int, requests: int | None = None, 
         [*command, f"{url}/predict"], capture_output=True, text=True, timeout=limit, check=True
     ).stdout
     rows = csv.DictReader(io.StringIO(output))
-    return [(float(row["response-time"]), int(row["status-code"])) for row in rows]
+    return [(float(row["response-time"]), int(row["status-code"]), float(row["offset"])) for row in rows]
 
 
 def summarise(run: Run, samples: list[tuple[float, int]], seconds: float) -> Run:
