@@ -7,7 +7,7 @@ DATA_DIR ?= data/cifar10-train
 RUN_DIR ?= runs/baseline
 EPOCHS ?= 15
 
-.PHONY: serve test lint bench soak train train-default export evaluate data clean
+.PHONY: serve test lint bench soak train train-default export-default card export evaluate data clean
 
 $(BIN)/python:
 	$(PYTHON) -c 'import sys; assert sys.version_info >= (3, 11), "Python 3.11 or newer is needed"'
@@ -58,6 +58,15 @@ train: $(VENV)/.dev-installed $(DATA_DIR)
 DEFAULT_RUN_DIR ?= runs/cifar10-resnet9
 train-default: $(VENV)/.dev-installed $(DATA_DIR)
 	$(BIN)/python -m training train --run-dir $(DEFAULT_RUN_DIR) $(if $(RESUME),--resume,--preset cifar10-resnet9 --data $(DATA_DIR))
+
+export-default: $(VENV)/.dev-installed
+	$(BIN)/python -m training export --run-dir $(DEFAULT_RUN_DIR) --output models/default.onnx --name cifar10-resnet9 --version 2.0.0
+
+card: $(VENV)/.dev-installed
+	$(BIN)/python -m training card --run-dir $(DEFAULT_RUN_DIR) --model models/default.onnx --out models \
+		--reproduce "make train-default export-default card"
+	cp $(DEFAULT_RUN_DIR)/confusion_matrix.png models/default.confusion_matrix.png
+	cp $(DEFAULT_RUN_DIR)/training_curves.png models/default.training_curves.png
 
 export: $(VENV)/.dev-installed
 	$(BIN)/python -m training export --run-dir $(RUN_DIR) --output models/default.onnx

@@ -94,13 +94,21 @@ def _export(args: argparse.Namespace) -> None:
     print(f"exported {path}")
 
 
+def _card(args: argparse.Namespace) -> None:
+    from training.card import build_card, write_card
+
+    card = build_card(Path(args.run_dir), Path(args.model), reproduce=args.reproduce, trained_on_machine=args.machine)
+    for path in write_card(card, Path(args.out)):
+        print(f"wrote {path}")
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser with its three commands."""
     parser = argparse.ArgumentParser(
         prog="python -m training",
         description="Train an image classifier with Keras, evaluate it, and export it to ONNX for the service.",
     )
-    commands = parser.add_subparsers(dest="command", required=True, metavar="{train,evaluate,export}")
+    commands = parser.add_subparsers(dest="command", required=True, metavar="{train,evaluate,export,card}")
 
     train = commands.add_parser("train", help="train a model into a run directory")
     train.add_argument(
@@ -141,6 +149,13 @@ def build_parser() -> argparse.ArgumentParser:
     export.add_argument("--version", default="1", help="model version string (default: 1)")
     export.add_argument("--opset", type=int, default=17)
     export.add_argument("--tolerance", type=float, default=1e-4, help="max |p_keras - p_onnx| allowed")
+
+    card = commands.add_parser("card", help="write a model card (markdown + JSON) for an exported run")
+    card.add_argument("--run-dir", required=True, help="the training run")
+    card.add_argument("--model", required=True, help="the exported .onnx file")
+    card.add_argument("--out", default="models", help="folder for MODEL_CARD.md and model_card.json")
+    card.add_argument("--reproduce", default="make train-default export-default card", help="command to record")
+    card.add_argument("--machine", default="2-core AMD EPYC CPU, no GPU", help="where it was trained")
     return parser
 
 
@@ -161,7 +176,7 @@ def main(argv: list[str] | None = None) -> None:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s %(message)s")
     from training.data import DataError
 
-    handlers = {"train": _train, "evaluate": _evaluate, "export": _export}
+    handlers = {"train": _train, "evaluate": _evaluate, "export": _export, "card": _card}
     try:
         handlers[args.command](args)
     except (DataError, FileNotFoundError) as error:

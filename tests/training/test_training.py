@@ -226,3 +226,29 @@ def test_cli_preset_sets_the_recipe_and_flags_override_it(tmp_path: Path) -> Non
         assert record[key] == preset[key], key
     unknown = run_cli("train", "--preset", "nope", "--run-dir", str(tmp_path / "x"))
     assert unknown.returncode != 0 and "cifar10-resnet9" in unknown.stderr
+
+
+def test_flops_of_the_baseline_by_hand() -> None:
+    from training.models import count_flops
+
+    model = build_model("baseline", (32, 32, 3), 10)
+    convolutions = 2 * (30 * 30 * 9 * 3 * 32 + 13 * 13 * 9 * 32 * 64 + 4 * 4 * 9 * 64 * 128)
+    dense = 2 * (512 * 128 + 128 * 10)
+    assert count_flops(model) == convolutions + dense == 10_278_144
+
+
+def test_model_card_for_a_run(tiny_run: Path, tmp_path: Path) -> None:
+    from training.card import build_card, write_card
+
+    card = build_card(
+        tiny_run, tiny_run / "model.onnx", reproduce="make it", trained_on_machine="here", latency_seconds=0.05
+    )
+    markdown, data = write_card(card, tmp_path)
+    written = json.loads(data.read_text())
+    assert written["name"] == "tiny-colours" and written["classes"] == ["blue", "green", "red"]
+    assert written["parameters"] > 0 and written["flops_per_image"] > 0
+    assert written["validation"]["accuracy"] == json.loads((tiny_run / "metrics.json").read_text())["accuracy"]
+    assert written["training"]["epochs_run"] == 6
+    assert written["latency_onnxruntime_cpu"]["batch1_ms"] > 0
+    text = markdown.read_text()
+    assert "tiny-colours" in text and "make it" in text and "| red |" in text

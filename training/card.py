@@ -1,0 +1,164 @@
+"""Model card: what a model is, how it was made, how good and how fast it is (markdown and JSON)."""
+
+import hashlib
+import json
+import platform
+import statistics
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from training.evaluation import METRICS_FILE
+from training.train import CONFIG_FILE, FINAL_MODEL, HISTORY_JSON
+
+CARD_MARKDOWN = "MODEL_CARD.md"
+CARD_JSON = "model_card.json"
+
+
+def measure_latency(
+    onnx_path: Path, batch_sizes: tuple[int, ...] = (1, 8, 32, 64, 128), seconds: float = 3.0
+) -> dict[str, Any]:
+    """ONNX Runtime on one CPU thread: median ms per image at each batch size (the issue's yardstick)."""
+    import onnxruntime as ort
+
+    options = ort.SessionOptions()
+    options.intra_op_num_threads = 1
+    options.inter_op_num_threads = 1
+    session = ort.InferenceSession(str(onnx_path), options, providers=["CPUExecutionProvider"])
+    name = session.get_inputs()[0].name
+    height, width = session.get_inputs()[0].shape[1:3]
+    per_image: dict[int, float] = {}
+    for batch in batch_sizes:
+        images = np.random.default_rng(0).integers(0, 256, (batch, height, width, 3), dtype=np.uint8)
+        for _ in range(5):
+            session.run(None, {name: images})
+        times = []
+        deadline = time.monotonic() + seconds
+        while time.monotonic() < deadline or len(times) < 10:
+            started = time.perf_counter()
+            session.run(None, {name: images})
+            times.append(time.perf_counter() - started)
+        per_image[batch] = round(statistics.median(times) * 1000 / batch, 4)
+    best = min(per_image, key=lambda batch: per_image[batch])
+    return {
+        "threads": 1,
+        "ms_per_image_by_batch": per_image,
+        "batch1_ms": per_image[1],
+        "best_batch": best,
+        "best_ms_per_image": per_image[best],
+    }
+
+
+def build_card(
+    run_dir: Path, onnx_path: Path, *, reproduce: str, trained_on_machine: str, latency_seconds: float = 3.0
+) -> dict[str, Any]:
+    """Gather the card's facts from the run directory and the exported model."""
+    import keras
+    import onnxruntime as ort
+
+    from training.models import count_flops
+
+    record = json.loads((run_dir / CONFIG_FILE).read_text())
+    metrics = json.loads((run_dir / METRICS_FILE).read_text())
+    history = json.loads((run_dir / HISTORY_JSON).read_text())
+    model = keras.saving.load_model(run_dir / FINAL_MODEL)
+    metadata = ort.InferenceSession(str(onnx_path), providers=["CPUExecutionProvider"]).get_modelmeta()
+    properties = dict(metadata.custom_metadata_map)
+    recipe_keys = ("architecture", "epochs", "batch_size", "optimizer", "learning_rate", "momentum", "weight_decay",
+                   "schedule", "warmup_epochs", "label_smoothing", "augment", "cutout", "seed",
+                   "validation_fraction")  # fmt: skip
+    onnx_bytes = onnx_path.read_bytes()
+    return {
+        "name": properties.get("model_name"),
+        "version": properties.get("model_version"),
+        "file": onnx_path.name,
+        "file_bytes": len(onnx_bytes),
+        "sha256": hashlib.sha256(onnx_bytes).hexdigest(),
+        "input": "image: uint8 [batch, 32, 32, 3], raw RGB (the model normalises)",
+        "output": "probabilities: float32 [batch, classes]",
+        "classes": record["class_names"],
+        "data": {
+            "source": record.get("source"),
+            "validation_examples": metrics["examples"],
+            "validation_split": f"stratified, seed {record['seed']}, fraction {record['validation_fraction']}",
+        },
+        "architecture": record["architecture"],
+        "parameters": int(model.count_params()),
+        "flops_per_image": count_flops(model),
+        "recipe": {key: record.get(key) for key in recipe_keys},
+        "reproduce": reproduce,
+        "training": {
+            "epochs_run": len(history),
+            "wall_clock_hours": round(sum(row.get("epoch_seconds", 0.0) for row in history) / 3600, 2),
+            "machine": trained_on_machine,
+        },
+        "validation": {
+            key: metrics[key] for key in ("accuracy", "macro_precision", "macro_recall", "macro_f1", "per_class")
+        },
+        "latency_onnxruntime_cpu": measure_latency(onnx_path, seconds=latency_seconds)
+        | {"cpu": platform.processor() or platform.machine()},
+    }
+
+
+def render_markdown(card: dict[str, Any]) -> str:
+    """The card as markdown."""
+    validation = card["validation"]
+    latency = card["latency_onnxruntime_cpu"]
+    rows = "\n".join(
+        f"| {name} | {v['precision']:.3f} | {v['recall']:.3f} | {v['f1']:.3f} | {v['support']} |"
+        for name, v in validation["per_class"].items()
+    )
+    recipe = "\n".join(f"| {key} | {value} |" for key, value in card["recipe"].items())
+    macro = " / ".join(f"{validation[key]:.3f}" for key in ("macro_precision", "macro_recall", "macro_f1"))
+    by_batch = ", ".join(f"batch {b}: {ms:.3f} ms" for b, ms in latency["ms_per_image_by_batch"].items())
+    return f"""# Model card: {card["name"]} {card["version"]}
+
+`{card["file"]}` ({card["file_bytes"] / 1e6:.2f} MB, sha256 `{card["sha256"][:16]}...`): {card["input"]};
+{card["output"]}. Classes: {", ".join(card["classes"])}.
+
+## Performance
+
+| | |
+|---|---|
+| validation accuracy | **{validation["accuracy"]:.2%}** ({card["data"]["validation_examples"]} images) |
+| macro precision / recall / F1 | {macro} |
+| ONNX Runtime, 1 CPU thread, batch 1 | {latency["batch1_ms"]:.3f} ms per image |
+| ONNX Runtime, 1 CPU thread, best batch ({latency["best_batch"]}) | {latency["best_ms_per_image"]:.3f} ms per image |
+
+Per image by batch size: {by_batch}.
+
+| class | precision | recall | F1 | support |
+|---|---|---|---|---|
+{rows}
+
+![confusion matrix](default.confusion_matrix.png)
+![training curves](default.training_curves.png)
+
+## Data
+
+{card["data"]["source"]}; validation split {card["data"]["validation_split"]}. The official CIFAR-10 test split
+was not available and was never used: every choice was made on this validation split.
+
+## Network and recipe
+
+{card["architecture"]}: {card["parameters"]:,} parameters, {card["flops_per_image"] / 1e6:.1f} MFLOPs per image.
+
+| setting | value |
+|---|---|
+{recipe}
+
+Trained for {card["training"]["epochs_run"]} epochs in {card["training"]["wall_clock_hours"]} hours on
+{card["training"]["machine"]}.
+
+Reproduce: `{card["reproduce"]}`
+"""
+
+
+def write_card(card: dict[str, Any], out_dir: Path) -> tuple[Path, Path]:
+    """Write MODEL_CARD.md and model_card.json into `out_dir`."""
+    markdown, data = out_dir / CARD_MARKDOWN, out_dir / CARD_JSON
+    markdown.write_text(render_markdown(card))
+    data.write_text(json.dumps(card, indent=2) + "\n")
+    return markdown, data
