@@ -24,6 +24,23 @@ def _error(status: int, error: str, detail: str, headers: dict[str, str] | None 
     return JSONResponse({"error": error, "detail": detail}, status_code=status, headers=headers)
 
 
+def header(scope: Scope, name: bytes) -> bytes | None:
+    """The first value of the request header `name` (lower-case bytes), if present."""
+    return next((value for key, value in scope["headers"] if key == name), None)
+
+
+class _TrackedSend:
+    """Wraps `send` and remembers whether the response has started: after that, no error response can be sent."""
+
+    def __init__(self, send: Send) -> None:
+        self._send = send
+        self.started = False
+
+    async def __call__(self, message: Message) -> None:
+        self.started = self.started or message["type"] == "http.response.start"
+        await self._send(message)
+
+
 class AdmissionControl:
     """At most `limit` requests to `paths` at once, none while draining; the rest get 503 without being read."""
 
@@ -93,12 +110,12 @@ class BodyLimit:
             await self.app(scope, receive, send)
             return
         detail = f"the request body is over the limit of {self.max_bytes} bytes"
-        declared = next((value for name, value in scope["headers"] if name == b"content-length"), None)
+        declared = header(scope, b"content-length")
         if declared is not None and declared.isdigit() and int(declared) > self.max_bytes:
             await _error(413, "body_too_large", detail)(scope, receive, send)
             return
         received = 0
-        response_started = False
+        tracked = _TrackedSend(send)
 
         async def counting_receive() -> Message:
             nonlocal received
@@ -109,15 +126,10 @@ class BodyLimit:
                     raise BodyTooLarge(self.max_bytes)
             return message
 
-        async def tracking_send(message: Message) -> None:
-            nonlocal response_started
-            response_started = response_started or message["type"] == "http.response.start"
-            await send(message)
-
         try:
-            await self.app(scope, counting_receive, tracking_send)
+            await self.app(scope, counting_receive, tracked)
         except BodyTooLarge:
-            if response_started:
+            if tracked.started:
                 raise
             await _error(413, "body_too_large", detail)(scope, receive, send)
 
@@ -134,18 +146,12 @@ class RequestTimeout:
         if scope["type"] != "http" or not self.seconds:
             await self.app(scope, receive, send)
             return
-        response_started = False
-
-        async def tracking_send(message: Message) -> None:
-            nonlocal response_started
-            response_started = response_started or message["type"] == "http.response.start"
-            await send(message)
-
+        tracked = _TrackedSend(send)
         try:
             async with asyncio.timeout(self.seconds):
-                await self.app(scope, receive, tracking_send)
+                await self.app(scope, receive, tracked)
         except TimeoutError:
-            if response_started:
+            if tracked.started:
                 raise
             self.on_refused("timeout")
             detail = f"the request took longer than {self.seconds:g} s (upload and processing together)"
@@ -166,7 +172,7 @@ class ApiKeyAuth:
         if scope["type"] != "http" or not self.keys or scope["path"] in self.open_paths:
             await self.app(scope, receive, send)
             return
-        supplied = next((value for name, value in scope["headers"] if name == self.header_key), None)
+        supplied = header(scope, self.header_key)
         if supplied is None:
             headers = {"WWW-Authenticate": f'ApiKey header="{self.header}"'}
             await _error(401, "unauthorized", f"this endpoint needs an API key in the {self.header} header", headers)(

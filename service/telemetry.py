@@ -9,6 +9,7 @@ from typing import Any
 from starlette.datastructures import MutableHeaders
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from service.limits import header
 from service.metrics import Metrics
 
 access_log = logging.getLogger("service.access")
@@ -20,12 +21,9 @@ UNMATCHED_ROUTE = "<unmatched>"
 
 def request_id_from(scope: Scope) -> str:
     """The client's X-Request-ID when well-formed (1-128 of A-Z a-z 0-9 . _ : -), else a new random one."""
-    for name, value in scope.get("headers", []):
-        if name == b"x-request-id":
-            candidate = value.decode("latin-1")
-            if _WELL_FORMED_ID.fullmatch(candidate):
-                return candidate
-            break
+    supplied = header(scope, b"x-request-id")
+    if supplied is not None and _WELL_FORMED_ID.fullmatch(candidate := supplied.decode("latin-1")):
+        return candidate
     return uuid.uuid4().hex
 
 
