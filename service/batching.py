@@ -13,7 +13,7 @@ from collections import deque
 from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Protocol
 
 import numpy as np
@@ -72,7 +72,6 @@ class BatchStats:
     failed_batches: int = 0
     expired_images: int = 0
     cancelled_images: int = 0
-    last_sizes: deque[int] = field(default_factory=lambda: deque(maxlen=1000))
 
 
 class Batcher:
@@ -117,11 +116,6 @@ class Batcher:
     def queue_depth(self) -> int:
         """Images waiting for a batch (cancelled ones not yet skipped included)."""
         return len(self._queue)
-
-    @property
-    def running(self) -> bool:
-        """True between start() and stop()."""
-        return self._accepting
 
     def start(self) -> None:
         """Start the consumer task on the running event loop."""
@@ -259,7 +253,6 @@ class Batcher:
         elapsed = time.monotonic() - started
         self.stats.batches += 1
         self.stats.images += len(batch)
-        self.stats.last_sizes.append(len(batch))
         self._observer.observe_batch(len(batch), waits, elapsed)
         for timing in {id(item.timing): item.timing for item in batch}.values():
             timing.inference_s += elapsed
