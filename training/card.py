@@ -51,6 +51,42 @@ def measure_latency(
     }
 
 
+RECIPE_KEYS = ("architecture", "epochs", "batch_size", "optimizer", "learning_rate", "momentum", "weight_decay",
+               "schedule", "warmup_epochs", "label_smoothing", "augment", "cutout", "seed", "validation_fraction",
+               "init_from")  # fmt: skip
+
+
+def training_stages(run_dir: Path) -> list[dict[str, Any]]:
+    """The run and the runs it started from (`init_from`, when that model sits in a run dir), oldest first."""
+    stages: list[dict[str, Any]] = []
+    current: Path | None = run_dir
+    while current is not None:
+        record = json.loads((current / CONFIG_FILE).read_text())
+        history = json.loads((current / HISTORY_JSON).read_text())
+        stages.insert(
+            0,
+            {
+                "run_dir": str(current),
+                "recipe": {key: record.get(key) for key in RECIPE_KEYS},
+                "epochs": len(history),
+                "hours": round(sum(row.get("epoch_seconds", 0.0) for row in history) / 3600, 2),
+                "final_validation_accuracy": history[-1].get("val_accuracy") if history else None,
+                "history": history,
+            },
+        )
+        parent = Path(record["init_from"]).parent if record.get("init_from") else None
+        current = parent if parent is not None and (parent / HISTORY_JSON).is_file() else None
+    return stages
+
+
+def combined_history(stages: list[dict[str, Any]]) -> list[dict[str, float]]:
+    """Every stage's epochs in one history, numbered on from one stage to the next."""
+    rows: list[dict[str, float]] = []
+    for stage in stages:
+        rows.extend(row | {"epoch": len(rows)} for row in stage["history"])
+    return rows
+
+
 def build_card(
     run_dir: Path, onnx_path: Path, *, reproduce: str, trained_on_machine: str, latency_seconds: float = 3.0
 ) -> dict[str, Any]:
@@ -62,13 +98,10 @@ def build_card(
 
     record = json.loads((run_dir / CONFIG_FILE).read_text())
     metrics = json.loads((run_dir / METRICS_FILE).read_text())
-    history = json.loads((run_dir / HISTORY_JSON).read_text())
+    stages = training_stages(run_dir)
     model = keras.saving.load_model(run_dir / FINAL_MODEL)
     metadata = ort.InferenceSession(str(onnx_path), providers=["CPUExecutionProvider"]).get_modelmeta()
     properties = dict(metadata.custom_metadata_map)
-    recipe_keys = ("architecture", "epochs", "batch_size", "optimizer", "learning_rate", "momentum", "weight_decay",
-                   "schedule", "warmup_epochs", "label_smoothing", "augment", "cutout", "seed",
-                   "validation_fraction")  # fmt: skip
     onnx_bytes = onnx_path.read_bytes()
     return {
         "name": properties.get("model_name"),
@@ -87,12 +120,13 @@ def build_card(
         "architecture": record["architecture"],
         "parameters": int(model.count_params()),
         "flops_per_image": count_flops(model),
-        "recipe": {key: record.get(key) for key in recipe_keys},
+        "recipe": {key: record.get(key) for key in RECIPE_KEYS},
         "reproduce": reproduce,
         "training": {
-            "epochs_run": len(history),
-            "wall_clock_hours": round(sum(row.get("epoch_seconds", 0.0) for row in history) / 3600, 2),
+            "epochs_run": sum(stage["epochs"] for stage in stages),
+            "wall_clock_hours": round(sum(stage["hours"] for stage in stages), 2),
             "machine": trained_on_machine,
+            "stages": stages,
         },
         "validation": {
             key: metrics[key] for key in ("accuracy", "macro_precision", "macro_recall", "macro_f1", "per_class")
@@ -110,7 +144,17 @@ def render_markdown(card: dict[str, Any]) -> str:
         f"| {name} | {v['precision']:.3f} | {v['recall']:.3f} | {v['f1']:.3f} | {v['support']} |"
         for name, v in validation["per_class"].items()
     )
-    recipe = "\n".join(f"| {key} | {value} |" for key, value in card["recipe"].items())
+    stages = card["training"]["stages"]
+    recipe = "\n".join(
+        f"| {key} | " + " | ".join(str(stage["recipe"][key]) for stage in stages) + " |" for key in RECIPE_KEYS
+    )
+    stage_header = " | ".join(f"stage {number}" for number in range(1, len(stages) + 1))
+    stage_results = "\n".join(
+        f"- stage {number}: {stage['epochs']} epochs, {stage['hours']} h, final validation accuracy "
+        f"{stage['final_validation_accuracy']:.2%} (Keras, during training)"
+        for number, stage in enumerate(stages, 1)
+    )
+    figures = Path(card["file"]).stem
     macro = " / ".join(f"{validation[key]:.3f}" for key in ("macro_precision", "macro_recall", "macro_f1"))
     by_batch = ", ".join(f"batch {b}: {ms:.3f} ms" for b, ms in latency["ms_per_image_by_batch"].items())
     return f"""# Model card: {card["name"]} {card["version"]}
@@ -133,8 +177,8 @@ Per image by batch size: {by_batch}.
 |---|---|---|---|---|
 {rows}
 
-![confusion matrix](default.confusion_matrix.png)
-![training curves](default.training_curves.png)
+![confusion matrix]({figures}.confusion_matrix.png)
+![training curves]({figures}.training_curves.png)
 
 ## Data
 
@@ -145,12 +189,14 @@ was not available and was never used: every choice was made on this validation s
 
 {card["architecture"]}: {card["parameters"]:,} parameters, {card["flops_per_image"] / 1e6:.1f} MFLOPs per image.
 
-| setting | value |
-|---|---|
+| setting | {stage_header} |
+|---|{"---|" * len(stages)}
 {recipe}
 
 Trained for {card["training"]["epochs_run"]} epochs in {card["training"]["wall_clock_hours"]} hours on
-{card["training"]["machine"]}.
+{card["training"]["machine"]}:
+
+{stage_results}
 
 Reproduce: `{card["reproduce"]}`
 """

@@ -15,6 +15,7 @@ PRESETS_DIR = Path(__file__).resolve().parent / "presets"
 _TRAIN_FIELDS = (
     "data", "architecture", "epochs", "batch_size", "learning_rate", "optimizer", "momentum", "weight_decay",
     "schedule", "warmup_epochs", "label_smoothing", "cutout", "seed", "validation_fraction", "skip_invalid", "name",
+    "init_from",
 )  # fmt: skip
 
 
@@ -95,10 +96,20 @@ def _export(args: argparse.Namespace) -> None:
 
 
 def _card(args: argparse.Namespace) -> None:
-    from training.card import build_card, write_card
+    import shutil
 
-    card = build_card(Path(args.run_dir), Path(args.model), reproduce=args.reproduce, trained_on_machine=args.machine)
-    for path in write_card(card, Path(args.out)):
+    from training.card import build_card, combined_history, write_card
+    from training.evaluation import CONFUSION_PNG, plot_history
+
+    run_dir, model, out = Path(args.run_dir), Path(args.model), Path(args.out)
+    card = build_card(run_dir, model, reproduce=args.reproduce, trained_on_machine=args.machine)
+    written = list(write_card(card, out))
+    # The figures the card shows, named after the model: every stage's curves, and the run's confusion matrix.
+    written.append(out / f"{model.stem}.training_curves.png")
+    plot_history(combined_history(card["training"]["stages"]), written[-1])
+    written.append(out / f"{model.stem}.confusion_matrix.png")
+    shutil.copyfile(run_dir / CONFUSION_PNG, written[-1])
+    for path in written:
         print(f"wrote {path}")
 
 
@@ -133,6 +144,7 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--no-augment", action="store_true", help="turn off flip, pad-and-crop and cutout")
     train.add_argument("--classes", help="comma-separated class list for an image folder (default: sorted names)")
     train.add_argument("--name", help="model name written into the exported ONNX (default: the architecture)")
+    train.add_argument("--init-from", help="a .keras model of the same architecture to start from (a second stage)")
     _add_split_arguments(train, defaults=False)
 
     evaluate = commands.add_parser("evaluate", help="evaluate a .keras or .onnx model on a validation split")

@@ -55,6 +55,8 @@ class TrainConfig:
     classes: list[str] | None = None
     skip_invalid: bool = False
     name: str | None = None
+    init_from: str | None = None
+    """A .keras model of the same architecture whose weights start this run (a second training stage)."""
 
     @classmethod
     def load(cls, run_dir: Path) -> "TrainConfig":
@@ -169,6 +171,8 @@ def train(config: TrainConfig, *, resume: bool = False) -> Path:
 
     height, width = config.image_size
     model = build_model(config.architecture, (height, width, 3), len(class_names))
+    if config.init_from:
+        load_initial_weights(model, Path(config.init_from))
     steps_per_epoch = -(-len(splits.train) // config.batch_size)
     model.compile(
         optimizer=make_optimizer(config, steps_per_epoch),
@@ -207,6 +211,18 @@ def train(config: TrainConfig, *, resume: bool = False) -> Path:
     write_report(metrics, run_dir)
     log.info("trained run_dir=%s validation_accuracy=%.4f", run_dir, metrics["accuracy"])
     return run_dir
+
+
+def load_initial_weights(model: keras.Model, path: Path) -> None:
+    """Copy the weights of the saved model at `path` into `model`; both must have the same architecture."""
+    if not path.is_file():
+        raise FileNotFoundError(f"cannot start from {path}: no such file")
+    weights = keras.saving.load_model(path).get_weights()
+    expected = [tuple(weight.shape) for weight in model.get_weights()]
+    if [tuple(weight.shape) for weight in weights] != expected:
+        raise ValueError(f"cannot start from {path}: its weights do not fit this architecture")
+    model.set_weights(weights)
+    log.info("initial weights path=%s", path)
 
 
 def read_history(path: Path) -> list[dict[str, float]]:

@@ -228,6 +228,34 @@ def test_cli_preset_sets_the_recipe_and_flags_override_it(tmp_path: Path) -> Non
     assert unknown.returncode != 0 and "cifar10-resnet9" in unknown.stderr
 
 
+def test_a_second_stage_starts_from_the_first_stages_weights(tiny_run: Path, tmp_path: Path) -> None:
+    import keras
+
+    data = make_image_folder(tmp_path / "data")
+    first = tiny_run / "model.keras"
+    # Learning rate 0: the kernels of the second stage's model are exactly those it started from.
+    config = TrainConfig(
+        data=str(data), run_dir=str(tmp_path / "stage2"), epochs=1, learning_rate=0.0, init_from=str(first),
+        batch_size=8, validation_fraction=0.25,
+    )  # fmt: skip
+    run_dir = train(config)
+    assert json.loads((run_dir / "run.json").read_text())["init_from"] == str(first)
+    started, finished = keras.saving.load_model(first), keras.saving.load_model(run_dir / "model.keras")
+    for before, after in zip(started.trainable_weights, finished.trainable_weights, strict=True):
+        np.testing.assert_array_equal(np.asarray(before), np.asarray(after))
+
+    from training.card import combined_history, training_stages
+    from training.train import load_initial_weights
+
+    stages = training_stages(run_dir)
+    assert [(stage["run_dir"], stage["epochs"]) for stage in stages] == [(str(tiny_run), 6), (str(run_dir), 1)]
+    assert [row["epoch"] for row in combined_history(stages)] == list(range(7))
+    with pytest.raises(ValueError, match="do not fit this architecture"):
+        load_initial_weights(build_model("resnet9-w16", (32, 32, 3), 3), first)
+    with pytest.raises(FileNotFoundError, match="no such file"):
+        load_initial_weights(started, tmp_path / "missing.keras")
+
+
 def test_flops_of_the_baseline_by_hand() -> None:
     from training.models import count_flops
 
