@@ -1,6 +1,6 @@
 """The bundled default model on real labelled CIFAR-10 images shipped in tests/data/cifar10-sample/.
 
-The sample is 25 images per class from the validation split training held out (tests/data/make_cifar10_sample.py),
+The sample is 30 images per class drawn at random from the validation split training held out (tests/data/make_cifar10_sample.py),
 decoded the way the service decodes uploads.
 """
 
@@ -32,9 +32,9 @@ def sample(model: OnnxModel) -> Dataset:
 
 
 def test_the_sample_is_real_labelled_cifar10(sample: Dataset, model: OnnxModel) -> None:
-    assert len(sample) >= 200
+    assert len(sample) == 300
     assert sample.class_names == sorted(model.info.labels)
-    assert np.bincount(sample.labels).tolist() == [25] * 10
+    assert np.bincount(sample.labels).tolist() == [30] * 10
 
 
 def test_bundled_model_gets_at_least_85_percent_of_the_sample_right(sample: Dataset, model: OnnxModel) -> None:
