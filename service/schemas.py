@@ -35,7 +35,7 @@ class PredictResponse(BaseModel):
         json_schema_extra={
             "examples": [
                 {
-                    "model": {"name": "cifar10-baseline", "version": "1"},
+                    "model": {"name": "cifar10-resnet9", "version": "2.0.0"},
                     "predictions": [
                         {
                             "filename": "cat.jpg",
@@ -65,8 +65,8 @@ class HealthResponse(BaseModel):
             "examples": [
                 {
                     "status": "ok",
-                    "model": "cifar10-baseline",
-                    "version": "1",
+                    "model": "cifar10-resnet9",
+                    "version": "2.0.0",
                     "provider": "CPUExecutionProvider",
                 }
             ]
@@ -87,8 +87,8 @@ class ReadinessResponse(BaseModel):
             "examples": [
                 {
                     "status": "ready",
-                    "model": "cifar10-baseline",
-                    "version": "1",
+                    "model": "cifar10-resnet9",
+                    "version": "2.0.0",
                     "provider": "CPUExecutionProvider",
                 }
             ]
@@ -117,8 +117,8 @@ class ModelMetadataResponse(BaseModel):
         json_schema_extra={
             "examples": [
                 {
-                    "name": "cifar10-baseline",
-                    "version": "1",
+                    "name": "cifar10-resnet9",
+                    "version": "2.0.0",
                     "input": {
                         "name": "image",
                         "shape": [None, 32, 32, 3],
@@ -134,9 +134,9 @@ class ModelMetadataResponse(BaseModel):
                     "labels": ["airplane", "automobile", "bird", "cat", "deer"],
                     "provider": "CPUExecutionProvider",
                     "providers": ["CPUExecutionProvider"],
-                    "eval_accuracy": 0.71,
+                    "eval_accuracy": 0.9,
                     "resize_filter": "bicubic",
-                    "metadata": {"architecture": "baseline"},
+                    "metadata": {"architecture": "resnet9-w24"},
                 }
             ]
         }
