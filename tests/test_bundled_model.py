@@ -1,7 +1,7 @@
 """The bundled default model on real labelled CIFAR-10 images shipped in tests/data/cifar10-sample/.
 
-The sample is 30 images per class drawn at random from the validation split training held out (tests/data/make_cifar10_sample.py),
-decoded the way the service decodes uploads.
+The sample is 30 images per class drawn at random from the validation split training held out
+(tests/data/make_cifar10_sample.py), decoded the way the service decodes uploads.
 """
 
 import json

@@ -89,7 +89,9 @@ def save_inference_copy(model: Any, path: Path) -> None:
     benchmarking Keras's `model.predict` against ONNX Runtime."""
     import keras
 
-    copy = keras.models.clone_model(model)
+    # Not keras.models.clone_model: Keras 3 clones the compiled state too, and the optimizer's slots would double
+    # the file.
+    copy = keras.Model.from_config(model.get_config())
     copy.set_weights(model.get_weights())
     copy.save(path)
 

@@ -99,6 +99,8 @@ def test_export_writes_metadata_and_matches_keras(tiny_run: Path) -> None:
     expected = keras_model.predict(images, verbose=0)
     actual = onnx_predictor(tiny_run / "model.onnx")(images)
     assert np.abs(expected - actual).max() <= 1e-4
+    # Export wrote its Keras copy next to the .onnx (here over the run's model.keras): weights only, no optimizer.
+    assert getattr(keras_model, "optimizer", None) is None
 
 
 def test_tampered_onnx_fails_the_parity_gate(tiny_run: Path, tmp_path: Path) -> None:
