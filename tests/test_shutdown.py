@@ -104,7 +104,8 @@ def test_sigterm_drains_in_flight_requests_and_exits_zero(bundled_model: Path, t
 
 def queued_images(url: str) -> float:
     """The server's classifier_queue_depth gauge."""
-    for line in httpx.get(f"{url}/metrics", timeout=5).text.splitlines():
-        if line.startswith("classifier_queue_depth"):
-            return float(line.split()[-1])
-    raise AssertionError("no classifier_queue_depth in /metrics")
+    from prometheus_client.parser import text_string_to_metric_families
+
+    families = text_string_to_metric_families(httpx.get(f"{url}/metrics", timeout=5).text)
+    (gauge,) = [family for family in families if family.name == "classifier_queue_depth"]
+    return float(gauge.samples[0].value)

@@ -120,7 +120,7 @@ def build_card(
         "architecture": record["architecture"],
         "parameters": int(model.count_params()),
         "flops_per_image": count_flops(model),
-        "recipe": {key: record.get(key) for key in RECIPE_KEYS},
+        "recipe": stages[-1]["recipe"],
         "reproduce": reproduce,
         "training": {
             "epochs_run": sum(stage["epochs"] for stage in stages),

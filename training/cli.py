@@ -103,13 +103,11 @@ def _card(args: argparse.Namespace) -> None:
 
     run_dir, model, out = Path(args.run_dir), Path(args.model), Path(args.out)
     card = build_card(run_dir, model, reproduce=args.reproduce, trained_on_machine=args.machine)
-    written = list(write_card(card, out))
     # The figures the card shows, named after the model: every stage's curves, and the run's confusion matrix.
-    written.append(out / f"{model.stem}.training_curves.png")
-    plot_history(combined_history(card["training"]["stages"]), written[-1])
-    written.append(out / f"{model.stem}.confusion_matrix.png")
-    shutil.copyfile(run_dir / CONFUSION_PNG, written[-1])
-    for path in written:
+    curves, confusion = out / f"{model.stem}.training_curves.png", out / f"{model.stem}.confusion_matrix.png"
+    plot_history(combined_history(card["training"]["stages"]), curves)
+    shutil.copyfile(run_dir / CONFUSION_PNG, confusion)
+    for path in (*write_card(card, out), curves, confusion):
         print(f"wrote {path}")
 
 

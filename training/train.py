@@ -217,11 +217,10 @@ def load_initial_weights(model: keras.Model, path: Path) -> None:
     """Copy the weights of the saved model at `path` into `model`; both must have the same architecture."""
     if not path.is_file():
         raise FileNotFoundError(f"cannot start from {path}: no such file")
-    weights = keras.saving.load_model(path).get_weights()
-    expected = [tuple(weight.shape) for weight in model.get_weights()]
-    if [tuple(weight.shape) for weight in weights] != expected:
-        raise ValueError(f"cannot start from {path}: its weights do not fit this architecture")
-    model.set_weights(weights)
+    try:
+        model.set_weights(keras.saving.load_model(path).get_weights())
+    except ValueError as error:  # Keras checks the count and every shape
+        raise ValueError(f"cannot start from {path}: its weights do not fit this architecture ({error})") from error
     log.info("initial weights path=%s", path)
 
 
