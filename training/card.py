@@ -10,7 +10,6 @@ from typing import Any
 
 import numpy as np
 
-from training.evaluation import METRICS_FILE
 from training.train import CONFIG_FILE, FINAL_MODEL, HISTORY_JSON
 
 CARD_MARKDOWN = "MODEL_CARD.md"
@@ -90,19 +89,23 @@ def combined_history(stages: list[dict[str, Any]]) -> list[dict[str, float]]:
 def build_card(
     run_dir: Path, onnx_path: Path, *, reproduce: str, trained_on_machine: str, latency_seconds: float = 3.0
 ) -> dict[str, Any]:
-    """Gather the card's facts from the run directory and the exported model."""
+    """Gather the card's facts from the run directory and the exported model; the accuracy figures are the
+    exported file's own, measured on the run's validation split."""
     import keras
     import onnxruntime as ort
 
+    from training.evaluation import evaluate_model, onnx_predictor
+    from training.export import run_splits
     from training.models import count_flops
 
     record = json.loads((run_dir / CONFIG_FILE).read_text())
-    metrics = json.loads((run_dir / METRICS_FILE).read_text())
+    metrics = evaluate_model(onnx_predictor(onnx_path), run_splits(record).validation)
     stages = training_stages(run_dir)
-    model = keras.saving.load_model(run_dir / FINAL_MODEL)
+    model = keras.saving.load_model(run_dir / FINAL_MODEL, compile=False)
     metadata = ort.InferenceSession(str(onnx_path), providers=["CPUExecutionProvider"]).get_modelmeta()
     properties = dict(metadata.custom_metadata_map)
     onnx_bytes = onnx_path.read_bytes()
+    flip_averaging = properties.get("test_time_augmentation")
     return {
         "name": properties.get("model_name"),
         "version": properties.get("model_version"),
@@ -119,7 +122,13 @@ def build_card(
         },
         "architecture": record["architecture"],
         "parameters": int(model.count_params()),
-        "flops_per_image": count_flops(model),
+        # Flip averaging runs the network twice per image.
+        "flops_per_image": count_flops(model) * (2 if flip_averaging else 1),
+        "serving_graph": {
+            "test_time_augmentation": flip_averaging,
+            "quantization": properties.get("quantization"),
+            "float_validation_accuracy": properties.get("float_eval_accuracy"),
+        },
         "recipe": stages[-1]["recipe"],
         "reproduce": reproduce,
         "training": {
@@ -129,7 +138,8 @@ def build_card(
             "stages": stages,
         },
         "validation": {
-            key: metrics[key] for key in ("accuracy", "macro_precision", "macro_recall", "macro_f1", "per_class")
+            key: metrics[key]
+            for key in ("accuracy", "macro_precision", "macro_recall", "macro_f1", "per_class", "confusion_matrix")
         },
         "latency_onnxruntime_cpu": measure_latency(onnx_path, seconds=latency_seconds)
         | {"cpu": platform.processor() or platform.machine()},
@@ -157,6 +167,13 @@ def render_markdown(card: dict[str, Any]) -> str:
     figures = Path(card["file"]).stem
     macro = " / ".join(f"{validation[key]:.3f}" for key in ("macro_precision", "macro_recall", "macro_f1"))
     by_batch = ", ".join(f"batch {b}: {ms:.3f} ms" for b, ms in latency["ms_per_image_by_batch"].items())
+    graph = card["serving_graph"]
+    augmentation = graph["test_time_augmentation"] or "none"
+    quantization = (
+        f"{graph['quantization']}; the float32 export scored {float(graph['float_validation_accuracy']):.2%}"
+        if graph["quantization"]
+        else "none (float32)"
+    )
     return f"""# Model card: {card["name"]} {card["version"]}
 
 `{card["file"]}` ({card["file_bytes"] / 1e6:.2f} MB, sha256 `{card["sha256"][:16]}...`): {card["input"]};
@@ -187,7 +204,12 @@ was not available and was never used: every choice was made on this validation s
 
 ## Network and recipe
 
-{card["architecture"]}: {card["parameters"]:,} parameters, {card["flops_per_image"] / 1e6:.1f} MFLOPs per image.
+{card["architecture"]}: {card["parameters"]:,} parameters, {card["flops_per_image"] / 1e6:.1f} MFLOPs per image
+(a multiply-add counts 2; with flip averaging the network runs twice).
+
+In the exported graph:
+- test-time augmentation: {augmentation};
+- quantization: {quantization}.
 
 | setting | {stage_header} |
 |---|{"---|" * len(stages)}

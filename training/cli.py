@@ -89,6 +89,10 @@ def _export(args: argparse.Namespace) -> None:
             version=args.version,
             opset=args.opset,
             tolerance=args.tolerance,
+            flip_averaging=args.flip_averaging,
+            quantize=args.quantize == "int8",
+            calibration_images=args.calibration_images,
+            max_accuracy_drop=args.max_accuracy_drop,
         )
     except ExportError as error:
         raise SystemExit(f"export failed: {error}") from None
@@ -96,17 +100,18 @@ def _export(args: argparse.Namespace) -> None:
 
 
 def _card(args: argparse.Namespace) -> None:
-    import shutil
+    import numpy as np
 
     from training.card import build_card, combined_history, write_card
-    from training.evaluation import CONFUSION_PNG, plot_history
+    from training.evaluation import plot_confusion_matrix, plot_history
 
     run_dir, model, out = Path(args.run_dir), Path(args.model), Path(args.out)
     card = build_card(run_dir, model, reproduce=args.reproduce, trained_on_machine=args.machine)
-    # The figures the card shows, named after the model: every stage's curves, and the run's confusion matrix.
+    # The figures the card shows, named after the model: every stage's curves, and the exported file's confusion
+    # matrix on the validation split.
     curves, confusion = out / f"{model.stem}.training_curves.png", out / f"{model.stem}.confusion_matrix.png"
     plot_history(combined_history(card["training"]["stages"]), curves)
-    shutil.copyfile(run_dir / CONFUSION_PNG, confusion)
+    plot_confusion_matrix(np.asarray(card["validation"]["confusion_matrix"]), card["classes"], confusion)
     for path in (*write_card(card, out), curves, confusion):
         print(f"wrote {path}")
 
@@ -159,6 +164,21 @@ def build_parser() -> argparse.ArgumentParser:
     export.add_argument("--version", default="1", help="model version string (default: 1)")
     export.add_argument("--opset", type=int, default=17)
     export.add_argument("--tolerance", type=float, default=1e-4, help="max |p_keras - p_onnx| allowed")
+    export.add_argument(
+        "--flip-averaging",
+        action="store_true",
+        help="fold test-time augmentation into the graph: average the image's and its mirror's probabilities",
+    )
+    export.add_argument("--quantize", choices=["int8"], help="post-training static quantization of the export")
+    export.add_argument(
+        "--calibration-images", type=int, default=512, help="training images that calibrate int8 (default 512)"
+    )
+    export.add_argument(
+        "--max-accuracy-drop",
+        type=float,
+        default=0.005,
+        help="the most validation accuracy int8 may lose against the float export (default 0.005)",
+    )
 
     card = commands.add_parser("card", help="write a model card (markdown + JSON) for an exported run")
     card.add_argument("--run-dir", required=True, help="the training run")

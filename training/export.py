@@ -3,6 +3,7 @@
 import json
 import logging
 import os
+import tempfile
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
@@ -10,7 +11,8 @@ from typing import Any
 
 import numpy as np
 
-from training.evaluation import METRICS_FILE, Predictor, keras_predictor, onnx_predictor
+from training.data import DataError, Splits, load_splits
+from training.evaluation import METRICS_FILE, Predictor, evaluate_model, keras_predictor, onnx_predictor
 from training.models import INPUT_NAME, OUTPUT_NAME
 from training.train import CONFIG_FILE, FINAL_MODEL, PARITY_COUNT, PARITY_IMAGES
 
@@ -46,9 +48,21 @@ def export_run(
     version: str = "1",
     opset: int = MIN_OPSET,
     tolerance: float = 1e-4,
+    flip_averaging: bool = False,
+    quantize: bool = False,
+    calibration_images: int = 512,
+    max_accuracy_drop: float = 0.005,
 ) -> Path:
-    """Convert the run's Keras model to ONNX at `output`, with metadata, if it passes the parity gate."""
+    """Convert the run's Keras model to ONNX at `output`, with metadata, if it passes the parity gate.
+
+    `flip_averaging` folds test-time flip averaging into the graph. `quantize` converts the float export to int8
+    (calibrated on `calibration_images` training images) and keeps it only if it loses at most
+    `max_accuracy_drop` of validation accuracy against the float export. Either way the exported file is then
+    evaluated on the run's validation split, and that accuracy is the one its metadata states.
+    """
     import keras
+
+    from training.models import with_flip_averaging
 
     if opset < MIN_OPSET:
         raise ExportError(f"opset {opset} is below the minimum {MIN_OPSET}")
@@ -60,9 +74,11 @@ def export_run(
     if not model_path.is_file():
         raise ExportError(f"cannot load Keras model {model_path}: the file does not exist")
     try:
-        model = keras.saving.load_model(model_path)
+        model = keras.saving.load_model(model_path, compile=False)  # no optimizer: it would ride along
     except Exception as error:  # Keras raises many types for a corrupt or foreign file
         raise ExportError(f"cannot load Keras model {model_path}: not a valid .keras file ({error})") from error
+    if flip_averaging:
+        model = with_flip_averaging(model)
 
     metrics_path = run_dir / METRICS_FILE
     metrics = json.loads(metrics_path.read_text()) if metrics_path.exists() else {}
@@ -78,10 +94,91 @@ def export_run(
         "exported_at": datetime.now(UTC).isoformat(timespec="seconds"),
         "keras_version": keras.__version__,
     }
+    if flip_averaging:
+        metadata["test_time_augmentation"] = "horizontal flip: the probabilities of the image and its mirror averaged"
     images = parity_images(run_dir / PARITY_IMAGES, tuple(record["image_size"]))
-    exported = export_model(model, output, metadata=metadata, images=images, opset=opset, tolerance=tolerance)
+    output.parent.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(dir=output.parent, prefix=f".{output.name}.") as scratch:
+        exported = export_model(
+            model, Path(scratch) / "float.onnx", metadata=metadata, images=images, opset=opset, tolerance=tolerance
+        )
+        if flip_averaging or quantize:
+            splits = run_splits(record)
+            if quantize:
+                exported, quantized = quantize_checked(
+                    exported, splits, calibration_images=calibration_images, max_accuracy_drop=max_accuracy_drop
+                )
+                metadata |= quantized
+            evaluation = evaluate_model(onnx_predictor(exported), splits.validation)
+            metadata |= {"eval_accuracy": str(evaluation["accuracy"]), "eval_examples": str(evaluation["examples"])}
+            write_metadata(exported, metadata)
+        os.replace(exported, output)
+    log.info("wrote path=%s eval_accuracy=%s", output, metadata["eval_accuracy"])
     save_inference_copy(model, output.with_suffix(".keras"))
-    return exported
+    return output
+
+
+def run_splits(record: dict[str, Any]) -> Splits:
+    """The training run's data, split as it was for training."""
+    try:
+        return load_splits(
+            record["data"],
+            image_size=tuple(record["image_size"]),
+            validation_fraction=record["validation_fraction"],
+            seed=record["seed"],
+            class_names=record["class_names"],
+            skip_invalid=record.get("skip_invalid", False),
+        )
+    except (DataError, FileNotFoundError) as error:
+        raise ExportError(f"the run's data {record['data']!r} is needed to calibrate or evaluate: {error}") from error
+
+
+def quantize_checked(
+    float_path: Path, splits: Splits, *, calibration_images: int, max_accuracy_drop: float
+) -> tuple[Path, dict[str, str]]:
+    """The int8 version of `float_path` beside it, and its metadata, if it keeps the float model's validation
+    accuracy within `max_accuracy_drop`."""
+    from training.quantization import DESCRIPTION, quantize_int8
+
+    count = min(calibration_images, len(splits.train))
+    chosen = np.random.default_rng(0).choice(len(splits.train), count, replace=False)
+    int8_path = float_path.with_name("int8.onnx")
+    quantize_int8(float_path, int8_path, splits.train.images[np.sort(chosen)])
+    float_probabilities = onnx_predictor(float_path)(splits.validation.images)
+    int8_probabilities = onnx_predictor(int8_path)(splits.validation.images)
+    float_top, int8_top = float_probabilities.argmax(axis=1), int8_probabilities.argmax(axis=1)
+    float_accuracy = float(np.mean(float_top == splits.validation.labels))
+    int8_accuracy = float(np.mean(int8_top == splits.validation.labels))
+    agreement = float(np.mean(float_top == int8_top))
+    log.info(
+        "quantized float_accuracy=%.4f int8_accuracy=%.4f top1_agreement=%.4f validation=%d",
+        float_accuracy,
+        int8_accuracy,
+        agreement,
+        len(splits.validation),
+    )
+    if float_accuracy - int8_accuracy > max_accuracy_drop:
+        raise ExportError(
+            f"int8 quantization loses {float_accuracy - int8_accuracy:.2%} of validation accuracy "
+            f"(float {float_accuracy:.2%}, int8 {int8_accuracy:.2%}), more than the {max_accuracy_drop:.2%} allowed"
+        )
+    return int8_path, {
+        "quantization": DESCRIPTION,
+        "calibration_images": str(count),
+        "float_eval_accuracy": f"{float_accuracy:.4f}",
+        "float_int8_top1_agreement": f"{agreement:.4f}",
+    }
+
+
+def write_metadata(path: Path, metadata: dict[str, str]) -> None:
+    """Set the ONNX file's metadata properties (replacing any of the same name)."""
+    import onnx
+
+    proto = onnx.load(path)
+    existing = {prop.key: prop.value for prop in proto.metadata_props}
+    onnx.helper.set_model_props(proto, existing | metadata)
+    onnx.checker.check_model(proto)
+    onnx.save(proto, path)
 
 
 def save_inference_copy(model: Any, path: Path) -> None:
@@ -135,7 +232,7 @@ def export_model(
         raise
     os.replace(staging, output)
     log.info(
-        "exported path=%s opset=%d parity_images=%d max_abs_difference=%.2e",
+        "converted path=%s opset=%d parity_images=%d max_abs_difference=%.2e",
         output,
         opset,
         report.images,

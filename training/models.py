@@ -56,6 +56,23 @@ def build_resnet9(input_shape: tuple[int, int, int], num_classes: int, width: in
     return keras.Model(inputs, outputs, name=f"resnet9_w{width}")
 
 
+def with_flip_averaging(model: keras.Model) -> keras.Model:
+    """`model` with test-time augmentation folded in: each image and its mirror image go through the network as
+    one batch of 2N, and the two probability vectors are averaged. Twice the compute per image."""
+    inputs = keras.Input(shape=model.input_shape[1:], dtype="uint8", name=INPUT_NAME)
+    both = keras.ops.concatenate([inputs, keras.ops.flip(inputs, axis=2)], axis=0)
+    probabilities = model(both)
+    pairs = keras.ops.reshape(probabilities, (2, -1, probabilities.shape[-1]))
+    outputs = layers.Identity(name=OUTPUT_NAME)(keras.ops.mean(pairs, axis=0))
+    return keras.Model(inputs, outputs, name=f"{model.name}_flip_averaged")
+
+
+def base_network(model: keras.Model) -> keras.Model:
+    """The trained network inside a model made by `with_flip_averaging`, or `model` itself."""
+    nested = [layer for layer in model.layers if isinstance(layer, keras.Model)]
+    return nested[0] if len(nested) == 1 else model
+
+
 ARCHITECTURES: dict[str, ModelBuilder] = {
     "baseline": build_baseline,
     "resnet9-w16": lambda shape, classes: build_resnet9(shape, classes, 16),
@@ -75,7 +92,10 @@ def build_model(architecture: str, input_shape: tuple[int, int, int], num_classe
 
 def count_flops(model: keras.Model) -> int:
     """Floating-point operations for one image (a multiply-add counts 2), over convolutions and dense layers;
-    normalisation, activations and pooling add well under 1% for these networks and are left out."""
+    normalisation, activations and pooling add well under 1% for these networks and are left out. A
+    flip-averaged model counts its network twice."""
+    if (network := base_network(model)) is not model:
+        return 2 * count_flops(network)  # flip averaging runs the network twice
     flops = 0
     for layer in model.layers:
         if isinstance(layer, layers.Conv2D):

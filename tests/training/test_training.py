@@ -282,3 +282,78 @@ def test_model_card_for_a_run(tiny_run: Path, tmp_path: Path) -> None:
     assert written["latency_onnxruntime_cpu"]["batch1_ms"] > 0
     text = markdown.read_text()
     assert "tiny-colours" in text and "make it" in text and "| red |" in text
+
+
+def test_flip_averaging_is_blind_to_mirroring_and_averages_the_network() -> None:
+    from training.models import base_network, count_flops, with_flip_averaging
+
+    network = build_model("resnet9-w16", (32, 32, 3), 10)
+    model = with_flip_averaging(network)
+    images = np.random.default_rng(0).integers(0, 256, (5, 32, 32, 3), dtype=np.uint8)
+    averaged = model.predict(images, verbose=0)
+    by_hand = (network.predict(images, verbose=0) + network.predict(images[:, :, ::-1], verbose=0)) / 2
+    assert np.abs(averaged - by_hand).max() <= 1e-6
+    assert np.abs(model.predict(images[:, :, ::-1], verbose=0) - averaged).max() <= 1e-6
+    assert base_network(model) is network and base_network(network) is network
+    assert count_flops(model) == 2 * count_flops(network)
+
+
+@pytest.fixture(scope="module")
+def int8_export(tiny_run: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    output = tmp_path_factory.mktemp("int8") / "model.onnx"
+    export_run(tiny_run, output, name="tiny-int8", flip_averaging=True, quantize=True, max_accuracy_drop=1.0)
+    return output
+
+
+def test_int8_flip_averaged_export_states_what_it_is_and_its_own_accuracy(int8_export: Path, tiny_run: Path) -> None:
+    import keras
+    import onnxruntime as ort
+
+    from training.export import run_splits
+
+    metadata = ort.InferenceSession(str(int8_export), providers=["CPUExecutionProvider"]).get_modelmeta()
+    properties = metadata.custom_metadata_map
+    assert properties["quantization"].startswith("int8") and "flip" in properties["test_time_augmentation"]
+    assert properties["calibration_images"] == "27"  # every training image of the tiny run: fewer than 512
+    assert 0.0 <= float(properties["float_int8_top1_agreement"]) <= 1.0
+    op_types = {node.op_type for node in onnx.load(int8_export).graph.node}
+    assert {"QuantizeLinear", "DequantizeLinear", "Conv"} <= op_types
+
+    validation = run_splits(json.loads((tiny_run / "run.json").read_text())).validation
+    probabilities = onnx_predictor(int8_export)(validation.images)
+    accuracy = float(np.mean(probabilities.argmax(axis=1) == validation.labels))
+    assert float(properties["eval_accuracy"]) == pytest.approx(accuracy, abs=1e-4)
+    assert properties["eval_examples"] == str(len(validation))
+    mirrored = onnx_predictor(int8_export)(np.ascontiguousarray(validation.images[:, :, ::-1]))
+    assert np.abs(mirrored - probabilities).max() <= 1e-6
+
+    # The Keras copy beside it is the float flip-averaged model, without optimizer state.
+    reference = keras.saving.load_model(int8_export.with_suffix(".keras"))
+    assert reference.name.endswith("_flip_averaged") and getattr(reference, "optimizer", None) is None
+    keras_top = reference.predict(validation.images, verbose=0).argmax(axis=1)
+    assert np.mean(keras_top == probabilities.argmax(axis=1)) >= float(properties["float_int8_top1_agreement"]) - 1e-9
+
+
+def test_int8_that_loses_too_much_accuracy_is_refused_and_nothing_is_written(tiny_run: Path, tmp_path: Path) -> None:
+    output = tmp_path / "model.onnx"
+    # A negative allowance cannot be met: the gate must refuse even a lossless quantization.
+    with pytest.raises(ExportError, match="int8 quantization loses"):
+        export_run(tiny_run, output, quantize=True, max_accuracy_drop=-1.0)
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_model_card_of_an_int8_flip_averaged_export(tiny_run: Path, int8_export: Path, tmp_path: Path) -> None:
+    from training.card import build_card, write_card
+
+    card = build_card(tiny_run, int8_export, reproduce="make it", trained_on_machine="here", latency_seconds=0.05)
+    markdown, _ = write_card(card, tmp_path)
+    assert card["serving_graph"]["quantization"].startswith("int8")
+    stated = onnx.load(int8_export).metadata_props
+    assert card["validation"]["accuracy"] == pytest.approx(
+        float(next(prop.value for prop in stated if prop.key == "eval_accuracy")), abs=1e-4
+    )
+    network_flops = build_card(
+        tiny_run, tiny_run / "model.onnx", reproduce="x", trained_on_machine="x", latency_seconds=0.05
+    )["flops_per_image"]
+    assert card["flops_per_image"] == 2 * network_flops
+    assert "int8 static QDQ" in markdown.read_text() and "horizontal flip" in markdown.read_text()
