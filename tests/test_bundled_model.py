@@ -17,6 +17,7 @@ from training.export import check_parity
 
 SAMPLE = Path(__file__).resolve().parent / "data" / "cifar10-sample"
 MAX_BYTES = 10 * 1024 * 1024
+INT8_TOLERANCE = 0.05
 
 
 @pytest.fixture(scope="module")
@@ -45,13 +46,17 @@ def test_bundled_model_gets_at_least_85_percent_of_the_sample_right(sample: Data
     assert correct / total >= 0.85, f"{correct}/{total} correct"
 
 
-def test_keras_and_onnx_runtime_agree_on_the_sample(sample: Dataset, bundled_model: Path) -> None:
+def test_keras_and_onnx_runtime_agree_on_the_sample(sample: Dataset, bundled_model: Path, model: OnnxModel) -> None:
     import keras
 
+    # models/default.keras is the float network the ONNX file was exported from. An int8 file cannot match it to
+    # 1e-4: its probabilities may move by up to INT8_TOLERANCE, and its top class may differ from Keras's only
+    # where Keras itself has two classes within that tolerance.
+    tolerance = INT8_TOLERANCE if "quantization" in model.info.metadata else 1e-4
     reference = keras.saving.load_model(bundled_model.with_suffix(".keras"))
-    report = check_parity(keras_predictor(reference), bundled_model, sample.images, tolerance=1e-4)
+    report = check_parity(keras_predictor(reference), bundled_model, sample.images, tolerance=tolerance)
     assert report.images == len(sample)
-    assert report.max_abs_difference <= 1e-4
+    assert report.max_abs_difference <= tolerance
     assert report.argmax_mismatches == 0
 
 

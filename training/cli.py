@@ -31,7 +31,7 @@ def load_preset(name: str) -> dict[str, object]:
 
 def _train(args: argparse.Namespace) -> None:
     from training.models import ARCHITECTURES
-    from training.train import TrainConfig, train
+    from training.train import IncompatibleWeightsError, TrainConfig, train
 
     if args.resume:
         train(TrainConfig(data="", run_dir=args.run_dir), resume=True)
@@ -48,7 +48,11 @@ def _train(args: argparse.Namespace) -> None:
     architecture = fields.get("architecture", "baseline")
     if architecture not in ARCHITECTURES:
         raise SystemExit(f"error: unknown architecture {architecture!r}; known: {sorted(ARCHITECTURES)}")
-    train(TrainConfig(run_dir=args.run_dir, **fields))  # type: ignore[arg-type]
+    try:
+        train(TrainConfig(run_dir=args.run_dir, **fields))  # type: ignore[arg-type]
+    except IncompatibleWeightsError as error:
+        print(f"error: {error}", file=sys.stderr)
+        raise SystemExit(2) from None
 
 
 def _evaluate(args: argparse.Namespace) -> None:

@@ -114,7 +114,11 @@ def export_run(
             write_metadata(exported, metadata)
         os.replace(exported, output)
     log.info("wrote path=%s eval_accuracy=%s", output, metadata["eval_accuracy"])
-    save_inference_copy(model, output.with_suffix(".keras"))
+    copy = output.with_suffix(".keras")
+    if copy.resolve() == model_path.resolve():
+        log.info("kept path=%s: the Keras copy would replace the model it was exported from", copy)
+    else:
+        save_inference_copy(model, copy)
     return output
 
 

@@ -213,6 +213,10 @@ def train(config: TrainConfig, *, resume: bool = False) -> Path:
     return run_dir
 
 
+class IncompatibleWeightsError(ValueError):
+    """The model to start from has weights of other shapes than the architecture being trained."""
+
+
 def load_initial_weights(model: keras.Model, path: Path) -> None:
     """Copy the weights of the saved model at `path` into `model`; both must have the same architecture."""
     if not path.is_file():
@@ -220,7 +224,8 @@ def load_initial_weights(model: keras.Model, path: Path) -> None:
     try:
         model.set_weights(keras.saving.load_model(path).get_weights())
     except ValueError as error:  # Keras checks the count and every shape
-        raise ValueError(f"cannot start from {path}: its weights do not fit this architecture ({error})") from error
+        message = f"cannot start from {path}: its weights do not fit this architecture ({error})"
+        raise IncompatibleWeightsError(message) from error
     log.info("initial weights path=%s", path)
 
 

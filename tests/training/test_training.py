@@ -99,8 +99,18 @@ def test_export_writes_metadata_and_matches_keras(tiny_run: Path) -> None:
     expected = keras_model.predict(images, verbose=0)
     actual = onnx_predictor(tiny_run / "model.onnx")(images)
     assert np.abs(expected - actual).max() <= 1e-4
-    # Export wrote its Keras copy next to the .onnx (here over the run's model.keras): weights only, no optimizer.
-    assert getattr(keras_model, "optimizer", None) is None
+    # The export's Keras copy would have landed on the run's own model.keras: that model is kept as trained.
+    assert keras_model.optimizer is not None
+
+
+def test_export_writes_a_weights_only_keras_copy_beside_the_onnx(tiny_run: Path, tmp_path: Path) -> None:
+    import keras
+
+    export_run(tiny_run, tmp_path / "copy.onnx")
+    copy = keras.saving.load_model(tmp_path / "copy.keras")
+    assert getattr(copy, "optimizer", None) is None
+    images = np.load(tiny_run / "parity_images.npy")
+    assert np.abs(copy.predict(images, verbose=0) - onnx_predictor(tmp_path / "copy.onnx")(images)).max() <= 1e-4
 
 
 def test_tampered_onnx_fails_the_parity_gate(tiny_run: Path, tmp_path: Path) -> None:
@@ -256,6 +266,16 @@ def test_a_second_stage_starts_from_the_first_stages_weights(tiny_run: Path, tmp
         load_initial_weights(build_model("resnet9-w16", (32, 32, 3), 3), first)
     with pytest.raises(FileNotFoundError, match="no such file"):
         load_initial_weights(started, tmp_path / "missing.keras")
+
+
+def test_cli_second_stage_from_another_architecture_is_a_clear_error(tiny_run: Path, tmp_path: Path) -> None:
+    data = make_image_folder(tmp_path / "data", per_class=4)
+    result = run_cli(
+        "train", "--data", str(data), "--run-dir", str(tmp_path / "run"), "--architecture", "resnet9-w16",
+        "--init-from", str(tiny_run / "model.keras"), "--epochs", "1",
+    )  # fmt: skip
+    assert result.returncode == 2
+    assert "do not fit this architecture" in result.stderr and "Traceback" not in result.stderr
 
 
 def test_flops_of_the_baseline_by_hand() -> None:
