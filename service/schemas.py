@@ -35,7 +35,7 @@ class PredictResponse(BaseModel):
         json_schema_extra={
             "examples": [
                 {
-                    "model": {"name": "cifar10-resnet9", "version": "2.0.0"},
+                    "model": {"name": "cifar10-resnet9", "version": "3.0.0"},
                     "predictions": [
                         {
                             "filename": "cat.jpg",
@@ -66,7 +66,7 @@ class HealthResponse(BaseModel):
                 {
                     "status": "ok",
                     "model": "cifar10-resnet9",
-                    "version": "2.0.0",
+                    "version": "3.0.0",
                     "provider": "CPUExecutionProvider",
                 }
             ]
@@ -88,7 +88,7 @@ class ReadinessResponse(BaseModel):
                 {
                     "status": "ready",
                     "model": "cifar10-resnet9",
-                    "version": "2.0.0",
+                    "version": "3.0.0",
                     "provider": "CPUExecutionProvider",
                 }
             ]
@@ -118,7 +118,7 @@ class ModelMetadataResponse(BaseModel):
             "examples": [
                 {
                     "name": "cifar10-resnet9",
-                    "version": "2.0.0",
+                    "version": "3.0.0",
                     "input": {
                         "name": "image",
                         "shape": [None, 32, 32, 3],
@@ -134,7 +134,7 @@ class ModelMetadataResponse(BaseModel):
                     "labels": ["airplane", "automobile", "bird", "cat", "deer"],
                     "provider": "CPUExecutionProvider",
                     "providers": ["CPUExecutionProvider"],
-                    "eval_accuracy": 0.885,
+                    "eval_accuracy": 0.9006,
                     "resize_filter": "bicubic",
                     "metadata": {"architecture": "resnet9-w24"},
                 }
