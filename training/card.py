@@ -96,7 +96,7 @@ def build_card(
 
     from training.evaluation import evaluate_model, onnx_predictor
     from training.export import run_splits
-    from training.models import count_flops
+    from training.models import count_flops, with_flip_averaging
 
     record = json.loads((run_dir / CONFIG_FILE).read_text())
     metrics = evaluate_model(onnx_predictor(onnx_path), run_splits(record).validation)
@@ -122,8 +122,7 @@ def build_card(
         },
         "architecture": record["architecture"],
         "parameters": int(model.count_params()),
-        # Flip averaging runs the network twice per image.
-        "flops_per_image": count_flops(model) * (2 if flip_averaging else 1),
+        "flops_per_image": count_flops(with_flip_averaging(model) if flip_averaging else model),
         "serving_graph": {
             "test_time_augmentation": flip_averaging,
             "quantization": properties.get("quantization"),

@@ -12,7 +12,7 @@ from typing import Any
 import numpy as np
 
 from training.data import DataError, Splits, load_splits
-from training.evaluation import METRICS_FILE, Predictor, evaluate_model, keras_predictor, onnx_predictor
+from training.evaluation import METRICS_FILE, Predictor, compute_metrics, keras_predictor, onnx_predictor
 from training.models import INPUT_NAME, OUTPUT_NAME
 from training.train import CONFIG_FILE, FINAL_MODEL, PARITY_COUNT, PARITY_IMAGES
 
@@ -104,12 +104,18 @@ def export_run(
         )
         if flip_averaging or quantize:
             splits = run_splits(record)
+            validation = splits.validation
+            probabilities = onnx_predictor(exported)(validation.images)
             if quantize:
-                exported, quantized = quantize_checked(
-                    exported, splits, calibration_images=calibration_images, max_accuracy_drop=max_accuracy_drop
+                exported, probabilities, quantized = quantize_checked(
+                    exported,
+                    probabilities,
+                    splits,
+                    calibration_images=calibration_images,
+                    max_accuracy_drop=max_accuracy_drop,
                 )
                 metadata |= quantized
-            evaluation = evaluate_model(onnx_predictor(exported), splits.validation)
+            evaluation = compute_metrics(validation.labels, probabilities.argmax(axis=1), validation.class_names)
             metadata |= {"eval_accuracy": str(evaluation["accuracy"]), "eval_examples": str(evaluation["examples"])}
             write_metadata(exported, metadata)
         os.replace(exported, output)
@@ -138,17 +144,21 @@ def run_splits(record: dict[str, Any]) -> Splits:
 
 
 def quantize_checked(
-    float_path: Path, splits: Splits, *, calibration_images: int, max_accuracy_drop: float
-) -> tuple[Path, dict[str, str]]:
-    """The int8 version of `float_path` beside it, and its metadata, if it keeps the float model's validation
-    accuracy within `max_accuracy_drop`."""
+    float_path: Path,
+    float_probabilities: np.ndarray,
+    splits: Splits,
+    *,
+    calibration_images: int,
+    max_accuracy_drop: float,
+) -> tuple[Path, np.ndarray, dict[str, str]]:
+    """The int8 version of `float_path` beside it, its probabilities on the validation split, and its metadata,
+    if it keeps the float model's validation accuracy (from `float_probabilities`) within `max_accuracy_drop`."""
     from training.quantization import DESCRIPTION, quantize_int8
 
     count = min(calibration_images, len(splits.train))
     chosen = np.random.default_rng(0).choice(len(splits.train), count, replace=False)
     int8_path = float_path.with_name("int8.onnx")
     quantize_int8(float_path, int8_path, splits.train.images[np.sort(chosen)])
-    float_probabilities = onnx_predictor(float_path)(splits.validation.images)
     int8_probabilities = onnx_predictor(int8_path)(splits.validation.images)
     float_top, int8_top = float_probabilities.argmax(axis=1), int8_probabilities.argmax(axis=1)
     float_accuracy = float(np.mean(float_top == splits.validation.labels))
@@ -166,12 +176,16 @@ def quantize_checked(
             f"int8 quantization loses {float_accuracy - int8_accuracy:.2%} of validation accuracy "
             f"(float {float_accuracy:.2%}, int8 {int8_accuracy:.2%}), more than the {max_accuracy_drop:.2%} allowed"
         )
-    return int8_path, {
-        "quantization": DESCRIPTION,
-        "calibration_images": str(count),
-        "float_eval_accuracy": f"{float_accuracy:.4f}",
-        "float_int8_top1_agreement": f"{agreement:.4f}",
-    }
+    return (
+        int8_path,
+        int8_probabilities,
+        {
+            "quantization": DESCRIPTION,
+            "calibration_images": str(count),
+            "float_eval_accuracy": f"{float_accuracy:.4f}",
+            "float_int8_top1_agreement": f"{agreement:.4f}",
+        },
+    )
 
 
 def write_metadata(path: Path, metadata: dict[str, str]) -> None:
