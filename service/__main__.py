@@ -1,16 +1,17 @@
-"""`python -m service`: read the settings, then serve with uvicorn."""
+"""`python -m service`: read the settings, then serve with uvicorn (one process, or a supervisor and workers)."""
 
 import os
+import shutil
 import sys
 import tempfile
 
 import uvicorn
 
 from service.app import create_app
-from service.config import SettingsError, load_settings
-from service.lifecycle import DrainingServer
+from service.config import Settings, SettingsError, load_settings
+from service.lifecycle import DRAIN, DrainingServer, WorkerSupervisor
 from service.logs import logging_config
-from service.metrics import MULTIPROCESS_ENV
+from service.metrics import MULTIPROCESS_ENV, forget_process
 
 # After draining, uvicorn's own graceful shutdown only has to close idle connections.
 UVICORN_GRACE_S = 2
@@ -38,10 +39,30 @@ def main() -> None:
         server.run()
         if not server.started:
             raise SystemExit(3)  # the model did not load: the reason is logged
+        if DRAIN.failure is not None:
+            raise SystemExit(1)  # a fatal fault: the reason is logged; let the orchestrator restart us
         return
-    # Several workers: each re-reads the settings and builds its app; metrics are shared through files.
-    os.environ.setdefault(MULTIPROCESS_ENV, tempfile.mkdtemp(prefix="classifier-metrics-"))
-    uvicorn.run("service.app:create_app", factory=True, workers=settings.workers, **options)  # type: ignore[arg-type]
+    serve_workers(settings, options)
+
+
+def serve_workers(settings: Settings, options: dict[str, object]) -> None:
+    """Several workers, each building its app from the settings; metrics are shared through files in a folder
+    made fresh for this run (or the one given in PROMETHEUS_MULTIPROC_DIR, emptied) and removed at exit."""
+    given = os.environ.get(MULTIPROCESS_ENV)
+    if given:
+        shutil.rmtree(given, ignore_errors=True)  # files of an earlier run would be counted again
+        os.makedirs(given)
+        folder = given
+    else:
+        folder = os.environ[MULTIPROCESS_ENV] = tempfile.mkdtemp(prefix="classifier-metrics-")
+    try:
+        config = uvicorn.Config("service.app:create_app", factory=True, workers=settings.workers, **options)  # type: ignore[arg-type]
+        supervisor = WorkerSupervisor(
+            config, [config.bind_socket()], drain_timeout_s=settings.drain_timeout_s, on_worker_died=forget_process
+        )
+        supervisor.run()
+    finally:
+        shutil.rmtree(folder, ignore_errors=True)
 
 
 if __name__ == "__main__":

@@ -9,15 +9,15 @@ from typing import Annotated, Any
 
 import numpy as np
 from fastapi import APIRouter, Depends, File, Query, Request, UploadFile
-from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import JSONResponse, Response
 
 from service.batching import Batcher, RequestTiming
 from service.config import Settings
 from service.errors import ClientDisconnected, FileTooLarge, NotReady, TooManyImages
-from service.imaging import RESAMPLING_FILTER, decode_image
+from service.imaging import RESAMPLING_FILTER, Decoder, open_image
 from service.inference import OnnxModel, top_k
 from service.lifecycle import DrainState
+from service.limits import Admission
 from service.schemas import (
     ErrorResponse,
     HealthResponse,
@@ -36,14 +36,17 @@ class ServingState:
     """What the lifespan sets up: the model, its batcher, and whether warm-up passed."""
 
     drain: DrainState
+    admission: Admission
     model: OnnxModel | None = None
     batcher: Batcher | None = None
+    decoder: Decoder | None = None
     ready: bool = False
 
     @property
     def serving(self) -> bool:
-        """Loaded, warmed up and not draining: what readiness reports."""
-        return self.ready and not self.drain.draining
+        """Loaded, warmed up, inference running and not draining: what readiness reports."""
+        running = self.batcher is not None and self.batcher.running
+        return self.ready and running and not self.drain.draining
 
 
 # Dependencies are `async def` so FastAPI calls them inline: a plain `def` costs a thread-pool hop per request.
@@ -73,19 +76,27 @@ async def get_batcher(state: Annotated[ServingState, Depends(get_state)]) -> Bat
     return state.batcher
 
 
+async def get_decoder(state: Annotated[ServingState, Depends(get_state)]) -> Decoder:
+    """The image decoder, or 503 while there is none."""
+    if not state.ready or state.decoder is None:
+        raise NotReady("the model is not loaded yet")
+    return state.decoder
+
+
 SettingsDep = Annotated[Settings, Depends(get_settings)]
 StateDep = Annotated[ServingState, Depends(get_state)]
 ModelDep = Annotated[OnnxModel, Depends(get_model)]
 BatcherDep = Annotated[Batcher, Depends(get_batcher)]
+DecoderDep = Annotated[Decoder, Depends(get_decoder)]
 
 
 def _errors(*statuses: int) -> dict[int | str, dict[str, Any]]:
     descriptions = {
-        413: "Too many files, a file over the byte limit, or an image over the pixel limit",
+        413: "Too many files, a file over the byte limit, or an image over the pixel or decode-memory limit",
         415: "A file that is not a decodable image",
         422: "No file, an empty file, or an invalid parameter",
         500: "The model failed on the batch holding this request's images",
-        503: "The model is not loaded yet, the queue is full (with Retry-After), or the server is shutting down",
+        503: "Not loaded yet, overloaded (with Retry-After), or shutting down",
         504: "The request's images waited in the queue past queue_timeout_ms",
     }
     return {status: {"model": ErrorResponse, "description": descriptions[status]} for status in statuses}
@@ -106,6 +117,8 @@ async def predict(
     ],
     model: ModelDep,
     batcher: BatcherDep,
+    decoder: DecoderDep,
+    state: StateDep,
     settings: SettingsDep,
     k: Annotated[int | None, Query(alias="top_k", ge=1, description="Labels per image; default from settings.")] = None,
 ) -> PredictResponse:
@@ -116,14 +129,26 @@ async def predict(
     for name, upload in zip(names, files, strict=True):
         if upload.size is not None and upload.size > settings.max_image_bytes:
             raise FileTooLarge(f"{name!r} is {upload.size} bytes; the limit is {settings.max_image_bytes}")
-    batcher.check_capacity(len(files))  # refuse an overload before spending time on decoding
-    info = model.info
-    request.state.telemetry["images"] = len(files)
-    with batcher.expecting():
-        uploads = [(name, await upload.read()) for name, upload in zip(names, files, strict=True)]
-        batch = await run_in_threadpool(_decode_all, uploads, (info.height, info.width), settings.max_image_pixels)
-    timing = RequestTiming()
-    probabilities = await _unless_disconnected(request, batcher.submit(batch, timing))
+    # The body has been read: only now does the request take an admission slot, so slow uploads hold none.
+    with state.admission.slot():
+        batcher.check_capacity(len(files))  # refuse an overload before spending time on decoding
+        info = model.info
+        size = (info.height, info.width)
+        request.state.telemetry["images"] = len(files)
+        with batcher.expecting():
+            opened = [
+                open_image(
+                    await upload.read(),
+                    filename=name,
+                    size=size,
+                    max_pixels=settings.max_image_pixels,
+                    max_decode_bytes=settings.max_decode_bytes,
+                )
+                for name, upload in zip(names, files, strict=True)
+            ]
+            batch = await decoder.decode_all(opened, size)
+        timing = RequestTiming()
+        probabilities = await _unless_disconnected(request, batcher.submit(batch, timing))
     request.state.telemetry.update(queue_wait_s=timing.queue_wait_s, inference_s=timing.inference_s)
     request.app.state.metrics.images_per_request.observe(len(files))
     ranked = top_k(probabilities, info.labels, k or settings.top_k)
@@ -136,7 +161,7 @@ async def predict(
                 probability=labels[0][1],
                 top_k=[LabelProbability(label=label, probability=p) for label, p in labels],
             )
-            for (name, _), labels in zip(uploads, ranked, strict=True)
+            for name, labels in zip(names, ranked, strict=True)
         ],
     )
 
@@ -159,9 +184,12 @@ async def _unless_disconnected(request: Request, work: Coroutine[Any, Any, np.nd
     try:
         await asyncio.wait({task, watcher}, return_when=asyncio.FIRST_COMPLETED)
     finally:
+        # Whatever ended the wait (the answer, a disconnect, or this request being cancelled by its timeout),
+        # nothing of it may keep running: cancelling `task` takes the request's images out of the queue.
         watcher.cancel()
-    if not task.done():
-        task.cancel()
+        if not task.done():
+            task.cancel()
+    if not task.done() or task.cancelled():
         raise ClientDisconnected("the client disconnected before its answer was ready")
     return task.result()
 
@@ -170,10 +198,6 @@ async def _disconnect(request: Request) -> None:
     """Return once the client has gone (the body is already read, so only a disconnect can arrive)."""
     while (await request.receive())["type"] != "http.disconnect":
         pass
-
-
-def _decode_all(uploads: list[tuple[str, bytes]], size: tuple[int, int], max_pixels: int) -> np.ndarray:
-    return np.stack([decode_image(data, filename=name, size=size, max_pixels=max_pixels) for name, data in uploads])
 
 
 @router.get("/health", response_model=HealthResponse)

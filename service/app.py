@@ -18,14 +18,18 @@ from starlette.routing import Route
 from service.api import ServingState, router
 from service.batching import Batcher
 from service.config import Settings, load_settings
-from service.errors import ModelLoadError, ProviderUnavailable, ServiceError
+from service.errors import ModelLoadError, ProviderUnavailable, QueueFull, ServiceError
+from service.imaging import Decoder
 from service.inference import OnnxModel
 from service.lifecycle import DRAIN, DrainState
-from service.limits import AdmissionControl, ApiKeyAuth, BodyLimit, RequestTimeout
+from service.limits import Admission, AdmissionControl, ApiKeyAuth, BodyLimit, RequestTimeout
 from service.metrics import MULTIPROCESS_ENV, Metrics
 from service.telemetry import RequestTelemetry
 
 log = logging.getLogger(__name__)
+
+# Decoding threads per process: enough to keep the cores busy; the memory budget, not this, bounds memory.
+DECODE_THREADS = min(4, os.cpu_count() or 1)
 
 
 def warm_up_sizes(max_batch_size: int) -> list[int]:
@@ -70,6 +74,7 @@ def create_app(settings: Settings | None = None, drain: DrainState = DRAIN) -> F
         except (ModelLoadError, ProviderUnavailable, ServiceError) as error:
             log.error("event=startup_failed model_path=%s reason=%s", settings.model_path, error)
             raise
+        decoder = Decoder(memory_bytes=settings.decode_memory_bytes, threads=DECODE_THREADS)
         batcher = Batcher(
             constant_answer(len(model.info.labels)) if settings.benchmark_constant_answer else model.predict,
             max_batch_size=settings.max_batch_size,
@@ -78,10 +83,11 @@ def create_app(settings: Settings | None = None, drain: DrainState = DRAIN) -> F
             queue_timeout_ms=settings.queue_timeout_ms or None,
             merge_requests=settings.batching,
             observer=metrics,
+            on_failure=lambda error: drain.fail(f"the batcher's loop stopped: {error!r}"),
         )
         batcher.start()
         metrics.model_info.labels(model.info.name, model.info.version, model.info.provider).set(1)
-        state.model, state.batcher = model, batcher
+        state.model, state.batcher, state.decoder = model, batcher, decoder
         state.ready = True
         log.info(
             "event=ready model=%s version=%s provider=%s batching=%s max_batch_size=%d",
@@ -89,7 +95,9 @@ def create_app(settings: Settings | None = None, drain: DrainState = DRAIN) -> F
         )  # fmt: skip
         yield
         state.ready = False
-        await batcher.stop(timeout=settings.drain_timeout_s)
+        # What is left of the drain: preStop + drain + this stay inside the orchestrator's grace period.
+        await batcher.stop(timeout=drain.remaining(settings.drain_timeout_s))
+        decoder.close()
         if os.environ.get(MULTIPROCESS_ENV):
             multiprocess.mark_process_dead(os.getpid())
 
@@ -101,7 +109,8 @@ def create_app(settings: Settings | None = None, drain: DrainState = DRAIN) -> F
         lifespan=lifespan,
     )
     app.state.settings = settings
-    app.state.serving = ServingState(drain=drain)
+    admission = Admission(limit=settings.max_concurrent_requests, drain=drain)
+    app.state.serving = ServingState(drain=drain, admission=admission)
     app.state.metrics = metrics
     app.include_router(router)
 
@@ -109,13 +118,7 @@ def create_app(settings: Settings | None = None, drain: DrainState = DRAIN) -> F
         metrics.refusals.labels(reason).inc()
 
     # Added innermost first: telemetry wraps everything, so refusals and timeouts are logged and counted too.
-    app.add_middleware(
-        AdmissionControl,
-        limit=settings.max_concurrent_requests,
-        paths=frozenset({"/predict"}),
-        drain=drain,
-        on_refused=refused,
-    )
+    app.add_middleware(AdmissionControl, admission=admission, paths=frozenset({"/predict"}), on_refused=refused)
     app.add_middleware(
         ApiKeyAuth,
         keys=settings.api_keys,
@@ -140,7 +143,7 @@ def _install_error_handlers(app: FastAPI, refused: Callable[[str], None]) -> Non
     @app.exception_handler(ServiceError)
     async def service_error(request: Request, error: ServiceError) -> JSONResponse:
         if error.status_code in REFUSAL_STATUSES:
-            refused("queue_full" if error.error == "overloaded" else error.error)
+            refused("queue_full" if isinstance(error, QueueFull) else error.error)
         elif error.status_code >= 500:
             log.error("event=server_error path=%s error=%s detail=%s", request.url.path, error.error, error.detail)
         return JSONResponse(

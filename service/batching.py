@@ -18,7 +18,7 @@ from typing import Protocol
 
 import numpy as np
 
-from service.errors import InferenceFailed, QueueFull, QueueTimeout, ServiceError, ShuttingDown
+from service.errors import BatcherStopped, InferenceFailed, QueueFull, QueueTimeout, ServiceError, ShuttingDown
 
 log = logging.getLogger(__name__)
 
@@ -92,6 +92,7 @@ class Batcher:
         merge_requests: bool = True,
         retry_after_s: int = 1,
         observer: BatchObserver | None = None,
+        on_failure: Callable[[BaseException], None] = lambda error: None,
     ) -> None:
         if max_batch_size < 1 or queue_capacity < 1 or max_delay_ms < 0:
             raise ValueError("max_batch_size and queue_capacity must be >= 1 and max_delay_ms >= 0")
@@ -103,36 +104,58 @@ class Batcher:
         self._retry_after_s = retry_after_s
         self.merge_requests = merge_requests
         self._observer: BatchObserver = observer or _NoObserver()
+        self._on_failure = on_failure
         self._requests = 0
         self._queue: deque[_Item] = deque()
         self._changed = asyncio.Event()
         self._incoming = 0
         self._accepting = False
         self._task: asyncio.Task[None] | None = None
+        self._stopping = False
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="inference")
         self.stats = BatchStats()
 
     @property
     def queue_depth(self) -> int:
-        """Images waiting for a batch (cancelled ones not yet skipped included)."""
+        """Images waiting for a batch (a cancelled request's images leave the queue at once)."""
         return len(self._queue)
+
+    @property
+    def running(self) -> bool:
+        """True while the consumer task runs: false before start, after stop, and if it ever failed."""
+        return self._task is not None and not self._task.done()
 
     def start(self) -> None:
         """Start the consumer task on the running event loop."""
         self._accepting = True
+        self._stopping = False
         self._task = asyncio.get_running_loop().create_task(self._run(), name="batcher")
+        self._task.add_done_callback(self._ended)
+
+    def _ended(self, task: asyncio.Task[None]) -> None:
+        """The consumer task ended: expected after `stop`; otherwise a fault, and nothing queued may hang."""
+        if self._stopping:
+            return
+        self._accepting = False
+        error: BaseException = task.exception() if not task.cancelled() else asyncio.CancelledError()  # type: ignore[assignment]
+        error = error or RuntimeError("the batcher's loop returned")
+        log.critical("event=batcher_died error=%r queued=%d", error, len(self._queue))
+        self._fail_queued(BatcherStopped("the server's inference loop stopped; retry on another replica"))
+        self._on_failure(error)
 
     async def stop(self, timeout: float | None = None) -> None:
         """Refuse new images, answer every queued one, then stop; what is left after `timeout` fails with 503."""
         self._accepting = False
+        self._stopping = True
         self._changed.set()
-        if self._task is not None:
+        if self._task is not None and not self._task.done():
             try:
                 await asyncio.wait_for(asyncio.shield(self._task), timeout)
             except TimeoutError:
                 self._task.cancel()
                 self._fail_queued(ShuttingDown("the server stopped before this image was processed"))
-        self._executor.shutdown(wait=True)
+        # A model call still running after the timeout finishes on its own; the event loop does not wait for it.
+        self._executor.shutdown(wait=False, cancel_futures=True)
         log.info(
             "event=batcher_stopped batches=%d images=%d failed_batches=%d expired_images=%d cancelled_images=%d",
             self.stats.batches, self.stats.images, self.stats.failed_batches, self.stats.expired_images,
@@ -152,6 +175,8 @@ class Batcher:
     def check_capacity(self, count: int) -> None:
         """Raise QueueFull (503) at once if `count` more images would overflow the queue."""
         if not self._accepting:
+            if self._task is not None and not self._stopping:
+                raise BatcherStopped("the server's inference loop stopped; retry on another replica")
             raise ShuttingDown("the server is shutting down and accepts no new requests")
         if len(self._queue) + count > self.queue_capacity:
             raise QueueFull(
@@ -172,17 +197,30 @@ class Batcher:
         timing = timing or RequestTiming()
         items = [_Item(self._requests, image, loop.create_future(), now, deadline, timing) for image in images]
         self._queue.extend(items)
-        self._observer.observe_queue_depth(len(self._queue))
-        self._changed.set()
+        self._queue_changed()
         try:
             results = await asyncio.gather(*(item.future for item in items))
         except BaseException:
-            # A failed image or a cancelled request (client gone): drop this request's other queued images.
+            # The request ended (timeout, client gone, a sibling image failed): its images leave the queue now,
+            # so they stop counting against the capacity and the queue depth at once.
             for item in items:
                 item.future.cancel()
             self.stats.cancelled_images += sum(item.future.cancelled() for item in items)
+            self._queue = deque(item for item in self._queue if not item.future.done())
+            self._queue_changed()
             raise
         return np.stack(results)
+
+    def _queue_changed(self) -> None:
+        self._observe("observe_queue_depth", len(self._queue))
+        self._changed.set()
+
+    def _observe(self, event: str, *args: object) -> None:
+        """Tell the observer; its faults (a metrics write failing) are logged, never passed on to requests."""
+        try:
+            getattr(self._observer, event)(*args)
+        except Exception as error:
+            log.error("event=observer_failed call=%s error=%r", event, error)
 
     async def _run(self) -> None:
         while True:
@@ -192,10 +230,15 @@ class Batcher:
                 self._changed.clear()
                 await self._changed.wait()
                 continue
-            await self._wait_for_more()
-            batch = self._take_batch()
-            if batch:
-                await self._execute(batch)
+            batch: list[_Item] = []
+            try:
+                await self._wait_for_more()
+                batch = self._take_batch()
+                if batch:
+                    await self._execute(batch)
+            except Exception as error:  # a fault of our own bookkeeping: fail this batch, keep serving
+                log.error("event=batcher_fault size=%d error=%r", len(batch), error)
+                _fail(batch, InferenceFailed(f"the batch could not be run: {error!r}"))
 
     async def _wait_for_more(self) -> None:
         """Wait while the batch is not full, images are still being decoded, and the first image's wait is short."""
@@ -228,7 +271,7 @@ class Batcher:
                 item.future.set_exception(QueueTimeout(f"the image waited {waited_ms:.0f} ms in the queue"))
                 continue
             batch.append(item)
-        self._observer.observe_queue_depth(len(self._queue))
+        self._observe("observe_queue_depth", len(self._queue))
         return batch
 
     async def _execute(self, batch: list[_Item]) -> None:
@@ -245,7 +288,7 @@ class Batcher:
             raise
         except Exception as error:  # any fault of the model fails this batch only
             self.stats.failed_batches += 1
-            self._observer.observe_failure()
+            self._observe("observe_failure")
             failure = error if isinstance(error, ServiceError) else InferenceFailed(f"inference failed: {error}")
             log.error("event=batch_failed size=%d error=%s", len(batch), failure)
             _fail(batch, failure)
@@ -253,7 +296,7 @@ class Batcher:
         elapsed = time.monotonic() - started
         self.stats.batches += 1
         self.stats.images += len(batch)
-        self._observer.observe_batch(len(batch), waits, elapsed)
+        self._observe("observe_batch", len(batch), waits, elapsed)
         for timing in {id(item.timing): item.timing for item in batch}.values():
             timing.inference_s += elapsed
         for item, wait in zip(batch, waits, strict=True):
@@ -265,6 +308,7 @@ class Batcher:
     def _fail_queued(self, error: ServiceError) -> None:
         _fail(self._queue, error)
         self._queue.clear()
+        self._observe("observe_queue_depth", 0)
 
 
 def _fail(items: Iterable[_Item], error: Exception) -> None:

@@ -3,7 +3,7 @@
 from pathlib import Path
 from typing import Annotated, Literal
 
-from pydantic import Field, ValidationError, field_validator
+from pydantic import Field, ValidationError, field_validator, model_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 ENV_PREFIX = "CLASSIFIER_"
@@ -59,6 +59,14 @@ class Settings(BaseSettings):
     max_image_pixels: int = Field(default=36_000_000, ge=1)
     """Largest width x height an image may declare, checked before decoding (413 beyond: decompression bombs)."""
 
+    max_decode_bytes: int = Field(default=320 * 1024 * 1024, ge=1)
+    """Most memory one image may take to decode, estimated from its header (width x height x bytes per pixel of
+    its mode, times what its format and conversion need) before a pixel is decoded (413 beyond)."""
+
+    decode_memory_bytes: int = Field(default=384 * 1024 * 1024, ge=1)
+    """Memory budget of all decodes in progress at once in one process; a request whose images do not fit waits
+    until earlier decodes finish, one whose images could never fit is refused (413)."""
+
     top_k: int = Field(default=3, ge=1)
     """How many labels, with probabilities, each prediction lists (capped at the number of classes)."""
 
@@ -105,6 +113,15 @@ class Settings(BaseSettings):
     log_format: Literal["json", "text"] = "json"
     """Log lines as one JSON object each, or as key=value text."""
 
+    @model_validator(mode="after")
+    def _decode_fits_budget(self) -> "Settings":
+        if self.max_decode_bytes > self.decode_memory_bytes:
+            raise ValueError(
+                f"{ENV_PREFIX}MAX_DECODE_BYTES ({self.max_decode_bytes}) must not exceed "
+                f"{ENV_PREFIX}DECODE_MEMORY_BYTES ({self.decode_memory_bytes}): such an image could never be decoded"
+            )
+        return self
+
     @field_validator("providers", mode="before")
     @classmethod
     def _split_providers(cls, value: object) -> object:
@@ -137,8 +154,9 @@ def load_settings(**overrides: object) -> Settings:
         return Settings(**overrides)  # type: ignore[arg-type]
     except ValidationError as error:
         problems = [
-            f"{ENV_PREFIX}{'_'.join(str(part) for part in item['loc']).upper()}: {item['msg']}"
-            f" (got {item.get('input')!r})"
+            f"{ENV_PREFIX}{'_'.join(map(str, item['loc'])).upper()}: {item['msg']} (got {item.get('input')!r})"
+            if item["loc"]
+            else item["msg"]  # a check across settings names its variables itself
             for item in error.errors()
         ]
         raise SettingsError("invalid settings:\n  " + "\n  ".join(problems)) from None

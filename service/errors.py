@@ -42,7 +42,8 @@ class FileTooLarge(ServiceError):
 
 
 class ImageTooLarge(ServiceError):
-    """Width x height over `max_image_pixels` (decompression bombs end here, before decoding)."""
+    """Width x height over `max_image_pixels`, or an estimated decode over `max_decode_bytes`: decompression
+    bombs end here, before decoding."""
 
     status_code = 413
     error = "image_too_large"
@@ -53,6 +54,17 @@ class NotReady(ServiceError):
 
     status_code = 503
     error = "not_ready"
+
+
+class Overloaded(ServiceError):
+    """Already `max_concurrent_requests` requests past their upload: refused at once, with Retry-After."""
+
+    status_code = 503
+    error = "overloaded"
+
+    def __init__(self, detail: str, retry_after_s: int = 1) -> None:
+        super().__init__(detail)
+        self.headers = {"Retry-After": str(retry_after_s)}
 
 
 class QueueFull(ServiceError):
@@ -74,10 +86,14 @@ class QueueTimeout(ServiceError):
 
 
 class ShuttingDown(ServiceError):
-    """The server is draining: no new work is accepted."""
+    """The server is draining: no new work is accepted (retry on another replica)."""
 
     status_code = 503
     error = "shutting_down"
+
+    def __init__(self, detail: str, retry_after_s: int = 1) -> None:
+        super().__init__(detail)
+        self.headers = {"Retry-After": str(retry_after_s)}
 
 
 class ClientDisconnected(ServiceError):
@@ -85,6 +101,17 @@ class ClientDisconnected(ServiceError):
 
     status_code = 499
     error = "client_disconnected"
+
+
+class BatcherStopped(ServiceError):
+    """The batcher's loop ended unexpectedly: a server fault; the process is exiting to be restarted."""
+
+    status_code = 503
+    error = "unavailable"
+
+    def __init__(self, detail: str, retry_after_s: int = 1) -> None:
+        super().__init__(detail)
+        self.headers = {"Retry-After": str(retry_after_s)}
 
 
 class InferenceFailed(ServiceError):

@@ -1,15 +1,29 @@
-"""Image decoding and preprocessing: any image Pillow reads becomes the model's uint8 RGB input.
+"""Image decoding and preprocessing: an uploaded image file becomes the model's uint8 RGB input.
 
-Training (`training.data`) uses the same function for folders of images, so a picture is prepared the same
+Two steps, so that memory is bounded by design: `open_image` reads only the header and estimates, from width,
+height, mode and format, the most memory the decode can take (checked against a limit before a pixel is
+decoded); `decode` then decodes and converts it. Large images are shrunk by whole factors right after decoding,
+so conversions run on small copies.
+
+Training (`training.data`) uses the same functions for folders of images, so a picture is prepared the same
 way whether it is trained on or served.
 """
 
+import asyncio
+import contextlib
 import io
+import logging
+import threading
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
 
 import numpy as np
-from PIL import Image, ImageOps, UnidentifiedImageError
+from PIL import Image, UnidentifiedImageError
 
+from service.budget import MemoryBudget
 from service.errors import EmptyFile, ImageTooLarge, InvalidImage
+
+log = logging.getLogger(__name__)
 
 RESAMPLING_FILTER = Image.Resampling.BICUBIC
 """Pillow's bicubic filter; Pillow widens it when shrinking, so downscaling is antialiased."""
@@ -17,56 +31,257 @@ RESAMPLING_FILTER = Image.Resampling.BICUBIC
 ALPHA_BACKGROUND = (255, 255, 255)
 """Transparent pixels are composited over white before the alpha channel is dropped."""
 
+ACCEPTED_FORMATS = ("JPEG", "PNG", "WEBP", "GIF", "BMP", "TIFF")
+"""The formats clients send (JPEG includes MPO, the multi-picture JPEG many cameras write). Pillow reads dozens
+more, each a parser an attacker could aim at; they are refused as not an image."""
+
 # Every caller passes its own `max_pixels`, checked right after the header is read; Pillow's process-wide
 # limit would otherwise refuse large images first, with a message that hides the configured limit.
 Image.MAX_IMAGE_PIXELS = None
 
-_HIGH_BIT_DEPTH_MODES = {"I;16", "I;16L", "I;16B", "I;16N", "I"}
+_HIGH_BIT_DEPTH_MODES = {"I;16", "I;16L", "I;16B", "I;16N"}
+_ALPHA_MODES = {"RGBA", "LA", "PA", "La", "RGBa"}
+
+# Bytes Pillow stores per pixel: one for single-byte modes, two for 16-bit, four for everything else (RGB is
+# stored as RGBX).
+_STORED_BYTES = {"1": 1, "L": 1, "P": 1, "I;16": 2, "I;16L": 2, "I;16B": 2, "I;16N": 2}
+# Peak memory of the whole decode as a multiple of the decoded image, measured per mode and format over 6000x6000
+# worst cases (tests/service/test_imaging_memory.py checks these bounds against the process's peak RSS).
+_MODE_FACTOR = {"P": 5.5, "PA": 9.5, "I;16": 3.3, "I;16L": 3.3, "I;16B": 3.3, "I;16N": 3.3, "1": 2.5, "L": 2.5}
+_DEFAULT_FACTOR = 2.2
+_FORMAT_FACTOR = {"WEBP": 4.5}  # libwebp decodes into its own RGBA buffer, which Pillow then copies
+# A progressive JPEG keeps every DCT coefficient of the full-size image (2 bytes each) while decoding, whatever
+# the draft scale; a baseline one streams.
+_PROGRESSIVE_JPEG_BYTES_PER_SAMPLE = 2.2
+_FIXED_OVERHEAD = 1 << 20
 
 
-def decode_image(data: bytes, *, filename: str, size: tuple[int, int], max_pixels: int) -> np.ndarray:
-    """Decode `data` into a `size` = (height, width) RGB uint8 array, or raise a client error naming `filename`."""
+@dataclass
+class OpenedImage:
+    """An image whose header was read and checked: what `decode` needs, and what decoding it will cost."""
+
+    image: Image.Image
+    filename: str
+    decode_bytes: int
+    """The most memory decoding it may take, in bytes (an upper bound, from the header)."""
+
+
+def open_image(
+    data: bytes, *, filename: str, size: tuple[int, int], max_pixels: int, max_decode_bytes: int
+) -> OpenedImage:
+    """Read `data`'s header and check it against the limits, without decoding a pixel; errors name `filename`.
+
+    `size` = (height, width) is the model's input: a JPEG is set to decode at the smallest DCT scale still at
+    least that large, and the estimate counts that scale."""
     if not data:
         raise EmptyFile(f"{filename!r} is empty (0 bytes)")
-    height, width = size
     try:
-        image = Image.open(io.BytesIO(data))
+        image = Image.open(io.BytesIO(data), formats=ACCEPTED_FORMATS)
         pixels = image.width * image.height
         if pixels > max_pixels:
             raise ImageTooLarge(
                 f"{filename!r} is {image.width}x{image.height} = {pixels} pixels; the limit is {max_pixels}"
             )
+        declared = (image.width, image.height)
         # JPEG only: decode at a reduced scale that is still at least the target size (much faster for photos).
         image.draft("RGB", (max(size), max(size)))
-        image.load()
-        ImageOps.exif_transpose(image, in_place=True)  # in place: no copy for the usual image without rotation
-        rgb = _to_rgb(image)
-    except ImageTooLarge:
+        estimate = decode_bytes(image, declared)
+    except (ImageTooLarge, InvalidImage):
         raise
     except UnidentifiedImageError as error:
-        raise InvalidImage(f"{filename!r} is not an image format this service can decode") from error
-    except (OSError, SyntaxError, ValueError, EOFError) as error:
-        # Pillow reports truncated or corrupt data (bad CRC, short reads, bad headers) with these.
-        raise InvalidImage(f"{filename!r} could not be decoded: {error}") from error
-    if rgb.size != (width, height):
-        rgb = rgb.resize((width, height), RESAMPLING_FILTER)
-    return np.asarray(rgb, dtype=np.uint8)
+        formats = ", ".join(ACCEPTED_FORMATS)
+        raise InvalidImage(f"{filename!r} is not an image in a format this service accepts ({formats})") from error
+    except Exception as error:  # any fault of a parser on hostile bytes is the file's, never the server's
+        raise InvalidImage(f"{filename!r} could not be read: {_describe(error)}") from error
+    if estimate > max_decode_bytes:
+        raise ImageTooLarge(
+            f"{filename!r} ({image.format} {image.mode} {declared[0]}x{declared[1]}) would take up to "
+            f"{estimate / 2**20:.0f} MiB to decode; the limit is {max_decode_bytes / 2**20:.0f} MiB"
+        )
+    return OpenedImage(image, filename, estimate)
+
+
+def decode_bytes(image: Image.Image, declared: tuple[int, int]) -> int:
+    """An upper bound of the memory that decoding and converting `image` takes, from its header alone.
+
+    `image.size` is the size it will decode at (a JPEG's draft scale); `declared` the size in its header."""
+    width, height = image.size
+    decoded = width * height * _STORED_BYTES.get(image.mode, 4)
+    factor = max(_MODE_FACTOR.get(image.mode, _DEFAULT_FACTOR), _FORMAT_FACTOR.get(image.format or "", 0))
+    total = decoded * factor + _FIXED_OVERHEAD
+    if image.format in {"JPEG", "MPO"} and image.info.get("progressive"):
+        total += declared[0] * declared[1] * len(image.getbands()) * _PROGRESSIVE_JPEG_BYTES_PER_SAMPLE
+    return int(total)
+
+
+def decode(opened: OpenedImage, size: tuple[int, int]) -> np.ndarray:
+    """Decode an opened image into a `size` = (height, width) RGB uint8 array, or raise InvalidImage."""
+    height, width = size
+    image = opened.image
+    try:
+        image.load()
+        # Read before shrinking: the shrunk copy has no EXIF. A damaged EXIF block is the file's fault too.
+        orientation = image.getexif().get(EXIF_ORIENTATION, 1)
+        image = _shrink(image, (width, height))
+        rgb = _to_rgb(image)
+        rgb = _orient(rgb, orientation)
+        if rgb.size != (width, height):
+            rgb = rgb.resize((width, height), RESAMPLING_FILTER)
+        return np.asarray(rgb, dtype=np.uint8)
+    except Exception as error:  # truncated or corrupt data, or a decoder's fault on hostile bytes
+        raise InvalidImage(f"{opened.filename!r} could not be decoded: {_describe(error)}") from error
+    finally:
+        opened.image.close()
+
+
+def decode_image(
+    data: bytes, *, filename: str, size: tuple[int, int], max_pixels: int, max_decode_bytes: int | None = None
+) -> np.ndarray:
+    """`open_image` then `decode`: `data` as a `size` = (height, width) RGB uint8 array, or a client error."""
+    opened = open_image(
+        data, filename=filename, size=size, max_pixels=max_pixels, max_decode_bytes=max_decode_bytes or 2**63
+    )
+    return decode(opened, size)
+
+
+EXIF_ORIENTATION = 0x0112
+# The transposition that puts each EXIF orientation upright (as ImageOps.exif_transpose does).
+_UPRIGHT = {
+    2: Image.Transpose.FLIP_LEFT_RIGHT,
+    3: Image.Transpose.ROTATE_180,
+    4: Image.Transpose.FLIP_TOP_BOTTOM,
+    5: Image.Transpose.TRANSPOSE,
+    6: Image.Transpose.ROTATE_270,
+    7: Image.Transpose.TRANSVERSE,
+    8: Image.Transpose.ROTATE_90,
+}
+
+
+def _orient(image: Image.Image, orientation: object) -> Image.Image:
+    method = _UPRIGHT.get(orientation) if isinstance(orientation, int) else None
+    return image.transpose(method) if method is not None else image
+
+
+def _shrink(image: Image.Image, target: tuple[int, int]) -> Image.Image:
+    """Reduce by the largest whole factor that keeps the image at least `target` (box filter: antialiased), so
+    that conversions and the final resize work on a small copy. Palette and 16-bit modes are converted first."""
+    factor = min(image.size) // max(target)  # either side may end up the width after EXIF orientation
+    if factor < 2:
+        return image
+    if image.mode == "P":
+        image = _palette_to_rgb(image)
+    elif image.mode == "PA":
+        image = image.convert("RGBA")
+    elif image.mode in _HIGH_BIT_DEPTH_MODES:
+        image = _eight_bit(image)
+    elif image.mode == "1":
+        image = image.convert("L")
+    elif image.mode in {"RGBA", "LA"}:
+        # Premultiplied, so fully transparent pixels do not bleed their colour into the average.
+        return image.convert(image.mode[:-1] + "a").reduce(factor).convert(image.mode)
+    return image.reduce(factor)
+
+
+def _has_alpha(image: Image.Image) -> bool:
+    return image.mode in _ALPHA_MODES or (image.mode == "P" and "transparency" in image.info)
+
+
+def _eight_bit(image: Image.Image) -> Image.Image:
+    """A 16-bit greyscale image scaled down to 8 bits (`>> 8`, not clipped)."""
+    values = np.array(image)
+    np.right_shift(values, 8, out=values)
+    return Image.fromarray(values.astype(np.uint8), mode="L")
+
+
+def _palette_to_rgb(image: Image.Image) -> Image.Image:
+    """A palette image as RGB, transparent entries composited over white in the palette itself: the same pixels
+    as converting through RGBA, without a full-size RGBA copy."""
+    if "transparency" not in image.info:
+        return image.convert("RGB")
+    entries = Image.frombytes("P", (256, 1), bytes(range(256)))
+    entries.putpalette(image.getpalette(image.palette.mode) or [], image.palette.mode)
+    entries.info["transparency"] = image.info["transparency"]
+    flattened = _to_rgb(entries.convert("RGBA"))
+    image.info.pop("transparency")
+    image.putpalette(flattened.tobytes(), "RGB")
+    return image.convert("RGB")
 
 
 def _to_rgb(image: Image.Image) -> Image.Image:
     """Convert any Pillow mode to 8-bit RGB: high bit depths scaled down, transparency composited over white."""
     if image.mode in _HIGH_BIT_DEPTH_MODES:
-        values = np.asarray(image).astype(np.int64)
-        grey = (np.clip(values, 0, 65535) >> 8).astype(np.uint8)
+        image = _eight_bit(image)
+    if image.mode == "I":
+        grey = (np.clip(np.asarray(image), 0, 65535) >> 8).astype(np.uint8)
         return Image.fromarray(grey, mode="L").convert("RGB")
     if image.mode == "F":
         grey = np.clip(np.asarray(image), 0, 255).astype(np.uint8)
         return Image.fromarray(grey, mode="L").convert("RGB")
-    has_alpha = image.mode in {"RGBA", "LA", "PA", "La", "RGBa"} or (image.mode == "P" and "transparency" in image.info)
-    if has_alpha:
+    if image.mode == "P":
+        return _palette_to_rgb(image)
+    if _has_alpha(image):
         rgba = image.convert("RGBA")
         background = Image.new("RGBA", rgba.size, (*ALPHA_BACKGROUND, 255))
         return Image.alpha_composite(background, rgba).convert("RGB")
     if image.mode != "RGB":
         return image.convert("RGB")
     return image
+
+
+def _describe(error: Exception) -> str:
+    return str(error) or type(error).__name__
+
+
+class Decoder:
+    """Decodes the opened images of a request on its own threads, within a memory budget for all decodes in
+    progress at once: a request's estimated bytes are reserved before its first pixel is decoded and given back
+    only when its thread has really finished, so a cancelled request cannot leave memory in use uncounted."""
+
+    def __init__(self, *, memory_bytes: int, threads: int) -> None:
+        self.budget = MemoryBudget(memory_bytes)
+        self._executor = ThreadPoolExecutor(max_workers=threads, thread_name_prefix="decode")
+
+    async def decode_all(self, opened: list[OpenedImage], size: tuple[int, int]) -> np.ndarray:
+        """The images as one (N, height, width, 3) uint8 array, decoded in order; InvalidImage names a bad one."""
+        total = sum(image.decode_bytes for image in opened)
+        if total > self.budget.capacity:
+            raise ImageTooLarge(
+                f"the request's images would take up to {total / 2**20:.0f} MiB to decode; "
+                f"the limit is {self.budget.capacity / 2**20:.0f} MiB"
+            )
+        await self.budget.acquire(total)
+        loop = asyncio.get_running_loop()
+        stop = threading.Event()
+        try:
+            work = self._executor.submit(_decode_all, opened, size, stop)
+        except BaseException:
+            self.budget.release(total)
+            raise
+
+        def released(_: object) -> None:
+            with contextlib.suppress(RuntimeError):  # the loop has closed: nobody is left to wait for the room
+                loop.call_soon_threadsafe(self.budget.release, total)
+
+        work.add_done_callback(released)
+        try:
+            return await asyncio.wrap_future(work)
+        except asyncio.CancelledError:
+            stop.set()  # the request has ended: skip the images not decoded yet
+            raise
+
+    def close(self) -> None:
+        """Stop the decoding threads once their current work is done."""
+        self._executor.shutdown(wait=False, cancel_futures=True)
+
+
+def _decode_all(opened: list[OpenedImage], size: tuple[int, int], stop: threading.Event) -> np.ndarray:
+    try:
+        arrays = []
+        for image in opened:
+            if stop.is_set():
+                raise asyncio.CancelledError  # nobody awaits this any more; it only ends the thread's work
+            arrays.append(decode(image, size))
+        return np.stack(arrays)
+    finally:
+        for image in opened:
+            image.image.close()

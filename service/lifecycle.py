@@ -1,12 +1,17 @@
 """Graceful shutdown: on SIGTERM, readiness turns 503 and new /predict requests are refused at once, requests
-already accepted finish, then the server stops and exits 0, within the drain timeout."""
+already accepted finish, then the server stops and exits 0, within the drain timeout. With several workers, each
+drains the same way under a supervisor. A fatal fault (the batcher's loop gone) exits 1 instead."""
 
 import logging
 import signal
+import socket
 import time
+from collections.abc import Callable
 from types import FrameType
 
 import uvicorn
+from uvicorn.config import STARTUP_FAILURE
+from uvicorn.supervisors.multiprocess import Multiprocess, Process
 
 log = logging.getLogger(__name__)
 
@@ -16,6 +21,7 @@ class DrainState:
 
     def __init__(self) -> None:
         self.started_at: float | None = None
+        self.failure: str | None = None
 
     @property
     def draining(self) -> bool:
@@ -26,6 +32,19 @@ class DrainState:
         """Begin draining (idempotent)."""
         if self.started_at is None:
             self.started_at = time.monotonic()
+
+    def remaining(self, timeout_s: float) -> float:
+        """What is left of a drain of `timeout_s` seconds (all of it when not draining)."""
+        if self.started_at is None:
+            return timeout_s
+        return max(0.0, timeout_s - (time.monotonic() - self.started_at))
+
+    def fail(self, reason: str) -> None:
+        """A fault this process cannot serve through: stop taking work and exit non-zero, to be restarted."""
+        if self.failure is None:
+            self.failure = reason
+            log.critical("event=fatal reason=%s", reason)
+        self.start()
 
 
 DRAIN = DrainState()
@@ -50,8 +69,10 @@ class DrainingServer(uvicorn.Server):
         log.info("event=drain_started signal=%s in_flight=%d", signal.Signals(sig).name, len(self.server_state.tasks))
 
     async def on_tick(self, counter: int) -> bool:
-        """Stop once draining and idle, or when the drain timeout runs out."""
+        """Stop once draining and idle, when the drain timeout runs out, or at once after a fatal fault."""
         if await super().on_tick(counter):
+            return True
+        if self.drain.failure is not None:
             return True
         if self.drain.started_at is None:
             return False
@@ -61,3 +82,81 @@ class DrainingServer(uvicorn.Server):
             return False
         log.info("event=drain_finished waited_s=%.2f still_in_flight=%d", waited, in_flight)
         return True
+
+
+class DrainingWorker(Process):
+    """One uvicorn worker process that drains on SIGTERM like a single server, and exits 1 after a fatal fault."""
+
+    def __init__(self, config: uvicorn.Config, sockets: list[socket.socket], *, drain_timeout_s: float) -> None:
+        self.drain_timeout_s = drain_timeout_s
+        super().__init__(config, sockets)
+
+    @property
+    def server(self) -> uvicorn.Server:
+        """The worker's server: a DrainingServer (uvicorn's own would cut requests off after its grace time)."""
+        if self._server is None:
+            self._server = DrainingServer(self.config, drain_timeout_s=self.drain_timeout_s)
+        return self._server
+
+    def target(self, sockets: list[socket.socket] | None = None) -> None:  # runs in the worker process
+        """Serve until stopped; a fatal fault exits with status 1, so the supervisor starts a new worker."""
+        super().target(sockets)
+        if DRAIN.failure is not None:
+            raise SystemExit(1)
+
+
+class WorkerSupervisor(Multiprocess):
+    """uvicorn's supervisor of several workers, with draining workers. A worker that died is replaced and, with
+    shared metrics, its live gauges are removed. SIGTERM/SIGINT drain every worker (the supervisor waits for
+    them); SIGHUP and SIGTTIN/SIGTTOU (uvicorn's restarts and resizing) are not offered."""
+
+    def __init__(
+        self,
+        config: uvicorn.Config,
+        sockets: list[socket.socket],
+        *,
+        drain_timeout_s: float,
+        on_worker_died: Callable[[int], None] = lambda pid: None,
+    ) -> None:
+        super().__init__(config, sockets)
+        self.drain_timeout_s = drain_timeout_s
+        self.on_worker_died = on_worker_died
+
+    def _new_worker(self) -> DrainingWorker:
+        worker = DrainingWorker(self.config, self.sockets, drain_timeout_s=self.drain_timeout_s)
+        worker.start()
+        return worker
+
+    def init_processes(self) -> None:
+        """Start the workers."""
+        self.processes = [self._new_worker() for _ in range(self.processes_num)]
+
+    def keep_subprocess_alive(self) -> None:
+        """Replace workers that died or stopped answering (as uvicorn does), and forget their metrics."""
+        if self.should_exit.is_set():
+            return
+        for index, process in enumerate(self.processes):
+            if process.is_alive(timeout=self.config.timeout_worker_healthcheck):
+                continue
+            process.kill()
+            process.join()
+            if process.pid is not None:
+                self.on_worker_died(process.pid)
+            if process.exitcode == STARTUP_FAILURE or self.should_exit.is_set():
+                log.error("event=worker_failed_to_start pid=%s", process.pid)
+                self.should_exit.set()
+                return
+            log.warning("event=worker_died pid=%s exitcode=%s", process.pid, process.exitcode)
+            self.processes[index] = self._new_worker()
+
+    def handle_hup(self) -> None:
+        """Not offered: restart the whole server instead."""
+        log.warning("event=signal_ignored signal=SIGHUP")
+
+    def handle_ttin(self) -> None:
+        """Not offered: set CLASSIFIER_WORKERS instead."""
+        log.warning("event=signal_ignored signal=SIGTTIN")
+
+    def handle_ttou(self) -> None:
+        """Not offered: set CLASSIFIER_WORKERS instead."""
+        log.warning("event=signal_ignored signal=SIGTTOU")

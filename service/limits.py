@@ -1,5 +1,6 @@
-"""Request limits enforced as pure ASGI middleware, before FastAPI reads a body: admission control (a cap on
-/predict requests in flight, and refusal while draining), an overall request timeout, and the optional API key.
+"""Request limits, mostly enforced as pure ASGI middleware before FastAPI reads a body: admission control (a cap
+on /predict requests being processed, and refusal while draining), the body limit, an overall request timeout,
+and the optional API key.
 
 Under overload the HTTP layer, not the model, is often the bottleneck: without a cap, requests pile up in the
 event loop and every one of them gets slow. With it, the excess is refused at once with 503 and Retry-After, and
@@ -8,12 +9,14 @@ the accepted requests keep the latency of a fully loaded, not an overloaded, ser
 
 import asyncio
 import hmac
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 
 from starlette.exceptions import HTTPException
 from starlette.responses import JSONResponse
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from service.errors import Overloaded, ServiceError, ShuttingDown
 from service.lifecycle import DrainState
 
 Refused = Callable[[str], None]
@@ -41,49 +44,59 @@ class _TrackedSend:
         await self._send(message)
 
 
-class AdmissionControl:
-    """At most `limit` requests to `paths` at once, none while draining; the rest get 503 without being read."""
+class Admission:
+    """Admission control: at most `limit` requests past their upload at once, and none while draining.
 
-    def __init__(
-        self,
-        app: ASGIApp,
-        *,
-        limit: int,
-        paths: frozenset[str],
-        drain: DrainState,
-        on_refused: Refused = lambda reason: None,
-        retry_after_s: int = 1,
-    ) -> None:
-        self.app = app
+    A slot is taken only once the request's body has been read (`slot`), so clients that trickle their uploads
+    hold no slot and cannot lock others out; `check` refuses at once, before the body is read, while every slot
+    is taken, so an overload costs no upload bandwidth."""
+
+    def __init__(self, *, limit: int, drain: DrainState, retry_after_s: int = 1) -> None:
         self.limit = limit
-        self.paths = paths
         self.drain = drain
-        self.on_refused = on_refused
         self.retry_after_s = retry_after_s
         self.in_flight = 0
-        self.refused = 0
 
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http" or scope["path"] not in self.paths:
-            await self.app(scope, receive, send)
-            return
-        retry = {"Retry-After": str(self.retry_after_s)}
+    def check(self) -> None:
+        """Raise ShuttingDown or Overloaded if a request could not get a slot now."""
         if self.drain.draining:
-            self.on_refused("shutting_down")
-            response = _error(503, "shutting_down", "the server is shutting down; retry on another replica", retry)
-            await response(scope, receive, send)
-            return
+            raise ShuttingDown("the server is shutting down; retry on another replica", self.retry_after_s)
         if self.in_flight >= self.limit:
-            self.refused += 1
-            self.on_refused("overloaded")
-            detail = f"{self.in_flight} requests are in progress, the limit is {self.limit}; retry later"
-            await _error(503, "overloaded", detail, retry)(scope, receive, send)
-            return
+            raise Overloaded(
+                f"{self.in_flight} requests are in progress, the limit is {self.limit}; retry later", self.retry_after_s
+            )
+
+    @contextmanager
+    def slot(self) -> Iterator[None]:
+        """Hold a slot for the block, or raise as `check` does."""
+        self.check()
         self.in_flight += 1
         try:
-            await self.app(scope, receive, send)
+            yield
         finally:
             self.in_flight -= 1
+
+
+class AdmissionControl:
+    """Refuses requests to `paths` with 503, before their body is read, while `admission` has no free slot."""
+
+    def __init__(
+        self, app: ASGIApp, *, admission: Admission, paths: frozenset[str], on_refused: Refused = lambda reason: None
+    ) -> None:
+        self.app = app
+        self.admission = admission
+        self.paths = paths
+        self.on_refused = on_refused
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "http" and scope["path"] in self.paths:
+            try:
+                self.admission.check()
+            except ServiceError as refusal:
+                self.on_refused(refusal.error)
+                await _error(503, refusal.error, refusal.detail, refusal.headers)(scope, receive, send)
+                return
+        await self.app(scope, receive, send)
 
 
 class BodyTooLarge(HTTPException):

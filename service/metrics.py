@@ -1,6 +1,7 @@
 """Prometheus metrics, exposed at /metrics; correct across several uvicorn workers (multiprocess mode)."""
 
 import os
+import re
 
 from prometheus_client import (
     CONTENT_TYPE_LATEST,
@@ -81,8 +82,36 @@ class Metrics:
 
     def exposition(self) -> tuple[bytes, str]:
         """The text format for a scrape: this process's registry, or every worker's in multiprocess mode."""
-        if os.environ.get(MULTIPROCESS_ENV):
+        if folder := os.environ.get(MULTIPROCESS_ENV):
+            forget_dead_processes(folder)
             registry = CollectorRegistry()
             multiprocess.MultiProcessCollector(registry)
             return generate_latest(registry), CONTENT_TYPE_LATEST
         return generate_latest(self.registry), CONTENT_TYPE_LATEST
+
+
+_LIVE_GAUGE_FILE = re.compile(r"gauge_live\w*_(\d+)\.db")
+
+
+def forget_process(pid: int) -> None:
+    """Remove a worker's live gauges (queue depth, model info) from the shared metrics, once it has exited."""
+    if os.environ.get(MULTIPROCESS_ENV):
+        multiprocess.mark_process_dead(pid)
+
+
+def forget_dead_processes(folder: str) -> None:
+    """Forget the live gauges of workers that are gone without saying so (killed, as by the OOM killer)."""
+    pids = {int(match[1]) for name in os.listdir(folder) if (match := _LIVE_GAUGE_FILE.fullmatch(name))}
+    for pid in pids:
+        if not _alive(pid):
+            multiprocess.mark_process_dead(pid, folder)
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True

@@ -10,7 +10,8 @@ from fastapi.testclient import TestClient
 from service.app import create_app
 from service.config import Settings
 from service.lifecycle import DrainState
-from service.limits import AdmissionControl, RequestTimeout
+from service.errors import Overloaded
+from service.limits import Admission, AdmissionControl, RequestTimeout
 from tests.conftest import encode, noisy_image
 
 RED = (230, 30, 30)
@@ -53,32 +54,33 @@ def http_scope(path: str = "/predict") -> dict:
     return {"type": "http", "path": path, "method": "POST", "headers": []}
 
 
-def test_requests_over_the_concurrency_limit_are_refused_before_their_body_is_read() -> None:
-    release = asyncio.Event()
+def test_requests_are_refused_before_their_body_is_read_while_every_slot_is_taken() -> None:
     reasons: list[str] = []
 
-    async def slow_app(scope: dict, receive: object, send: object) -> None:
-        await release.wait()
+    async def app(scope: dict, receive: object, send: object) -> None:
+        await send({"type": "http.response.start", "status": 200, "headers": []})
+        await send({"type": "http.response.body", "body": b""})
 
-    async def scenario() -> Recorder:
-        control = AdmissionControl(
-            slow_app, limit=2, paths=frozenset({"/predict"}), drain=DrainState(), on_refused=reasons.append
-        )  # type: ignore[arg-type]
-        held = [asyncio.create_task(control(http_scope(), never_read, Recorder())) for _ in range(2)]
-        await asyncio.sleep(0)
-        assert control.in_flight == 2
-        refused = Recorder()
-        await control(http_scope(), never_read, refused)
-        release.set()
-        await control(http_scope("/health"), never_read, Recorder())  # other paths are never limited
-        await asyncio.gather(*held)
-        assert control.in_flight == 0 and control.refused == 1
-        return refused
+    async def scenario() -> tuple[Recorder, Recorder, Recorder]:
+        admission = Admission(limit=2, drain=DrainState())
+        control = AdmissionControl(app, admission=admission, paths=frozenset({"/predict"}), on_refused=reasons.append)  # type: ignore[arg-type]
+        with admission.slot(), admission.slot():
+            assert admission.in_flight == 2
+            refused, other_path = Recorder(), Recorder()
+            await control(http_scope(), never_read, refused)
+            await control(http_scope("/health"), never_read, other_path)  # other paths are never limited
+            with pytest.raises(Overloaded):
+                admission.slot().__enter__()
+        assert admission.in_flight == 0
+        admitted = Recorder()
+        await control(http_scope(), never_read, admitted)
+        return refused, other_path, admitted
 
-    refused = asyncio.run(scenario())
+    refused, other_path, admitted = asyncio.run(scenario())
     assert refused.status == 503
     assert (b"retry-after", b"1") in refused.headers
     assert b'"error":"overloaded"' in refused.body
+    assert other_path.status == 200 and admitted.status == 200
     assert reasons == ["overloaded"]
 
 
@@ -90,11 +92,13 @@ def test_while_draining_new_requests_are_refused_with_503() -> None:
     async def app(scope: dict, receive: object, send: object) -> None:
         raise AssertionError("a request reached the app while draining")
 
-    control = AdmissionControl(app, limit=10, paths=frozenset({"/predict"}), drain=drain, on_refused=reasons.append)
+    admission = Admission(limit=10, drain=drain)
+    control = AdmissionControl(app, admission=admission, paths=frozenset({"/predict"}), on_refused=reasons.append)
     refused = Recorder()
     asyncio.run(control(http_scope(), never_read, refused))  # type: ignore[arg-type]
     assert refused.status == 503
     assert b'"error":"shutting_down"' in refused.body
+    assert (b"retry-after", b"1") in refused.headers
     assert reasons == ["shutting_down"]
 
 

@@ -1,0 +1,51 @@
+"""A memory budget shared by the requests of one process: work reserves its estimated bytes before it starts and
+waits, first come first served, while the budget has no room. No FastAPI here."""
+
+import asyncio
+from collections import deque
+
+
+class MemoryBudget:
+    """At most `capacity` bytes reserved at once; a reservation waits (in arrival order) until it fits.
+
+    `release` may come from a callback once the work really ended (a thread cannot be cancelled mid-decode), so
+    reservations are plain acquire/release calls rather than a context manager."""
+
+    def __init__(self, capacity: int) -> None:
+        if capacity < 1:
+            raise ValueError("capacity must be >= 1")
+        self.capacity = capacity
+        self.reserved = 0
+        self._waiters: deque[tuple[int, asyncio.Future[None]]] = deque()
+
+    async def acquire(self, size: int) -> None:
+        """Reserve `size` bytes (at most `capacity`), waiting while they do not fit."""
+        if size > self.capacity:
+            raise ValueError(f"{size} bytes can never fit a budget of {self.capacity}")
+        if not self._waiters and self.reserved + size <= self.capacity:
+            self.reserved += size
+            return
+        waiter = asyncio.get_running_loop().create_future()
+        entry = (size, waiter)
+        self._waiters.append(entry)
+        try:
+            await waiter
+        except BaseException:
+            if waiter.done() and not waiter.cancelled():
+                self.release(size)  # granted just as it was cancelled: hand the room on
+            else:
+                self._waiters.remove(entry)
+                self._wake()  # the next waiter may fit now that this one is gone
+            raise
+
+    def release(self, size: int) -> None:
+        """Give back `size` bytes reserved by `acquire`."""
+        self.reserved -= size
+        self._wake()
+
+    def _wake(self) -> None:
+        """Grant waiting reservations in order, as long as the first one fits."""
+        while self._waiters and self.reserved + self._waiters[0][0] <= self.capacity:
+            size, waiter = self._waiters.popleft()
+            self.reserved += size
+            waiter.set_result(None)
