@@ -4,6 +4,7 @@ import os
 import shutil
 import sys
 import tempfile
+from pathlib import Path
 
 import uvicorn
 
@@ -11,7 +12,7 @@ from service.app import create_app
 from service.config import Settings, SettingsError, load_settings
 from service.lifecycle import DRAIN, DrainingServer, WorkerSupervisor
 from service.logs import logging_config
-from service.metrics import MULTIPROCESS_ENV, forget_process
+from service.metrics import MULTIPROCESS_ENV, forget_process, remove_metric_files
 
 # After draining, uvicorn's own graceful shutdown only has to close idle connections.
 UVICORN_GRACE_S = 2
@@ -46,15 +47,14 @@ def main() -> None:
 
 
 def serve_workers(settings: Settings, options: dict[str, object]) -> None:
-    """Several workers, each building its app from the settings; metrics are shared through files in a folder
-    made fresh for this run (or the one given in PROMETHEUS_MULTIPROC_DIR, emptied) and removed at exit."""
+    """Several workers, each building its app from the settings. Metrics are shared through files in a folder
+    made for this run and removed at exit; in a folder given as PROMETHEUS_MULTIPROC_DIR, only the metric files
+    are removed, before (an earlier run's would be counted again) and after."""
     given = os.environ.get(MULTIPROCESS_ENV)
-    if given:
-        shutil.rmtree(given, ignore_errors=True)  # files of an earlier run would be counted again
-        os.makedirs(given)
-        folder = given
-    else:
-        folder = os.environ[MULTIPROCESS_ENV] = tempfile.mkdtemp(prefix="classifier-metrics-")
+    folder = Path(given) if given else Path(tempfile.mkdtemp(prefix="classifier-metrics-"))
+    os.environ[MULTIPROCESS_ENV] = str(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    remove_metric_files(folder)
     try:
         config = uvicorn.Config("service.app:create_app", factory=True, workers=settings.workers, **options)  # type: ignore[arg-type]
         supervisor = WorkerSupervisor(
@@ -62,7 +62,9 @@ def serve_workers(settings: Settings, options: dict[str, object]) -> None:
         )
         supervisor.run()
     finally:
-        shutil.rmtree(folder, ignore_errors=True)
+        remove_metric_files(folder)
+        if not given:
+            shutil.rmtree(folder, ignore_errors=True)
 
 
 if __name__ == "__main__":

@@ -189,7 +189,8 @@ async def _unless_disconnected(request: Request, work: Coroutine[Any, Any, np.nd
         watcher.cancel()
         if not task.done():
             task.cancel()
-    if not task.done() or task.cancelled():
+            await asyncio.wait([task])  # its images have left the queue before this request is answered
+    if task.cancelled():
         raise ClientDisconnected("the client disconnected before its answer was ready")
     return task.result()
 

@@ -239,6 +239,9 @@ class Batcher:
             except Exception as error:  # a fault of our own bookkeeping: fail this batch, keep serving
                 log.error("event=batcher_fault size=%d error=%r", len(batch), error)
                 _fail(batch, InferenceFailed(f"the batch could not be run: {error!r}"))
+            except BaseException:  # the loop is ending (stop, or worse): nobody may wait for this batch
+                _fail(batch, BatcherStopped("the server's inference loop stopped; retry on another replica"))
+                raise
 
     async def _wait_for_more(self) -> None:
         """Wait while the batch is not full, images are still being decoded, and the first image's wait is short."""

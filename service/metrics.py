@@ -2,6 +2,7 @@
 
 import os
 import re
+from pathlib import Path
 
 from prometheus_client import (
     CONTENT_TYPE_LATEST,
@@ -60,6 +61,10 @@ class Metrics:
             "classifier_inference_failures", "Model calls that raised (each fails its batch's requests with 500).",
             registry=registry,
         )  # fmt: skip
+        self.requests_in_flight = Gauge(
+            "classifier_http_requests_in_flight", "HTTP requests received and not yet answered (uploads included).",
+            multiprocess_mode="livesum", registry=registry,
+        )  # fmt: skip
         self.model_info = Gauge(
             "classifier_model_info", "The served model: always 1, labelled with name, version and provider.",
             ["name", "version", "provider"], multiprocess_mode="livemax", registry=registry,
@@ -97,6 +102,12 @@ def forget_process(pid: int) -> None:
     """Remove a worker's live gauges (queue depth, model info) from the shared metrics, once it has exited."""
     if os.environ.get(MULTIPROCESS_ENV):
         multiprocess.mark_process_dead(pid)
+
+
+def remove_metric_files(folder: Path) -> None:
+    """Remove the multiprocess metric files (`*.db`) from `folder`, and nothing else."""
+    for path in folder.glob("*.db"):
+        path.unlink(missing_ok=True)
 
 
 def forget_dead_processes(folder: str) -> None:

@@ -55,9 +55,11 @@ class RequestTelemetry:
             await send(message)
 
         started = time.perf_counter()
+        self.metrics.requests_in_flight.inc()
         try:
             await self.app(scope, receive, send_with_id)
         finally:
+            self.metrics.requests_in_flight.dec()
             elapsed = time.perf_counter() - started
             route = getattr(scope.get("route"), "path", None)
             if route is None:

