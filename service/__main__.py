@@ -1,5 +1,6 @@
 """`python -m service`: read the settings, then serve with uvicorn (one process, or a supervisor and workers)."""
 
+import logging
 import os
 import shutil
 import sys
@@ -13,6 +14,8 @@ from service.config import Settings, SettingsError, load_settings
 from service.lifecycle import DRAIN, DrainingServer, WorkerSupervisor
 from service.logs import logging_config
 from service.metrics import MULTIPROCESS_ENV, forget_process, remove_metric_files
+
+log = logging.getLogger("service.main")
 
 # After draining, uvicorn's own graceful shutdown only has to close idle connections.
 UVICORN_GRACE_S = 2
@@ -57,6 +60,7 @@ def serve_workers(settings: Settings, options: dict[str, object]) -> None:
     remove_metric_files(folder)
     try:
         config = uvicorn.Config("service.app:create_app", factory=True, workers=settings.workers, **options)  # type: ignore[arg-type]
+        log.info("event=workers_starting workers=%d metrics_dir=%s", settings.workers, folder)
         supervisor = WorkerSupervisor(
             config, [config.bind_socket()], drain_timeout_s=settings.drain_timeout_s, on_worker_died=forget_process
         )

@@ -4,6 +4,7 @@ uploaded PNG and JPEG files."""
 import json
 import os
 import re
+import signal
 import socket
 import subprocess
 import sys
@@ -29,12 +30,25 @@ def free_port() -> int:
 @contextmanager
 def running_server(model: Path, log: Path, **settings: str) -> Iterator[str]:
     """`python -m service` on a free loopback port, until the block ends; yields its base URL once ready."""
+    with running_server_process(model, log, **settings) as (url, _):
+        yield url
+
+
+@contextmanager
+def running_server_process(
+    model: Path, log: Path, environment: dict[str, str] | None = None, **settings: str
+) -> Iterator[tuple[str, subprocess.Popen[bytes]]]:
+    """As `running_server`, yielding the server's process too; `environment` adds other variables."""
     port = free_port()
-    env = os.environ | {
-        "CLASSIFIER_MODEL_PATH": str(model),
-        "CLASSIFIER_HOST": "127.0.0.1",
-        "CLASSIFIER_PORT": str(port),
-    }
+    env = (
+        os.environ
+        | (environment or {})
+        | {
+            "CLASSIFIER_MODEL_PATH": str(model),
+            "CLASSIFIER_HOST": "127.0.0.1",
+            "CLASSIFIER_PORT": str(port),
+        }
+    )
     env |= {f"CLASSIFIER_{name.upper()}": value for name, value in settings.items()}
     with log.open("wb") as output:
         process = subprocess.Popen(
@@ -53,10 +67,14 @@ def running_server(model: Path, log: Path, **settings: str) -> Iterator[str]:
             time.sleep(0.2)
         else:
             pytest.fail("the server did not become ready within 60 s")
-        yield url
+        yield url, process
     finally:
         process.terminate()
-        process.wait(timeout=30)
+        try:
+            process.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait()
 
 
 @pytest.fixture
@@ -150,26 +168,56 @@ def test_200_concurrent_requests_each_get_their_own_answer(bundled_model: Path, 
 
 
 def test_several_workers_serve_and_metrics_add_up_across_them(bundled_model: Path, tmp_path: Path) -> None:
+    """Each worker serves some requests (the other one is paused meanwhile, so which worker accepts a connection
+    is not left to the kernel), and whichever worker answers a scrape reports both. A worker killed outright is
+    replaced and its live gauges leave the shared metrics."""
     from prometheus_client.parser import text_string_to_metric_families
 
-    def predictions_counted(url: str) -> float:
+    def scrape(url: str) -> dict[str, float]:
         text = httpx.get(f"{url}/metrics", timeout=10).text
-        return sum(
-            sample.value
-            for family in text_string_to_metric_families(text)
-            for sample in family.samples
-            if sample.name == "classifier_http_requests_total" and sample.labels["route"] == "/predict"
-        )
+        values = {"predictions": 0.0}
+        for family in text_string_to_metric_families(text):
+            for sample in family.samples:
+                if sample.name == "classifier_http_requests_total" and sample.labels["route"] == "/predict":
+                    values["predictions"] += sample.value
+                elif sample.name == "classifier_model_info":
+                    values["model_info"] = sample.value
+        return values
 
-    with running_server(bundled_model, tmp_path / "server.log", workers="2") as url:
-        files = [("files", ("a.jpg", encode(noisy_image(COLOURS["red"], (32, 32), seed=1), "JPEG"), "image/jpeg"))]
-        with httpx.Client() as client:  # new connections, so both workers take some
-            for _ in range(20):
-                assert client.post(f"{url}/predict", files=files, headers={"Connection": "close"}).status_code == 200
+    def worker_pids(log: Path) -> list[int]:
+        events = [json.loads(line) for line in log.read_text().splitlines() if line.startswith("{")]
+        return [event["pid"] for event in events if event["message"].startswith("event=ready ")]
+
+    def wait_for_workers(log: Path, count: int) -> list[int]:
+        deadline = time.monotonic() + 60
+        while len(pids := worker_pids(log)) < count:
+            assert time.monotonic() < deadline, log.read_text()
+            time.sleep(0.1)
+        return pids
+
+    metrics_dir = tmp_path / "metrics"
+    log = tmp_path / "server.log"
+    files = [("files", ("a.jpg", encode(noisy_image(COLOURS["red"], (32, 32), seed=1), "JPEG"), "image/jpeg"))]
+    environment = {"PROMETHEUS_MULTIPROC_DIR": str(metrics_dir)}
+    with running_server_process(bundled_model, log, environment, workers="2") as (url, _):
+        pids = wait_for_workers(log, 2)
+        for _serving, paused in (pids, pids[::-1]):
+            os.kill(paused, signal.SIGSTOP)  # only the other worker can accept connections now
+            try:
+                for _ in range(5):
+                    response = httpx.post(f"{url}/predict", files=files, headers={"Connection": "close"}, timeout=30)
+                    assert response.status_code == 200
+            finally:
+                os.kill(paused, signal.SIGCONT)
         # Whichever worker answers the scrape, it reports both workers' requests.
-        assert [predictions_counted(url) for _ in range(6)] == [20.0] * 6
-    log = (tmp_path / "server.log").read_text()
-    assert log.count("event=ready") == 2, log
-    events = [json.loads(line) for line in log.splitlines() if line.startswith("{")]
-    serving_pids = {event["pid"] for event in events if event.get("route") == "/predict"}
-    assert len(serving_pids) == 2, "one worker took every request: the metrics test proved nothing"
+        assert [scrape(url)["predictions"] for _ in range(6)] == [10.0] * 6
+        os.kill(pids[0], signal.SIGKILL)  # as the OOM killer would
+        replacement = wait_for_workers(log, 3)[2]
+        assert scrape(url)["model_info"] == 1.0
+        live_gauges = {path.name for path in metrics_dir.glob("gauge_live*.db")}
+        assert not [name for name in live_gauges if name.endswith(f"_{pids[0]}.db")], live_gauges
+        assert [name for name in live_gauges if name.endswith(f"_{replacement}.db")], live_gauges
+    events = [json.loads(line) for line in log.read_text().splitlines() if line.startswith("{")]
+    served = [event["pid"] for event in events if event.get("route") == "/predict"]
+    assert served == [pids[0]] * 5 + [pids[1]] * 5
+    assert not list(metrics_dir.glob("*.db")), "metric files were left behind"

@@ -1,0 +1,64 @@
+"""Fatal faults: if the batcher's loop ever ends, requests fail at once, readiness turns 503 and the server stops
+to exit non-zero (to be restarted) instead of hanging every later request."""
+
+import asyncio
+from pathlib import Path
+
+import numpy as np
+import pytest
+import uvicorn
+from fastapi.testclient import TestClient
+
+from service.app import create_app
+from service.config import Settings
+from service.inference import OnnxModel
+from service.lifecycle import DrainingServer, DrainState
+from tests.conftest import encode, noisy_image
+
+
+class Fatal(BaseException):
+    """Not an Exception: no handler in the batcher may swallow it."""
+
+
+def test_when_the_batchers_loop_dies_requests_fail_fast_and_readiness_turns_503(
+    bundled_model: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    real_predict = OnnxModel.predict
+
+    def predict(self: OnnxModel, images: np.ndarray) -> np.ndarray:
+        if images[:, 0, 0, 0].max() == 255:  # the poisoned upload: a white top-left pixel
+            raise Fatal("the inference thread's interpreter state is gone")
+        return real_predict(self, images)
+
+    monkeypatch.setattr(OnnxModel, "predict", predict)
+    drain = DrainState()
+    poisoned = np.zeros((32, 32, 3), dtype=np.uint8)
+    poisoned[0, 0] = 255
+    from PIL import Image
+
+    files = [("files", ("poison.png", encode(Image.fromarray(poisoned), "PNG"), "image/png"))]
+    good = [("files", ("good.png", encode(noisy_image((10, 200, 10)), "PNG"), "image/png"))]
+    with TestClient(create_app(Settings(model_path=bundled_model), drain=drain)) as client:
+        assert client.post("/predict", files=good).status_code == 200
+        killed = client.post("/predict", files=files)
+        after = client.post("/predict", files=good)
+        ready = client.get("/ready")
+    assert killed.status_code == 503 and killed.json()["error"] == "unavailable"
+    assert after.status_code == 503 and after.json()["error"] in {"unavailable", "shutting_down"}
+    assert after.headers["Retry-After"] == "1"
+    assert ready.status_code == 503
+    assert drain.failure is not None and "Fatal" in drain.failure
+
+
+def test_a_fatal_fault_stops_the_server_at_once_even_with_requests_in_flight() -> None:
+    async def app(scope: dict, receive: object, send: object) -> None:
+        pass
+
+    drain = DrainState()
+    server = DrainingServer(uvicorn.Config(app), drain_timeout_s=30, drain=drain)
+    server.server_state.tasks.add(object())  # type: ignore[arg-type]  # one request still in flight
+    assert asyncio.run(server.on_tick(1)) is False
+    drain.start()
+    assert asyncio.run(server.on_tick(1)) is False  # draining waits for it
+    drain.fail("the batcher's loop stopped")
+    assert asyncio.run(server.on_tick(1)) is True
