@@ -7,7 +7,7 @@ DATA_DIR ?= data/cifar10-train
 RUN_DIR ?= runs/baseline
 EPOCHS ?= 15
 
-.PHONY: serve test lint bench soak train train-default export-default card export evaluate data clean
+.PHONY: serve test lint bench soak fuzz train train-default export-default card export evaluate data clean
 
 $(BIN)/python:
 	$(PYTHON) -c 'import sys; assert sys.version_info >= (3, 11), "Python 3.11 or newer is needed"'
@@ -39,6 +39,10 @@ bench: $(VENV)/.dev-installed
 soak: $(VENV)/.dev-installed
 	@command -v hey >/dev/null || { echo "hey is missing: apt-get install -y hey"; exit 1; }
 	$(BIN)/python -m benchmarks.soak
+
+# 200,000 mutated image files through the decoder (not part of the tests; a seeded 3,000 are): exit 1 on a failure.
+fuzz: $(VENV)/.dev-installed
+	$(BIN)/python -m benchmarks.fuzz_decode --cases 200000
 
 lint: $(VENV)/.dev-installed
 	$(BIN)/python -m ruff check service training tests benchmarks
