@@ -15,6 +15,7 @@ import onnx
 import pytest
 from fastapi.testclient import TestClient
 from onnx import TensorProto, helper
+from PIL import Image
 
 from service.app import create_app
 from service.config import Settings
@@ -169,3 +170,56 @@ def test_a_flood_gets_every_request_answered_and_memory_returns(bundled_model: P
     assert set(counts) <= {200, 503, 504}, counts
     assert counts.get(200, 0) > 0 and counts.get(503, 0) > 0
     assert after <= before * 1.10, f"RSS grew from {before:.1f} to {after:.1f} MB"
+
+
+# Runs the real server with one fault injected: a model call on an image whose top-left pixel is white raises an
+# exception that is not an Exception (as an interpreter shutting down would), which ends the batcher's loop.
+FATAL_SERVER = """
+import numpy as np
+from service import inference
+from service.__main__ import main
+
+class Fatal(BaseException):
+    pass
+
+real_predict = inference.OnnxModel.predict
+
+def predict(self, images):
+    if images[:, 0, 0, 0].max() == 255:
+        raise Fatal("injected")
+    return real_predict(self, images)
+
+inference.OnnxModel.predict = predict
+main()
+"""
+
+
+def test_if_inference_stops_for_good_the_server_answers_503_and_exits_1(bundled_model: Path, tmp_path: Path) -> None:
+    port = free_port()
+    url = f"http://127.0.0.1:{port}"
+    env = os.environ | {"CLASSIFIER_MODEL_PATH": str(bundled_model), "CLASSIFIER_PORT": str(port)}
+    log = tmp_path / "server.log"
+    poisoned = np.zeros((32, 32, 3), dtype=np.uint8)
+    poisoned[0, 0] = 255
+    with log.open("wb") as output:
+        server = subprocess.Popen([sys.executable, "-c", FATAL_SERVER], cwd=REPO, env=env, stdout=output, stderr=output)
+    try:
+        deadline = time.monotonic() + 60
+        while True:
+            assert server.poll() is None and time.monotonic() < deadline, log.read_text()
+            try:
+                if httpx.get(f"{url}/ready", timeout=1).status_code == 200:
+                    break
+            except httpx.TransportError:
+                time.sleep(0.2)
+        files = [("files", ("poison.png", encode(Image.fromarray(poisoned), "PNG"), "image/png"))]
+        answer = httpx.post(f"{url}/predict", files=files, timeout=30)
+        exit_code = server.wait(timeout=30)
+    finally:
+        if server.poll() is None:
+            server.kill()
+            server.wait()
+    assert answer.status_code == 503 and answer.json()["error"] == "unavailable"
+    assert exit_code == 1
+    text = log.read_text()
+    assert "event=batcher_died" in text and "event=fatal" in text

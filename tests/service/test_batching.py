@@ -190,6 +190,16 @@ def test_a_cancelled_request_leaves_the_queue_and_frees_its_capacity_at_once() -
     assert run(test, queue_capacity=4, observer=Depths()).batches == [[0], [1, 2, 3, 4]]
 
 
+def test_a_failed_image_takes_its_requests_other_images_out_of_the_queue() -> None:
+    async def test(model: FakeModel, batcher: Batcher) -> None:
+        with pytest.raises(InferenceFailed):
+            await batcher.submit(images(POISON, 5, 6, 7))
+        assert batcher.queue_depth == 0
+        assert (await batcher.submit(images(8))).tolist() == [80]
+
+    assert run(test, max_batch_size=1).batches == [[POISON], [8]]
+
+
 def test_an_observer_that_raises_never_stops_the_batcher() -> None:
     class Broken:
         def observe_batch(self, size: int, queue_waits: list[float], inference_s: float) -> None:
