@@ -201,13 +201,9 @@ class Batcher:
         try:
             results = await asyncio.gather(*(item.future for item in items))
         except BaseException:
-            # The request ended (timeout, client gone, a sibling image failed): its images leave the queue now,
-            # so they stop counting against the capacity and the queue depth at once.
-            for item in items:
-                item.future.cancel()
-            self.stats.cancelled_images += sum(item.future.cancelled() for item in items)
-            self._queue = deque(item for item in self._queue if not item.future.done())
-            self._queue_changed()
+            # The request ended (timeout, client gone): its images leave the queue now, so they stop counting
+            # against the capacity and the queue depth at once.
+            self._drop_requests({items[0].request})
             raise
         return np.stack(results)
 
@@ -238,7 +234,7 @@ class Batcher:
                     await self._execute(batch)
             except Exception as error:  # a fault of our own bookkeeping: fail this batch, keep serving
                 log.error("event=batcher_fault size=%d error=%r", len(batch), error)
-                _fail(batch, InferenceFailed(f"the batch could not be run: {error!r}"))
+                self._fail_requests(batch, InferenceFailed(f"the batch could not be run: {error!r}"))
             except BaseException:  # the loop is ending (stop, or worse): nobody may wait for this batch
                 _fail(batch, BatcherStopped("the server's inference loop stopped; retry on another replica"))
                 raise
@@ -271,11 +267,11 @@ class Batcher:
             if item.deadline is not None and now > item.deadline:
                 self.stats.expired_images += 1
                 waited_ms = (now - item.enqueued_at) * 1000
-                item.future.set_exception(QueueTimeout(f"the image waited {waited_ms:.0f} ms in the queue"))
+                self._fail_requests([item], QueueTimeout(f"the image waited {waited_ms:.0f} ms in the queue"))
                 continue
             batch.append(item)
         self._observe("observe_queue_depth", len(self._queue))
-        return batch
+        return [item for item in batch if not item.future.done()]  # a sibling may have failed meanwhile
 
     async def _execute(self, batch: list[_Item]) -> None:
         images = np.stack([item.image for item in batch])
@@ -294,7 +290,7 @@ class Batcher:
             self._observe("observe_failure")
             failure = error if isinstance(error, ServiceError) else InferenceFailed(f"inference failed: {error}")
             log.error("event=batch_failed size=%d error=%s", len(batch), failure)
-            _fail(batch, failure)
+            self._fail_requests(batch, failure)
             return
         elapsed = time.monotonic() - started
         self.stats.batches += 1
@@ -307,6 +303,24 @@ class Batcher:
         for item, result in zip(batch, results, strict=True):
             if not item.future.done():
                 item.future.set_result(result)
+
+    def _fail_requests(self, items: list[_Item], error: Exception) -> None:
+        """Fail `items`; their requests have failed as a whole, so their other images leave the queue at once."""
+        _fail(items, error)
+        self._drop_requests({item.request for item in items})
+
+    def _drop_requests(self, requests: set[int]) -> None:
+        """Cancel the queued images of `requests` and take them out of the queue."""
+        kept: deque[_Item] = deque()
+        for item in self._queue:
+            if item.request not in requests:
+                kept.append(item)
+            else:
+                item.future.cancel()  # a no-op where gather already cancelled it
+                self.stats.cancelled_images += 1
+        if len(kept) != len(self._queue):
+            self._queue = kept
+            self._queue_changed()
 
     def _fail_queued(self, error: ServiceError) -> None:
         _fail(self._queue, error)
