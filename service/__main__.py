@@ -65,6 +65,8 @@ def serve_workers(settings: Settings, options: dict[str, object]) -> None:
             config, [config.bind_socket()], drain_timeout_s=settings.drain_timeout_s, on_worker_died=forget_process
         )
         supervisor.run()
+        if supervisor.startup_failed:
+            raise SystemExit(3)  # as with one worker: the reason is logged
     finally:
         remove_metric_files(folder)
         if not given:

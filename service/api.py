@@ -136,9 +136,11 @@ async def predict(
         size = (info.height, info.width)
         request.state.telemetry["images"] = len(files)
         with batcher.expecting():
-            opened = [
+            # Headers only, one file at a time; the files stay where the form parser put them (memory, or /tmp
+            # past 1 MB) and are read again by the decoding thread.
+            checked = [
                 open_image(
-                    await upload.read(),
+                    upload.file,
                     filename=name,
                     size=size,
                     max_pixels=settings.max_image_pixels,
@@ -146,7 +148,7 @@ async def predict(
                 )
                 for name, upload in zip(names, files, strict=True)
             ]
-            batch = await decoder.decode_all(opened, size)
+            batch = await decoder.decode_all(checked, size)
         timing = RequestTiming()
         probabilities = await _unless_disconnected(request, batcher.submit(batch, timing))
     request.state.telemetry.update(queue_wait_s=timing.queue_wait_s, inference_s=timing.inference_s)

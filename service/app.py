@@ -125,7 +125,9 @@ def create_app(settings: Settings | None = None, drain: DrainState = DRAIN) -> F
         header=settings.api_key_header,
         open_paths=frozenset(settings.api_key_open_paths),
     )
-    app.add_middleware(BodyLimit, max_bytes=settings.max_body_bytes)
+    app.add_middleware(
+        BodyLimit, max_bytes=settings.max_body_bytes, budget_bytes=settings.body_memory_bytes, on_refused=refused
+    )
     app.add_middleware(RequestTimeout, seconds=settings.request_timeout_s, on_refused=refused)
     # The API's routes, and FastAPI's own (docs, schema), whatever objects app.routes wraps them in.
     known_paths = frozenset(

@@ -2,6 +2,7 @@
 waits, first come first served, while the budget has no room. No FastAPI here."""
 
 import asyncio
+import contextlib
 from collections import deque
 
 
@@ -34,7 +35,9 @@ class MemoryBudget:
             if waiter.done() and not waiter.cancelled():
                 self.release(size)  # granted just as it was cancelled: hand the room on
             else:
-                self._waiters.remove(entry)
+                waiter.cancel()  # so that `_wake` skips it if it is still queued
+                with contextlib.suppress(ValueError):  # `_wake` may have dropped it already
+                    self._waiters.remove(entry)
                 self._wake()  # the next waiter may fit now that this one is gone
             raise
 
@@ -44,8 +47,14 @@ class MemoryBudget:
         self._wake()
 
     def _wake(self) -> None:
-        """Grant waiting reservations in order, as long as the first one fits."""
-        while self._waiters and self.reserved + self._waiters[0][0] <= self.capacity:
-            size, waiter = self._waiters.popleft()
+        """Grant waiting reservations in order, as long as the first one fits; skip waiters already gone."""
+        while self._waiters:
+            size, waiter = self._waiters[0]
+            if waiter.done():  # cancelled while queued: its own cleanup has not run yet
+                self._waiters.popleft()
+                continue
+            if self.reserved + size > self.capacity:
+                return
+            self._waiters.popleft()
             self.reserved += size
             waiter.set_result(None)

@@ -34,6 +34,10 @@ class Settings(BaseSettings):
     max_body_bytes: int = Field(default=64 * 1024 * 1024, ge=1)
     """Largest request body in bytes, enforced while it streams in (413 beyond, before it is all read)."""
 
+    body_memory_bytes: int = Field(default=256 * 1024 * 1024, ge=1)
+    """Most request-body bytes that all requests in progress may hold at once, in one process (in memory, or
+    spooled to /tmp past 1 MB per file); a request whose body would go over is refused with 503 and Retry-After."""
+
     request_timeout_s: float = Field(default=30.0, ge=0)
     """A request taking longer, reading a slowly trickled upload included, is answered 504; 0 turns this off."""
 
@@ -114,7 +118,12 @@ class Settings(BaseSettings):
     """Log lines as one JSON object each, or as key=value text."""
 
     @model_validator(mode="after")
-    def _decode_fits_budget(self) -> "Settings":
+    def _limits_fit_budgets(self) -> "Settings":
+        if self.max_body_bytes > self.body_memory_bytes:
+            raise ValueError(
+                f"{ENV_PREFIX}MAX_BODY_BYTES ({self.max_body_bytes}) must not exceed {ENV_PREFIX}BODY_MEMORY_BYTES "
+                f"({self.body_memory_bytes}): such a request could never be received"
+            )
         if self.max_decode_bytes > self.decode_memory_bytes:
             raise ValueError(
                 f"{ENV_PREFIX}MAX_DECODE_BYTES ({self.max_decode_bytes}) must not exceed "

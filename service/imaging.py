@@ -13,12 +13,14 @@ import asyncio
 import contextlib
 import io
 import logging
+import struct
 import threading
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
+from typing import BinaryIO
 
 import numpy as np
-from PIL import Image, UnidentifiedImageError
+from PIL import Image, PngImagePlugin, UnidentifiedImageError
 
 from service.budget import MemoryBudget
 from service.errors import EmptyFile, ImageTooLarge, InvalidImage
@@ -38,6 +40,9 @@ more, each a parser an attacker could aim at; they are refused as not an image."
 # Every caller passes its own `max_pixels`, checked right after the header is read; Pillow's process-wide
 # limit would otherwise refuse large images first, with a message that hides the configured limit.
 Image.MAX_IMAGE_PIXELS = None
+# PNG text chunks are read with the header; Pillow's bound (64 MB of characters, up to 4 bytes each) is far more
+# than any real image carries. ICC profiles (iCCP) keep Pillow's 1 MB chunk limit.
+PngImagePlugin.MAX_TEXT_MEMORY = 1024 * 1024
 
 _HIGH_BIT_DEPTH_MODES = {"I;16", "I;16L", "I;16B", "I;16N"}
 _ALPHA_MODES = {"RGBA", "LA", "PA", "La", "RGBa"}
@@ -47,7 +52,7 @@ _ALPHA_MODES = {"RGBA", "LA", "PA", "La", "RGBa"}
 _STORED_BYTES = {"1": 1, "L": 1, "P": 1, "I;16": 2, "I;16L": 2, "I;16B": 2, "I;16N": 2}
 # Peak memory of the whole decode as a multiple of the decoded image, measured per mode and format over 6000x6000
 # worst cases (tests/service/test_imaging_memory.py checks these bounds against the process's peak RSS).
-_MODE_FACTOR = {"P": 5.5, "PA": 9.5, "I;16": 3.3, "I;16L": 3.3, "I;16B": 3.3, "I;16N": 3.3, "1": 2.5, "L": 2.5}
+_MODE_FACTOR = {"P": 5.5, "PA": 9.5, "I;16": 3.3, "I;16L": 3.3, "I;16B": 3.3, "I;16N": 3.3, "1": 3.0, "L": 2.5}
 _DEFAULT_FACTOR = 2.2
 _FORMAT_FACTOR = {"WEBP": 4.5}  # libwebp decodes into its own RGBA buffer, which Pillow then copies
 # A progressive JPEG keeps every DCT coefficient of the full-size image (2 bytes each) while decoding, whatever
@@ -57,35 +62,41 @@ _FIXED_OVERHEAD = 1 << 20
 
 
 @dataclass
-class OpenedImage:
-    """An image whose header was read and checked: what `decode` needs, and what decoding it will cost."""
+class CheckedImage:
+    """An upload whose header was read and checked against the limits: what `decode` needs, and what decoding it
+    will cost. Nothing of the parsed header is kept meanwhile (only the file), so a request waiting for memory
+    holds no more than its body."""
 
-    image: Image.Image
+    source: BinaryIO
     filename: str
     decode_bytes: int
     """The most memory decoding it may take, in bytes (an upper bound, from the header)."""
 
 
 def open_image(
-    data: bytes, *, filename: str, size: tuple[int, int], max_pixels: int, max_decode_bytes: int
-) -> OpenedImage:
-    """Read `data`'s header and check it against the limits, without decoding a pixel; errors name `filename`.
+    data: bytes | BinaryIO, *, filename: str, size: tuple[int, int], max_pixels: int, max_decode_bytes: int
+) -> CheckedImage:
+    """Read the header of `data` (bytes, or a seekable binary file) and check it against the limits, without
+    decoding a pixel; errors name `filename`.
 
     `size` = (height, width) is the model's input: a JPEG is set to decode at the smallest DCT scale still at
     least that large, and the estimate counts that scale."""
-    if not data:
+    source = io.BytesIO(data) if isinstance(data, bytes) else data
+    file_bytes = source.seek(0, io.SEEK_END)
+    if file_bytes == 0:
         raise EmptyFile(f"{filename!r} is empty (0 bytes)")
     try:
-        image = Image.open(io.BytesIO(data), formats=ACCEPTED_FORMATS)
-        pixels = image.width * image.height
-        if pixels > max_pixels:
-            raise ImageTooLarge(
-                f"{filename!r} is {image.width}x{image.height} = {pixels} pixels; the limit is {max_pixels}"
-            )
-        declared = (image.width, image.height)
-        # JPEG only: decode at a reduced scale that is still at least the target size (much faster for photos).
-        image.draft("RGB", (max(size), max(size)))
-        estimate = decode_bytes(image, declared)
+        with _open(source) as image:
+            pixels = image.width * image.height
+            if pixels > max_pixels:
+                raise ImageTooLarge(
+                    f"{filename!r} is {image.width}x{image.height} = {pixels} pixels; the limit is {max_pixels}"
+                )
+            declared = (image.width, image.height)
+            image.draft("RGB", (max(size), max(size)))
+            # Some decoders (WebP's) read the whole file into one more copy first.
+            estimate = decode_bytes(image, declared) + file_bytes
+            described = f"{image.format} {image.mode} {declared[0]}x{declared[1]}"
     except (ImageTooLarge, InvalidImage):
         raise
     except UnidentifiedImageError as error:
@@ -95,10 +106,52 @@ def open_image(
         raise InvalidImage(f"{filename!r} could not be read: {_describe(error)}") from error
     if estimate > max_decode_bytes:
         raise ImageTooLarge(
-            f"{filename!r} ({image.format} {image.mode} {declared[0]}x{declared[1]}) would take up to "
-            f"{estimate / 2**20:.0f} MiB to decode; the limit is {max_decode_bytes / 2**20:.0f} MiB"
+            f"{filename!r} ({described}) would take up to {estimate / 2**20:.0f} MiB to decode; "
+            f"the limit is {max_decode_bytes / 2**20:.0f} MiB"
         )
-    return OpenedImage(image, filename, estimate)
+    return CheckedImage(source, filename, estimate)
+
+
+def _open(source: BinaryIO) -> Image.Image:
+    """Pillow's lazy open (the header only), of the accepted formats, after our own checks of what Pillow would
+    otherwise parse without a bound."""
+    source.seek(0)
+    _check_tiff_blocks(source)
+    source.seek(0)
+    return Image.open(source, formats=ACCEPTED_FORMATS)
+
+
+MAX_TIFF_BLOCKS = 65_536
+"""Most strips or tiles a TIFF may have: Pillow builds an object for each one when it reads the header (a 1 MB
+file of one-byte strip offsets would take gigabytes). A 36-megapixel image in 8 KB strips has about 13,000."""
+
+_TIFF_BLOCK_TAGS = {273, 324}  # StripOffsets, TileOffsets
+
+
+def _check_tiff_blocks(source: BinaryIO) -> None:
+    """Refuse a TIFF (classic or BigTIFF) whose first directory declares more than MAX_TIFF_BLOCKS strips or
+    tiles, from the entry counts alone."""
+    head = source.read(16)
+    order = {b"II": "<", b"MM": ">"}.get(head[:2])
+    if order is None or len(head) < 16:
+        return
+    version = struct.unpack(order + "H", head[2:4])[0]
+    if version == 42:  # classic: 4-byte offsets, 2-byte entry count, 12-byte entries
+        offset, count_format, entry_size, entry_format = struct.unpack(order + "I", head[4:8])[0], "H", 12, "HHI"
+    elif version == 43:  # BigTIFF: 8-byte offsets, 8-byte entry count, 20-byte entries
+        offset, count_format, entry_size, entry_format = struct.unpack(order + "Q", head[8:16])[0], "Q", 20, "HHQ"
+    else:
+        return
+    source.seek(offset)
+    raw_count = source.read(struct.calcsize(count_format))
+    if len(raw_count) < struct.calcsize(count_format):
+        return  # Pillow reports the truncation
+    entries = min(struct.unpack(order + count_format, raw_count)[0], 4096)
+    table = source.read(entries * entry_size)
+    for index in range(len(table) // entry_size):
+        tag, _, count = struct.unpack_from(order + entry_format, table, index * entry_size)
+        if tag in _TIFF_BLOCK_TAGS and count > MAX_TIFF_BLOCKS:
+            raise ValueError(f"a TIFF of {count} strips or tiles; at most {MAX_TIFF_BLOCKS} are accepted")
 
 
 def decode_bytes(image: Image.Image, declared: tuple[int, int]) -> int:
@@ -114,34 +167,33 @@ def decode_bytes(image: Image.Image, declared: tuple[int, int]) -> int:
     return int(total)
 
 
-def decode(opened: OpenedImage, size: tuple[int, int]) -> np.ndarray:
-    """Decode an opened image into a `size` = (height, width) RGB uint8 array, or raise InvalidImage."""
+def decode(checked: CheckedImage, size: tuple[int, int]) -> np.ndarray:
+    """Decode a checked image into a `size` = (height, width) RGB uint8 array, or raise InvalidImage."""
     height, width = size
-    image = opened.image
     try:
-        image.load()
-        # Read before shrinking: the shrunk copy has no EXIF. A damaged EXIF block is the file's fault too.
-        orientation = image.getexif().get(EXIF_ORIENTATION, 1)
-        image = _shrink(image, (width, height))
-        rgb = _to_rgb(image)
-        rgb = _orient(rgb, orientation)
-        if rgb.size != (width, height):
-            rgb = rgb.resize((width, height), RESAMPLING_FILTER)
-        return np.asarray(rgb, dtype=np.uint8)
+        with _open(checked.source) as image:
+            image.draft("RGB", (max(size), max(size)))
+            image.load()
+            # Read before shrinking: the shrunk copy has no EXIF. A damaged EXIF block is the file's fault too.
+            orientation = image.getexif().get(EXIF_ORIENTATION, 1)
+            image = _shrink(image, (width, height))
+            rgb = _to_rgb(image)
+            rgb = _orient(rgb, orientation)
+            if rgb.size != (width, height):
+                rgb = rgb.resize((width, height), RESAMPLING_FILTER)
+            return np.asarray(rgb, dtype=np.uint8)
     except Exception as error:  # truncated or corrupt data, or a decoder's fault on hostile bytes
-        raise InvalidImage(f"{opened.filename!r} could not be decoded: {_describe(error)}") from error
-    finally:
-        opened.image.close()
+        raise InvalidImage(f"{checked.filename!r} could not be decoded: {_describe(error)}") from error
 
 
 def decode_image(
     data: bytes, *, filename: str, size: tuple[int, int], max_pixels: int, max_decode_bytes: int | None = None
 ) -> np.ndarray:
     """`open_image` then `decode`: `data` as a `size` = (height, width) RGB uint8 array, or a client error."""
-    opened = open_image(
+    checked = open_image(
         data, filename=filename, size=size, max_pixels=max_pixels, max_decode_bytes=max_decode_bytes or 2**63
     )
-    return decode(opened, size)
+    return decode(checked, size)
 
 
 EXIF_ORIENTATION = 0x0112
@@ -165,8 +217,9 @@ def _orient(image: Image.Image, orientation: object) -> Image.Image:
 def _shrink(image: Image.Image, target: tuple[int, int]) -> Image.Image:
     """Reduce by the largest whole factor that keeps the image at least `target` (box filter: antialiased), so
     that conversions and the final resize work on a small copy. Palette and 16-bit modes are converted first."""
-    factor = min(image.size) // max(target)  # either side may end up the width after EXIF orientation
-    if factor < 2:
+    # Each side by its own factor (a thin image shrinks too); either side may end up the width after EXIF orientation.
+    factors = (max(1, image.width // max(target)), max(1, image.height // max(target)))
+    if factors == (1, 1):
         return image
     if image.mode == "P":
         image = _palette_to_rgb(image)
@@ -178,8 +231,8 @@ def _shrink(image: Image.Image, target: tuple[int, int]) -> Image.Image:
         image = image.convert("L")
     elif image.mode in {"RGBA", "LA"}:
         # Premultiplied, so fully transparent pixels do not bleed their colour into the average.
-        return image.convert(image.mode[:-1] + "a").reduce(factor).convert(image.mode)
-    return image.reduce(factor)
+        return image.convert(image.mode[:-1] + "a").reduce(factors).convert(image.mode)
+    return image.reduce(factors)
 
 
 def _has_alpha(image: Image.Image) -> bool:
@@ -233,7 +286,7 @@ def _describe(error: Exception) -> str:
 
 
 class Decoder:
-    """Decodes the opened images of a request on its own threads, within a memory budget for all decodes in
+    """Decodes the checked images of a request on its own threads, within a memory budget for all decodes in
     progress at once: a request's estimated bytes are reserved before its first pixel is decoded and given back
     only when its thread has really finished, so a cancelled request cannot leave memory in use uncounted."""
 
@@ -241,19 +294,21 @@ class Decoder:
         self.budget = MemoryBudget(memory_bytes)
         self._executor = ThreadPoolExecutor(max_workers=threads, thread_name_prefix="decode")
 
-    async def decode_all(self, opened: list[OpenedImage], size: tuple[int, int]) -> np.ndarray:
+    async def decode_all(self, images: list[CheckedImage], size: tuple[int, int]) -> np.ndarray:
         """The images as one (N, height, width, 3) uint8 array, decoded in order; InvalidImage names a bad one."""
-        total = sum(image.decode_bytes for image in opened)
+        total = sum(image.decode_bytes for image in images)
         if total > self.budget.capacity:
+            largest = max(images, key=lambda image: image.decode_bytes)
             raise ImageTooLarge(
-                f"the request's images would take up to {total / 2**20:.0f} MiB to decode; "
-                f"the limit is {self.budget.capacity / 2**20:.0f} MiB"
+                f"the request's {len(images)} images would take up to {total / 2**20:.0f} MiB to decode "
+                f"({largest.filename!r} alone {largest.decode_bytes / 2**20:.0f} MiB); the limit for one request "
+                f"is {self.budget.capacity / 2**20:.0f} MiB: send them in several requests"
             )
         await self.budget.acquire(total)
         loop = asyncio.get_running_loop()
         stop = threading.Event()
         try:
-            work = self._executor.submit(_decode_all, opened, size, stop)
+            work = self._executor.submit(_decode_all, images, size, stop)
         except BaseException:
             self.budget.release(total)
             raise
@@ -274,14 +329,10 @@ class Decoder:
         self._executor.shutdown(wait=False, cancel_futures=True)
 
 
-def _decode_all(opened: list[OpenedImage], size: tuple[int, int], stop: threading.Event) -> np.ndarray:
-    try:
-        arrays = []
-        for image in opened:
-            if stop.is_set():
-                raise asyncio.CancelledError  # nobody awaits this any more; it only ends the thread's work
-            arrays.append(decode(image, size))
-        return np.stack(arrays)
-    finally:
-        for image in opened:
-            image.image.close()
+def _decode_all(images: list[CheckedImage], size: tuple[int, int], stop: threading.Event) -> np.ndarray:
+    arrays = []
+    for image in images:
+        if stop.is_set():
+            raise asyncio.CancelledError  # nobody awaits this any more; it only ends the thread's work
+        arrays.append(decode(image, size))
+    return np.stack(arrays)

@@ -61,9 +61,17 @@ class DrainingServer(uvicorn.Server):
         self.drain = drain
 
     def handle_exit(self, sig: int, frame: FrameType | None) -> None:
-        """First signal: start draining; a second one: uvicorn's own immediate stop."""
-        if self.drain.draining or sig not in (signal.SIGTERM, signal.SIGINT):
+        """First SIGTERM or SIGINT: start draining. While draining, another SIGTERM is ignored (a supervisor or
+        systemd may send it to every process of the group, besides the one the worker got); a second SIGINT
+        (Ctrl-C twice) is uvicorn's own immediate stop."""
+        if sig not in (signal.SIGTERM, signal.SIGINT):
             super().handle_exit(sig, frame)
+            return
+        if self.drain.draining:
+            if sig == signal.SIGINT:
+                super().handle_exit(sig, frame)
+            else:
+                log.info("event=signal_ignored signal=SIGTERM reason=already_draining")
             return
         self.drain.start()
         log.info("event=drain_started signal=%s in_flight=%d", signal.Signals(sig).name, len(self.server_state.tasks))
@@ -121,6 +129,7 @@ class WorkerSupervisor(Multiprocess):
         super().__init__(config, sockets)
         self.drain_timeout_s = drain_timeout_s
         self.on_worker_died = on_worker_died
+        self.startup_failed = False
 
     def _new_worker(self) -> DrainingWorker:
         worker = DrainingWorker(self.config, self.sockets, drain_timeout_s=self.drain_timeout_s)
@@ -142,8 +151,11 @@ class WorkerSupervisor(Multiprocess):
             process.join()
             if process.pid is not None:
                 self.on_worker_died(process.pid)
-            if process.exitcode == STARTUP_FAILURE or self.should_exit.is_set():
+            if self.should_exit.is_set():
+                return
+            if process.exitcode == STARTUP_FAILURE:  # the model or the socket is unusable: so is every retry
                 log.error("event=worker_failed_to_start pid=%s", process.pid)
+                self.startup_failed = True
                 self.should_exit.set()
                 return
             log.warning("event=worker_died pid=%s exitcode=%s", process.pid, process.exitcode)

@@ -8,6 +8,7 @@ the accepted requests keep the latency of a fully loaded, not an overloaded, ser
 """
 
 import asyncio
+import contextlib
 import hmac
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -107,25 +108,52 @@ class BodyTooLarge(HTTPException):
         super().__init__(413, f"the request body is over the limit of {max_bytes} bytes")
 
 
+class BodyOverBudget(HTTPException):
+    """Raised from `receive` when the bodies of all requests in progress would go over their budget."""
+
+    def __init__(self, budget_bytes: int) -> None:
+        super().__init__(503, f"the uploads in progress are over the limit of {budget_bytes} bytes")
+
+
 class BodyLimit:
-    """413 once a request body exceeds `max_bytes`: at once from Content-Length, else while it streams in.
+    """413 once a request body exceeds `max_bytes`: at once from Content-Length, else while it streams in. And a
+    budget for all requests in progress together: at most `budget_bytes` of body received and not yet released
+    (bodies are held, in memory or spooled to /tmp, until their request ends); a request whose body would go over
+    it gets 503 with Retry-After, at once when its Content-Length cannot fit now. Only bytes actually received
+    count, so a client that declares a large body and trickles it holds only what it sent.
 
     Starlette's RequestBodyLimitMiddleware does the counting too, but answers in plain text; every error of this
     service is JSON.
     """
 
-    def __init__(self, app: ASGIApp, *, max_bytes: int) -> None:
+    def __init__(
+        self,
+        app: ASGIApp,
+        *,
+        max_bytes: int,
+        budget_bytes: int | None = None,
+        on_refused: Refused = lambda reason: None,
+        retry_after_s: int = 1,
+    ) -> None:
         self.app = app
         self.max_bytes = max_bytes
+        self.budget_bytes = budget_bytes if budget_bytes is not None else max_bytes
+        self.on_refused = on_refused
+        self.retry_after_s = retry_after_s
+        self.held = 0
+        """Body bytes received by the requests in progress."""
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
-        detail = f"the request body is over the limit of {self.max_bytes} bytes"
         declared = header(scope, b"content-length")
-        if declared is not None and declared.isdigit() and int(declared) > self.max_bytes:
-            await _error(413, "body_too_large", detail)(scope, receive, send)
+        length = int(declared) if declared is not None and declared.isdigit() else None
+        if length is not None and length > self.max_bytes:
+            await self._too_large(scope, receive, send)
+            return
+        if length is not None and self.held + length > self.budget_bytes:
+            await self._over_budget(scope, receive, send)
             return
         received = 0
         tracked = _TrackedSend(send)
@@ -134,9 +162,13 @@ class BodyLimit:
             nonlocal received
             message = await receive()
             if message["type"] == "http.request":
-                received += len(message.get("body", b""))
-                if received > self.max_bytes:
+                size = len(message.get("body", b""))
+                if received + size > self.max_bytes:
                     raise BodyTooLarge(self.max_bytes)
+                if self.held + size > self.budget_bytes:
+                    raise BodyOverBudget(self.budget_bytes)
+                received += size
+                self.held += size
             return message
 
         try:
@@ -144,7 +176,25 @@ class BodyLimit:
         except BodyTooLarge:
             if tracked.started:
                 raise
-            await _error(413, "body_too_large", detail)(scope, receive, send)
+            await self._too_large(scope, receive, send)
+        except BodyOverBudget:
+            if tracked.started:
+                raise
+            await self._over_budget(scope, receive, send)
+        finally:
+            self.held -= received
+
+    async def _too_large(self, scope: Scope, receive: Receive, send: Send) -> None:
+        detail = f"the request body is over the limit of {self.max_bytes} bytes"
+        await _error(413, "body_too_large", detail)(scope, receive, send)
+
+    async def _over_budget(self, scope: Scope, receive: Receive, send: Send) -> None:
+        self.on_refused("overloaded")
+        detail = (
+            f"the server holds {self.held} bytes of uploads in progress, its limit is {self.budget_bytes}; retry later"
+        )
+        retry = {"Retry-After": str(self.retry_after_s)}
+        await _error(503, "overloaded", detail, retry)(scope, receive, send)
 
 
 class RequestTimeout:
@@ -163,6 +213,14 @@ class RequestTimeout:
         try:
             async with asyncio.timeout(self.seconds):
                 await self.app(scope, receive, tracked)
+        except asyncio.CancelledError:
+            # Not our timeout: the server is stopping for good (a second Ctrl-C, or the drain ran out). Say so in
+            # JSON rather than leave uvicorn to answer a plain-text 500.
+            if not tracked.started:
+                detail = "the server stopped before this request was answered; retry"
+                with contextlib.suppress(Exception):
+                    await _error(503, "shutting_down", detail, {"Retry-After": "1"})(scope, receive, send)
+            raise
         except TimeoutError:
             if tracked.started:
                 raise

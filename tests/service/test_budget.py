@@ -48,3 +48,23 @@ def test_a_cancelled_waiter_lets_the_next_one_in() -> None:
 def test_a_reservation_larger_than_the_budget_is_refused() -> None:
     with pytest.raises(ValueError, match="never fit"):
         asyncio.run(MemoryBudget(10).acquire(11))
+
+
+def test_waiters_cancelled_together_lose_no_room_and_raise_only_cancellation() -> None:
+    async def scenario() -> tuple[int, bool]:
+        budget = MemoryBudget(100)
+        await budget.acquire(50)
+        first = asyncio.create_task(budget.acquire(60))  # does not fit while 50 are held
+        second = asyncio.create_task(budget.acquire(10))  # fits, but waits behind the first
+        await asyncio.sleep(0)
+        first.cancel()
+        second.cancel()  # both requests end in the same pass of the event loop
+        for task in (first, second):
+            with pytest.raises(asyncio.CancelledError):
+                await task
+        budget.release(50)
+        whole = asyncio.create_task(budget.acquire(100))
+        done, _ = await asyncio.wait([whole], timeout=5)
+        return budget.reserved, bool(done)
+
+    assert asyncio.run(scenario()) == (100, True)

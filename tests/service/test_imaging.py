@@ -227,3 +227,55 @@ def test_a_large_image_is_shrunk_before_conversion_and_keeps_its_colours() -> No
     array = decode(encode(image, "PNG"))
     assert_colour(array[:, :14], RED)
     assert_colour(array[:, 18:], (255, 255, 255))
+
+
+def png_chunk(kind: bytes, data: bytes) -> bytes:
+    return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data) & 0xFFFFFFFF)
+
+
+def png_with_text_chunks(count: int, text: str) -> bytes:
+    """A 1x1 PNG whose header carries `count` compressed international text (iTXt) chunks of `text`."""
+    base = encode(Image.new("L", (1, 1)), "PNG")
+    payload = zlib.compress(text.encode(), 9)
+    chunks = b"".join(png_chunk(b"iTXt", b"k%d\0\1\0\0\0" % index + payload) for index in range(count))
+    return base[:33] + chunks + base[33:]  # after the signature and IHDR
+
+
+def test_png_text_chunks_are_bounded_while_the_header_is_read() -> None:
+    """255 chunks of 256k four-byte characters: a 266 KB file that Pillow's own bound lets take 256 MiB."""
+    with pytest.raises(InvalidImage, match="Too much memory used in text chunks"):
+        decode(png_with_text_chunks(255, "\U0001f600" * (1 << 18)))
+    assert decode(png_with_text_chunks(3, "a caption")).shape == (*SIZE, 3)  # ordinary text is fine
+
+
+def tiff_with_strips(strips: int) -> bytes:
+    """An uncompressed 1-pixel-wide greyscale TIFF of `strips` one-row strips, every offset a single byte."""
+    entries = [  # tag, type (3 SHORT, 4 LONG, 1 BYTE), count, value
+        (256, 3, 1, 1), (257, 4, 1, strips), (258, 3, 1, 8), (259, 3, 1, 1), (262, 3, 1, 1),
+        (273, 1, strips, None), (277, 3, 1, 1), (278, 4, 1, 1), (279, 1, strips, None),
+    ]  # fmt: skip
+    table_at = 8
+    blobs_at = table_at + 2 + 12 * len(entries) + 4
+    blobs = b""
+    table = struct.pack("<H", len(entries))
+    for tag, kind, count, value in entries:
+        if value is None:  # offsets (all at the pixel byte) and byte counts (all 1)
+            table += struct.pack("<HHII", tag, kind, count, blobs_at + len(blobs))
+            blobs += bytes([blobs_at - 1 if tag == 273 else 1]) * count
+        else:
+            table += struct.pack("<HHI", tag, kind, count) + struct.pack("<I" if kind == 4 else "<H", value).ljust(
+                4, b"\0"
+            )
+    return b"II*\0" + struct.pack("<I", table_at) + table + b"\0\0\0\0" + blobs
+
+
+def test_a_tiff_of_too_many_strips_is_refused_before_pillow_reads_them() -> None:
+    with pytest.raises(InvalidImage, match="1000000 strips or tiles; at most 65536"):
+        decode(tiff_with_strips(1_000_000))
+
+
+def test_a_thin_image_is_shrunk_too() -> None:
+    """A 40 x 200000 RGBA PNG: both sides are shrunk by their own factor, so the conversion works on a small copy."""
+    image = Image.new("RGBA", (40, 200_000), (*RED, 255))
+    array = decode(encode(image, "PNG"))
+    assert_colour(array, RED, tolerance=1)

@@ -31,6 +31,8 @@ cases = {
     "png-palette-transparent": lambda: save(palette, "PNG", transparency=0),
     "png-la": lambda: save(Image.new("LA", (SIDE, SIDE), (7, 100)), "PNG"),
     "png-1bit": lambda: save(Image.new("1", (SIDE, SIDE), 1), "PNG"),
+    "png-thin-rgba": lambda: save(Image.new("RGBA", (40, SIDE * SIDE // 40), (10, 20, 30, 128)), "PNG"),
+    "png-thin-1bit": lambda: save(Image.new("1", (40, SIDE * SIDE // 40), 1), "PNG"),
     "jpeg-cmyk-progressive": lambda: save(Image.new("CMYK", (SIDE, SIDE), (1, 2, 3, 4)), "JPEG", progressive=True),
     "jpeg-grey-progressive": lambda: save(Image.new("L", (SIDE, SIDE), 5), "JPEG", progressive=True),
     "gif-animated": lambda: save(frames[0], "GIF", save_all=True, append_images=frames[1:]),

@@ -11,7 +11,7 @@ from service.app import create_app
 from service.config import Settings
 from service.errors import Overloaded
 from service.lifecycle import DrainState
-from service.limits import Admission, AdmissionControl, RequestTimeout
+from service.limits import Admission, AdmissionControl, BodyLimit, RequestTimeout
 from tests.conftest import encode, noisy_image
 
 RED = (230, 30, 30)
@@ -100,6 +100,53 @@ def test_while_draining_new_requests_are_refused_with_503() -> None:
     assert b'"error":"shutting_down"' in refused.body
     assert (b"retry-after", b"1") in refused.headers
     assert reasons == ["shutting_down"]
+
+
+def test_bodies_of_all_requests_in_progress_share_one_budget() -> None:
+    """Counted as received: a held body keeps its bytes until its request ends; another that would go over gets
+    503 (at once when its Content-Length says so), and the room comes back when the first one ends."""
+    reasons: list[str] = []
+    release = asyncio.Event()
+
+    async def app(scope: dict, receive, send) -> None:
+        while (await receive()).get("more_body"):
+            pass
+        if scope["path"] == "/hold":
+            await release.wait()
+        await send({"type": "http.response.start", "status": 200, "headers": []})
+        await send({"type": "http.response.body", "body": b""})
+
+    def body(size: int, chunk: int = 100) -> object:
+        parts = [b"x" * chunk] * (size // chunk)
+
+        async def receive() -> dict:
+            return {"type": "http.request", "body": parts.pop(), "more_body": bool(parts)}
+
+        return receive
+
+    def scope(path: str, length: int | None = None) -> dict:
+        headers = [] if length is None else [(b"content-length", str(length).encode())]
+        return {"type": "http", "path": path, "method": "POST", "headers": headers}
+
+    async def scenario() -> list[int]:
+        limit = BodyLimit(app, max_bytes=1000, budget_bytes=1500, on_refused=reasons.append)
+        held = Recorder()
+        holding = asyncio.create_task(limit(scope("/hold", 1000), body(1000), held))
+        await asyncio.sleep(0.01)
+        assert limit.held == 1000
+        declared, streamed, fits = Recorder(), Recorder(), Recorder()
+        await limit(scope("/x", 600), never_read, declared)  # refused from its Content-Length, unread
+        await limit(scope("/x"), body(600), streamed)  # no Content-Length: refused when it goes over
+        await limit(scope("/x", 400), body(400), fits)
+        release.set()
+        await holding
+        assert limit.held == 0
+        after = Recorder()
+        await limit(scope("/x", 1000), body(1000), after)
+        return [held.status, declared.status, streamed.status, fits.status, after.status]
+
+    assert asyncio.run(scenario()) == [200, 503, 503, 200, 200]
+    assert reasons == ["overloaded", "overloaded"]
 
 
 def test_a_trickled_upload_is_cut_off_by_the_request_timeout() -> None:
