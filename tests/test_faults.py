@@ -56,6 +56,12 @@ def test_an_unusable_model_file_stops_startup_with_a_message(fault: str, tmp_pat
     assert "event=ready" not in result.stderr
 
 
+def test_with_several_workers_an_unusable_model_file_also_exits_non_zero(tmp_path: Path) -> None:
+    result = start_and_wait(tmp_path / "missing.onnx", workers="2")
+    assert result.returncode == 3
+    assert "does not exist" in result.stderr and "event=ready" not in result.stderr
+
+
 def failing_model(path: Path) -> Path:
     """A real ONNX model that ONNX Runtime cannot run on some inputs: it gathers from a 10-element table at the
     index given by the first pixel's red value, so a red value of 10 or more makes Gather fail at run time."""

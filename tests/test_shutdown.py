@@ -20,8 +20,16 @@ REQUESTS = 48
 IMAGES_PER_REQUEST = 64
 
 
-@pytest.mark.parametrize("workers", [1, 2])
-def test_sigterm_drains_in_flight_requests_and_exits_zero(workers: int, bundled_model: Path, tmp_path: Path) -> None:
+@pytest.mark.parametrize(
+    ("workers", "stop"),
+    [(1, "sigterm"), (2, "sigterm"), (2, "ctrl-c")],
+    ids=["one-worker", "two-workers", "two-workers-ctrl-c-to-the-group"],
+)
+def test_sigterm_drains_in_flight_requests_and_exits_zero(
+    workers: int, stop: str, bundled_model: Path, tmp_path: Path
+) -> None:
+    """SIGTERM to the server (as Kubernetes sends it), or Ctrl-C, which the terminal sends to every process of the
+    group (the supervisor passes it on too, so each worker gets two signals)."""
     port = free_port()
     url = f"http://127.0.0.1:{port}"
     env = os.environ | {
@@ -36,7 +44,9 @@ def test_sigterm_drains_in_flight_requests_and_exits_zero(workers: int, bundled_
     }
     log = tmp_path / "server.log"
     with log.open("wb") as output:
-        server = subprocess.Popen([sys.executable, "-m", "service"], cwd=REPO, env=env, stdout=output, stderr=output)
+        server = subprocess.Popen(
+            [sys.executable, "-m", "service"], cwd=REPO, env=env, stdout=output, stderr=output, start_new_session=True
+        )
     try:
         deadline = time.monotonic() + 60
         while True:
@@ -70,7 +80,10 @@ def test_sigterm_drains_in_flight_requests_and_exits_zero(workers: int, bundled_
                 time.sleep(0.05)
             done_before = sum(future.done() for future in results)
             signalled = time.monotonic()
-            server.send_signal(signal.SIGTERM)
+            if stop == "sigterm":
+                server.send_signal(signal.SIGTERM)
+            else:
+                os.killpg(server.pid, signal.SIGINT)
             # With workers, the supervisor passes SIGTERM on within half a second (uvicorn's loop): until every
             # worker drains, new requests may still be accepted (and answered), which is right but not tested here.
             while events_logged(log, "drain_started") < workers:
