@@ -13,6 +13,16 @@ class ServiceError(Exception):
         self.headers: dict[str, str] = {}
 
 
+class RetryLater(ServiceError):
+    """Base class of refusals a client should retry (here after a while, or on another replica): Retry-After."""
+
+    status_code = 503
+
+    def __init__(self, detail: str, retry_after_s: int = 1) -> None:
+        super().__init__(detail)
+        self.headers = {"Retry-After": str(retry_after_s)}
+
+
 class InvalidImage(ServiceError):
     """The upload is not an image Pillow can decode, or it is truncated or corrupt."""
 
@@ -56,26 +66,18 @@ class NotReady(ServiceError):
     error = "not_ready"
 
 
-class Overloaded(ServiceError):
+class Overloaded(RetryLater):
     """Already `max_concurrent_requests` requests past their upload: refused at once, with Retry-After."""
 
     status_code = 503
     error = "overloaded"
 
-    def __init__(self, detail: str, retry_after_s: int = 1) -> None:
-        super().__init__(detail)
-        self.headers = {"Retry-After": str(retry_after_s)}
 
-
-class QueueFull(ServiceError):
+class QueueFull(RetryLater):
     """The batch queue has no room for this request's images: refused at once, with Retry-After."""
 
     status_code = 503
     error = "overloaded"
-
-    def __init__(self, detail: str, retry_after_s: int = 1) -> None:
-        super().__init__(detail)
-        self.headers = {"Retry-After": str(retry_after_s)}
 
 
 class QueueTimeout(ServiceError):
@@ -85,15 +87,11 @@ class QueueTimeout(ServiceError):
     error = "timeout"
 
 
-class ShuttingDown(ServiceError):
+class ShuttingDown(RetryLater):
     """The server is draining: no new work is accepted (retry on another replica)."""
 
     status_code = 503
     error = "shutting_down"
-
-    def __init__(self, detail: str, retry_after_s: int = 1) -> None:
-        super().__init__(detail)
-        self.headers = {"Retry-After": str(retry_after_s)}
 
 
 class ClientDisconnected(ServiceError):
@@ -103,15 +101,11 @@ class ClientDisconnected(ServiceError):
     error = "client_disconnected"
 
 
-class BatcherStopped(ServiceError):
+class BatcherStopped(RetryLater):
     """The batcher's loop ended unexpectedly: a server fault; the process is exiting to be restarted."""
 
     status_code = 503
     error = "unavailable"
-
-    def __init__(self, detail: str, retry_after_s: int = 1) -> None:
-        super().__init__(detail)
-        self.headers = {"Retry-After": str(retry_after_s)}
 
 
 class InferenceFailed(ServiceError):
