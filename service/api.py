@@ -14,7 +14,7 @@ from fastapi.responses import JSONResponse, Response
 from service.batching import Batcher, RequestTiming
 from service.config import Settings
 from service.errors import ClientDisconnected, FileTooLarge, NotReady, TooManyImages
-from service.imaging import RESAMPLING_FILTER, Decoder, open_image
+from service.imaging import RESAMPLING_FILTER, Decoder
 from service.inference import OnnxModel, top_k
 from service.lifecycle import DrainState
 from service.limits import Admission
@@ -136,18 +136,12 @@ async def predict(
         size = (info.height, info.width)
         request.state.telemetry["images"] = len(files)
         with batcher.expecting():
-            # Headers only, one file at a time; the files stay where the form parser put them (memory, or /tmp
-            # past 1 MB) and are read again by the decoding thread.
-            checked = [
-                open_image(
-                    upload.file,
-                    filename=name,
-                    size=size,
-                    max_pixels=settings.max_image_pixels,
-                    max_decode_bytes=settings.max_decode_bytes,
-                )
-                for name, upload in zip(names, files, strict=True)
-            ]
+            # The files stay where the form parser put them (memory, or /tmp past 1 MB); the decoding threads read
+            # their headers, then, once the memory their decoding needs is reserved, decode them.
+            uploads = [(name, upload.file) for name, upload in zip(names, files, strict=True)]
+            checked = await decoder.check_all(
+                uploads, size=size, max_pixels=settings.max_image_pixels, max_decode_bytes=settings.max_decode_bytes
+            )
             batch = await decoder.decode_all(checked, size)
         timing = RequestTiming()
         probabilities = await _unless_disconnected(request, batcher.submit(batch, timing))

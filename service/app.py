@@ -126,7 +126,11 @@ def create_app(settings: Settings | None = None, drain: DrainState = DRAIN) -> F
         open_paths=frozenset(settings.api_key_open_paths),
     )
     app.add_middleware(
-        BodyLimit, max_bytes=settings.max_body_bytes, budget_bytes=settings.body_memory_bytes, on_refused=refused
+        BodyLimit,
+        max_bytes=settings.max_body_bytes,
+        budget_bytes=settings.body_memory_bytes,
+        idle_timeout_s=settings.body_idle_timeout_s,
+        on_refused=refused,
     )
     app.add_middleware(RequestTimeout, seconds=settings.request_timeout_s, on_refused=refused)
     # The API's routes, and FastAPI's own (docs, schema), whatever objects app.routes wraps them in.
@@ -159,7 +163,13 @@ def _install_error_handlers(app: FastAPI, refused: Callable[[str], None]) -> Non
 
     @app.exception_handler(StarletteHTTPException)
     async def http_error(request: Request, error: StarletteHTTPException) -> JSONResponse:
-        codes = {400: "bad_request", 404: "not_found", 405: "method_not_allowed", 413: "body_too_large"}
+        # Also the body limits raised from inside FastAPI's form parsing (see service.limits.BodyLimit).
+        codes = {
+            400: "bad_request", 404: "not_found", 405: "method_not_allowed", 408: "upload_stalled",
+            413: "body_too_large", 503: "overloaded",
+        }  # fmt: skip
         code = codes.get(error.status_code, "http_error")
+        if error.status_code in {408, 503}:
+            refused(code)
         detail = str(error.detail)
         return JSONResponse({"error": code, "detail": detail}, status_code=error.status_code, headers=error.headers)

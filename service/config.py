@@ -38,6 +38,10 @@ class Settings(BaseSettings):
     """Most request-body bytes that all requests in progress may hold at once, in one process (in memory, or
     spooled to /tmp past 1 MB per file); a request whose body would go over is refused with 503 and Retry-After."""
 
+    body_idle_timeout_s: float = Field(default=10.0, ge=0)
+    """An upload that makes no progress for this long is cut off with 408 (its bytes given back); 0 turns this
+    off."""
+
     request_timeout_s: float = Field(default=30.0, ge=0)
     """A request taking longer, reading a slowly trickled upload included, is answered 504; 0 turns this off."""
 

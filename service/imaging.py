@@ -77,16 +77,19 @@ def open_image(
     data: bytes | BinaryIO, *, filename: str, size: tuple[int, int], max_pixels: int, max_decode_bytes: int
 ) -> CheckedImage:
     """Read the header of `data` (bytes, or a seekable binary file) and check it against the limits, without
-    decoding a pixel; errors name `filename`.
+    decoding a pixel; errors name `filename`. Parses hostile bytes: run it off the event loop.
 
     `size` = (height, width) is the model's input: a JPEG is set to decode at the smallest DCT scale still at
     least that large, and the estimate counts that scale."""
     source = io.BytesIO(data) if isinstance(data, bytes) else data
-    file_bytes = source.seek(0, io.SEEK_END)
-    if file_bytes == 0:
+    try:
+        content = _private_copy(source)
+    except Exception as error:  # the upload's file went away (its request ended meanwhile)
+        raise InvalidImage(f"{filename!r} could not be read: {_describe(error)}") from error
+    if not content:
         raise EmptyFile(f"{filename!r} is empty (0 bytes)")
     try:
-        with _open(source) as image:
+        with _open(content, header_only=True) as image:
             pixels = image.width * image.height
             if pixels > max_pixels:
                 raise ImageTooLarge(
@@ -94,8 +97,8 @@ def open_image(
                 )
             declared = (image.width, image.height)
             image.draft("RGB", (max(size), max(size)))
-            # Some decoders (WebP's) read the whole file into one more copy first.
-            estimate = decode_bytes(image, declared) + file_bytes
+            # Decoding works on a private copy of the file, and some decoders (WebP's) make one more.
+            estimate = decode_bytes(image, declared) + 2 * len(content)
             described = f"{image.format} {image.mode} {declared[0]}x{declared[1]}"
     except (ImageTooLarge, InvalidImage):
         raise
@@ -112,46 +115,84 @@ def open_image(
     return CheckedImage(source, filename, estimate)
 
 
-def _open(source: BinaryIO) -> Image.Image:
+def _private_copy(source: BinaryIO) -> bytes:
+    """The whole file as bytes. Pillow then never touches the upload's own file (which the web framework closes
+    when its request ends) nor its descriptor (libtiff reads by descriptor, which another request could reuse)."""
+    source.seek(0)
+    return source.read()
+
+
+HEADER_WINDOW = 2 * 1024 * 1024
+"""Most bytes a JPEG, PNG or GIF header (everything before the image data: EXIF, ICC profile, text, comments) may
+take. Pillow keeps an object for each marker, chunk or extension it reads there, so without this a 10 MB file of
+millions of empty markers takes seconds and hundreds of MB before a pixel is decoded."""
+
+_WINDOWED_MAGIC = (b"\xff\xd8", b"\x89PNG", b"GIF8")  # JPEG (and MPO), PNG, GIF
+
+
+def _open(content: bytes, *, header_only: bool = False) -> Image.Image:
     """Pillow's lazy open (the header only), of the accepted formats, after our own checks of what Pillow would
-    otherwise parse without a bound."""
-    source.seek(0)
-    _check_tiff_blocks(source)
-    source.seek(0)
-    return Image.open(source, formats=ACCEPTED_FORMATS)
+    otherwise parse without a bound. With `header_only`, a JPEG, PNG or GIF is opened from its first
+    HEADER_WINDOW bytes only (enough for the header; not for decoding)."""
+    _check_tiff_directories(content)
+    if header_only and len(content) > HEADER_WINDOW and content.startswith(_WINDOWED_MAGIC):
+        try:
+            return Image.open(io.BytesIO(content[:HEADER_WINDOW]), formats=ACCEPTED_FORMATS)
+        except Exception as error:  # the magic says JPEG, PNG or GIF: the header is too long, or corrupt
+            raise ValueError(
+                f"no image data within its first {HEADER_WINDOW} bytes (a header that long is refused), or corrupt"
+            ) from error
+    return Image.open(io.BytesIO(content), formats=ACCEPTED_FORMATS)
 
 
-MAX_TIFF_BLOCKS = 65_536
-"""Most strips or tiles a TIFF may have: Pillow builds an object for each one when it reads the header (a 1 MB
-file of one-byte strip offsets would take gigabytes). A 36-megapixel image in 8 KB strips has about 13,000."""
+MAX_TIFF_VALUES = 65_536
+"""Most strips or tiles a TIFF may have, and most numbers any one tag may hold: Pillow builds an object for each
+when it reads the header (a 1 MB file of one-byte strip offsets took 300 MB and seconds). A 36-megapixel image in
+8 KB strips has about 13,000."""
 
-_TIFF_BLOCK_TAGS = {273, 324}  # StripOffsets, TileOffsets
+MAX_TIFF_ENTRIES = 4096
+"""Most tags one TIFF directory may have (real files have a few dozen)."""
+
+_TIFF_BLOCK_TAGS = {273, 324}  # StripOffsets, TileOffsets: one Pillow object per value, whatever their type
+_TIFF_SUB_DIRECTORIES = {34665, 34853}  # Exif and GPS, which Pillow reads when it finishes loading
+_TIFF_BYTES_TYPES = {1, 2, 6, 7}  # BYTE, ASCII, SBYTE, UNDEFINED: kept as bytes, not one object per value
 
 
-def _check_tiff_blocks(source: BinaryIO) -> None:
-    """Refuse a TIFF (classic or BigTIFF) whose first directory declares more than MAX_TIFF_BLOCKS strips or
-    tiles, from the entry counts alone."""
-    head = source.read(16)
-    order = {b"II": "<", b"MM": ">"}.get(head[:2])
-    if order is None or len(head) < 16:
+def _check_tiff_directories(content: bytes) -> None:
+    """Refuse a TIFF (classic or BigTIFF) whose first directory, or its Exif or GPS directory, has more than
+    MAX_TIFF_ENTRIES tags, more than MAX_TIFF_VALUES strips or tiles, or a tag of more than MAX_TIFF_VALUES
+    numbers: from the counts alone, before Pillow reads them."""
+    order = {b"II": "<", b"MM": ">"}.get(content[:2])
+    if order is None or len(content) < 16:
         return
-    version = struct.unpack(order + "H", head[2:4])[0]
+    version = struct.unpack_from(order + "H", content, 2)[0]
     if version == 42:  # classic: 4-byte offsets, 2-byte entry count, 12-byte entries
-        offset, count_format, entry_size, entry_format = struct.unpack(order + "I", head[4:8])[0], "H", 12, "HHI"
+        layout = ("I", "H", 12, "HHI")
+        first = struct.unpack_from(order + "I", content, 4)[0]
     elif version == 43:  # BigTIFF: 8-byte offsets, 8-byte entry count, 20-byte entries
-        offset, count_format, entry_size, entry_format = struct.unpack(order + "Q", head[8:16])[0], "Q", 20, "HHQ"
+        layout = ("Q", "Q", 20, "HHQ")
+        first = struct.unpack_from(order + "Q", content, 8)[0]
     else:
         return
-    source.seek(offset)
-    raw_count = source.read(struct.calcsize(count_format))
-    if len(raw_count) < struct.calcsize(count_format):
-        return  # Pillow reports the truncation
-    entries = min(struct.unpack(order + count_format, raw_count)[0], 4096)
-    table = source.read(entries * entry_size)
-    for index in range(len(table) // entry_size):
-        tag, _, count = struct.unpack_from(order + entry_format, table, index * entry_size)
-        if tag in _TIFF_BLOCK_TAGS and count > MAX_TIFF_BLOCKS:
-            raise ValueError(f"a TIFF of {count} strips or tiles; at most {MAX_TIFF_BLOCKS} are accepted")
+    offset_format, count_format, entry_size, entry_format = layout
+    pending, seen = [first], set()
+    while pending:
+        directory = pending.pop()
+        if directory in seen or directory + struct.calcsize(count_format) > len(content):
+            continue  # Pillow reports a directory outside the file
+        seen.add(directory)
+        entries = struct.unpack_from(order + count_format, content, directory)[0]
+        if entries > MAX_TIFF_ENTRIES:
+            raise ValueError(f"a TIFF directory of {entries} tags; at most {MAX_TIFF_ENTRIES} are accepted")
+        start = directory + struct.calcsize(count_format)
+        for index in range(min(entries, (len(content) - start) // entry_size)):
+            position = start + index * entry_size
+            tag, kind, count = struct.unpack_from(order + entry_format, content, position)
+            if count > MAX_TIFF_VALUES and (tag in _TIFF_BLOCK_TAGS or kind not in _TIFF_BYTES_TYPES):
+                raise ValueError(f"a TIFF tag ({tag}) of {count} values; at most {MAX_TIFF_VALUES} are accepted")
+            if tag in _TIFF_SUB_DIRECTORIES and len(seen) < 4:
+                value_at = position + entry_size - struct.calcsize(offset_format)
+                pending.append(struct.unpack_from(order + offset_format, content, value_at)[0])
 
 
 def decode_bytes(image: Image.Image, declared: tuple[int, int]) -> int:
@@ -171,7 +212,7 @@ def decode(checked: CheckedImage, size: tuple[int, int]) -> np.ndarray:
     """Decode a checked image into a `size` = (height, width) RGB uint8 array, or raise InvalidImage."""
     height, width = size
     try:
-        with _open(checked.source) as image:
+        with _open(_private_copy(checked.source)) as image:
             image.draft("RGB", (max(size), max(size)))
             image.load()
             # Read before shrinking: the shrunk copy has no EXIF. A damaged EXIF block is the file's fault too.
@@ -293,6 +334,19 @@ class Decoder:
     def __init__(self, *, memory_bytes: int, threads: int) -> None:
         self.budget = MemoryBudget(memory_bytes)
         self._executor = ThreadPoolExecutor(max_workers=threads, thread_name_prefix="decode")
+
+    async def check_all(
+        self, uploads: list[tuple[str, BinaryIO]], *, size: tuple[int, int], max_pixels: int, max_decode_bytes: int
+    ) -> list[CheckedImage]:
+        """`open_image` for each (name, file) upload, on the decoding threads: headers are hostile input too."""
+
+        def check() -> list[CheckedImage]:
+            return [
+                open_image(file, filename=name, size=size, max_pixels=max_pixels, max_decode_bytes=max_decode_bytes)
+                for name, file in uploads
+            ]
+
+        return await asyncio.wrap_future(self._executor.submit(check))
 
     async def decode_all(self, images: list[CheckedImage], size: tuple[int, int]) -> np.ndarray:
         """The images as one (N, height, width, 3) uint8 array, decoded in order; InvalidImage names a bad one."""

@@ -111,8 +111,16 @@ class BodyTooLarge(HTTPException):
 class BodyOverBudget(HTTPException):
     """Raised from `receive` when the bodies of all requests in progress would go over their budget."""
 
-    def __init__(self, budget_bytes: int) -> None:
-        super().__init__(503, f"the uploads in progress are over the limit of {budget_bytes} bytes")
+    def __init__(self, budget_bytes: int, retry_after_s: int = 1) -> None:
+        detail = f"the uploads in progress are over the server's limit of {budget_bytes} bytes; retry later"
+        super().__init__(503, detail, headers={"Retry-After": str(retry_after_s)})
+
+
+class BodyStalled(HTTPException):
+    """Raised from `receive` when an upload made no progress for the idle timeout."""
+
+    def __init__(self, idle_s: float) -> None:
+        super().__init__(408, f"the upload made no progress for {idle_s:g} s")
 
 
 class BodyLimit:
@@ -120,7 +128,8 @@ class BodyLimit:
     budget for all requests in progress together: at most `budget_bytes` of body received and not yet released
     (bodies are held, in memory or spooled to /tmp, until their request ends); a request whose body would go over
     it gets 503 with Retry-After, at once when its Content-Length cannot fit now. Only bytes actually received
-    count, so a client that declares a large body and trickles it holds only what it sent.
+    count, so a client that declares a large body and trickles it holds only what it sent, and an upload that
+    makes no progress for `idle_timeout_s` is cut off with 408, giving its bytes back.
 
     Starlette's RequestBodyLimitMiddleware does the counting too, but answers in plain text; every error of this
     service is JSON.
@@ -132,11 +141,13 @@ class BodyLimit:
         *,
         max_bytes: int,
         budget_bytes: int | None = None,
+        idle_timeout_s: float = 0,
         on_refused: Refused = lambda reason: None,
         retry_after_s: int = 1,
     ) -> None:
         self.app = app
         self.max_bytes = max_bytes
+        self.idle_timeout_s = idle_timeout_s
         self.budget_bytes = budget_bytes if budget_bytes is not None else max_bytes
         self.on_refused = on_refused
         self.retry_after_s = retry_after_s
@@ -156,12 +167,21 @@ class BodyLimit:
             await self._over_budget(scope, receive, send)
             return
         received = 0
+        body_done = False
         tracked = _TrackedSend(send)
 
         async def counting_receive() -> Message:
-            nonlocal received
-            message = await receive()
+            nonlocal received, body_done
+            if body_done or not self.idle_timeout_s:
+                message = await receive()  # after the body, only a disconnect can come: no idle limit
+            else:
+                try:
+                    async with asyncio.timeout(self.idle_timeout_s):
+                        message = await receive()
+                except TimeoutError:
+                    raise BodyStalled(self.idle_timeout_s) from None
             if message["type"] == "http.request":
+                body_done = not message.get("more_body", False)
                 size = len(message.get("body", b""))
                 if received + size > self.max_bytes:
                     raise BodyTooLarge(self.max_bytes)
@@ -181,6 +201,12 @@ class BodyLimit:
             if tracked.started:
                 raise
             await self._over_budget(scope, receive, send)
+        except BodyStalled:
+            if tracked.started:
+                raise
+            self.on_refused("upload_stalled")
+            detail = f"the upload made no progress for {self.idle_timeout_s:g} s"
+            await _error(408, "upload_stalled", detail)(scope, receive, send)
         finally:
             self.held -= received
 

@@ -54,7 +54,7 @@ class Metrics:
         )  # fmt: skip
         self.refusals = Counter(
             "classifier_refusals", "Requests refused or cut short, by reason "
-            "(overloaded, queue_full, timeout, shutting_down, client_disconnected).",
+            "(overloaded, queue_full, timeout, upload_stalled, shutting_down, client_disconnected).",
             ["reason"], registry=registry,
         )  # fmt: skip
         self.inference_failures = Counter(

@@ -13,6 +13,7 @@ from tests.test_cancellation import metric, wait_for
 from tests.test_end_to_end import running_server
 
 TRICKLERS = 64  # the default CLASSIFIER_MAX_CONCURRENT_REQUESTS
+PART_HEAD = b'--b\r\nContent-Disposition: form-data; name="files"; filename="big.png"\r\n\r\n'
 
 
 def test_trickling_uploads_do_not_lock_out_a_normal_request(bundled_model: Path, tmp_path: Path) -> None:
@@ -35,3 +36,41 @@ def test_trickling_uploads_do_not_lock_out_a_normal_request(bundled_model: Path,
         assert answer.status_code == 200, answer.text
         assert metric(url, "classifier_refusals_total", reason="overloaded") == 0
     print(f"\nwith {TRICKLERS} trickling uploads in progress, a normal request got 200 in {elapsed * 1000:.0f} ms")
+
+
+def test_uploads_share_a_memory_budget_and_a_stalled_one_is_cut_off(bundled_model: Path, tmp_path: Path) -> None:
+    """A client that sends most of a body and stalls holds those bytes, so another upload that would go over the
+    budget is refused 503 (JSON, Retry-After) mid-body; after the idle timeout the stalled one gets 408 and its
+    bytes are given back."""
+    settings = {"max_body_bytes": "200000", "body_memory_bytes": "200000", "body_idle_timeout_s": "2"}
+    with running_server(bundled_model, tmp_path / "server.log", **settings) as url:
+        host, port = url.removeprefix("http://").split(":")
+        with socket.create_connection((host, int(port))) as staller:
+            staller.sendall(
+                b"POST /predict HTTP/1.1\r\nHost: x\r\nContent-Type: multipart/form-data; boundary=b\r\n"
+                b"Content-Length: 190000\r\n\r\n" + PART_HEAD + b"x" * 150_000
+            )
+
+            def chunked() -> object:
+                yield PART_HEAD  # no Content-Length: counted as it arrives
+                yield from [b"y" * 10_000] * 10
+
+            def refused_mid_body() -> bool:
+                answer = httpx.post(
+                    f"{url}/predict", content=chunked(), headers={"Content-Type": "multipart/form-data; boundary=b"}
+                )
+                return answer.status_code == 503
+
+            wait_for(refused_mid_body, "the stalled upload's bytes to be counted")
+            answer = httpx.post(
+                f"{url}/predict", content=chunked(), headers={"Content-Type": "multipart/form-data; boundary=b"}
+            )
+            assert answer.status_code == 503 and answer.json()["error"] == "overloaded", answer.text
+            assert answer.headers["Retry-After"] == "1"
+            staller.settimeout(30)
+            reply = staller.recv(65536).decode()
+        assert reply.startswith("HTTP/1.1 408"), reply
+        assert '"error":"upload_stalled"' in reply
+        photo = [("files", ("cat.png", encode(noisy_image((200, 120, 60)), "PNG"), "image/png"))]
+        assert httpx.post(f"{url}/predict", files=photo, timeout=30).status_code == 200
+        assert metric(url, "classifier_refusals_total", reason="upload_stalled") == 1

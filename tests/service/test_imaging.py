@@ -270,7 +270,7 @@ def tiff_with_strips(strips: int) -> bytes:
 
 
 def test_a_tiff_of_too_many_strips_is_refused_before_pillow_reads_them() -> None:
-    with pytest.raises(InvalidImage, match="1000000 strips or tiles; at most 65536"):
+    with pytest.raises(InvalidImage, match=r"a TIFF tag \(273\) of 1000000 values; at most 65536"):
         decode(tiff_with_strips(1_000_000))
 
 
@@ -279,3 +279,39 @@ def test_a_thin_image_is_shrunk_too() -> None:
     image = Image.new("RGBA", (40, 200_000), (*RED, 255))
     array = decode(encode(image, "PNG"))
     assert_colour(array, RED, tolerance=1)
+
+
+def tiff_directory(entries: list[tuple[int, int, int, int]]) -> bytes:
+    """A classic little-endian TIFF whose first directory holds `entries` (tag, type, count, value)."""
+    table = struct.pack("<H", len(entries)) + b"".join(struct.pack("<HHII", *entry) for entry in entries)
+    return b"II*\0" + struct.pack("<I", 8) + table + b"\0\0\0\0"
+
+
+def test_a_tiff_cannot_hide_its_strip_count_behind_thousands_of_tags() -> None:
+    padding = [(65000, 1, 1, 0)] * 5000
+    with pytest.raises(InvalidImage, match="a TIFF directory of 5001 tags; at most 4096"):
+        decode(tiff_directory([*padding, (273, 1, 9_000_000, 0)]))
+
+
+def test_a_tiff_exif_directory_of_a_million_numbers_is_refused() -> None:
+    exif_at = 8 + 2 + 12 + 4
+    exif = struct.pack("<H", 1) + struct.pack("<HHII", 33434, 5, 1_200_000, 0) + b"\0\0\0\0"  # ExposureTime
+    data = tiff_directory([(34665, 4, 1, exif_at)]) + exif
+    with pytest.raises(InvalidImage, match=r"a TIFF tag \(33434\) of 1200000 values"):
+        decode(data)
+
+
+def test_a_jpeg_header_of_millions_of_markers_is_refused_without_reading_them_all() -> None:
+    photo = encode(noisy_image(RED, (64, 64)), "JPEG")
+    markers = b"\xff\xe5\x00\x02" * 700_000  # empty APP5 segments: 2.8 MB before the image data
+    with pytest.raises(InvalidImage, match="no image data within its first 2097152 bytes"):
+        decode(photo[:2] + markers + photo[2:])
+
+
+@pytest.mark.parametrize("fmt", ["JPEG", "PNG", "GIF"])
+def test_files_larger_than_the_header_window_still_decode(fmt: str) -> None:
+    rng = np.random.default_rng(1)
+    noise = Image.fromarray(rng.integers(0, 256, (1500, 1500, 3), dtype=np.uint8))
+    data = encode(noise if fmt != "GIF" else noise.convert("P"), fmt, **({"quality": 100} if fmt == "JPEG" else {}))
+    assert len(data) > 2 * 1024 * 1024
+    assert decode(data, max_pixels=10**8).shape == (*SIZE, 3)
