@@ -3,7 +3,8 @@
 Two steps, so that memory is bounded by design: `open_image` reads only the header and estimates, from width,
 height, mode and format, the most memory the decode can take (checked against a limit before a pixel is
 decoded); `decode` then decodes and converts it. Large images are shrunk by whole factors right after decoding,
-so conversions run on small copies.
+so conversions run on small copies. `Decoder` runs both on its own threads, within a memory budget shared by all
+the decodes in progress.
 
 Training (`training.data`) uses the same functions for folders of images, so a picture is prepared the same
 way whether it is trained on or served.
@@ -12,7 +13,6 @@ way whether it is trained on or served.
 import asyncio
 import contextlib
 import io
-import logging
 import struct
 import threading
 from concurrent.futures import ThreadPoolExecutor
@@ -24,8 +24,6 @@ from PIL import Image, PngImagePlugin, UnidentifiedImageError
 
 from service.budget import MemoryBudget
 from service.errors import EmptyFile, ImageTooLarge, InvalidImage
-
-log = logging.getLogger(__name__)
 
 RESAMPLING_FILTER = Image.Resampling.BICUBIC
 """Pillow's bicubic filter; Pillow widens it when shrinking, so downscaling is antialiased."""
