@@ -92,6 +92,7 @@ DecoderDep = Annotated[Decoder, Depends(get_decoder)]
 
 def _errors(*statuses: int) -> dict[int | str, dict[str, Any]]:
     descriptions = {
+        408: "The upload made no progress for body_idle_timeout_s",
         413: "Too many files, a file over the byte limit, or an image over the pixel or decode-memory limit",
         415: "A file that is not a decodable image",
         422: "No file, an empty file, or an invalid parameter",
@@ -105,13 +106,13 @@ def _errors(*statuses: int) -> dict[int | str, dict[str, Any]]:
 router = APIRouter()
 
 
-@router.post("/predict", response_model=PredictResponse, responses=_errors(413, 415, 422, 500, 503, 504))
+@router.post("/predict", response_model=PredictResponse, responses=_errors(408, 413, 415, 422, 500, 503, 504))
 async def predict(
     request: Request,
     files: Annotated[
         list[UploadFile],
         File(
-            description="One or more image files (PNG, JPEG, WebP, BMP, GIF, ...); answered in upload order.",
+            description="One or more image files (JPEG, PNG, WebP, GIF, BMP or TIFF); answered in upload order.",
             min_length=1,
         ),
     ],
