@@ -59,9 +59,12 @@ class Admission:
         self.in_flight = 0
 
     def check(self) -> None:
-        """Raise ShuttingDown or Overloaded if a request could not get a slot now."""
+        """Raise ShuttingDown (draining) or Overloaded (every slot taken) for a request arriving now."""
         if self.drain.draining:
             raise ShuttingDown("the server is shutting down; retry on another replica", self.retry_after_s)
+        self._check_free()
+
+    def _check_free(self) -> None:
         if self.in_flight >= self.limit:
             raise Overloaded(
                 f"{self.in_flight} requests are in progress, the limit is {self.limit}; retry later", self.retry_after_s
@@ -69,8 +72,9 @@ class Admission:
 
     @contextmanager
     def slot(self) -> Iterator[None]:
-        """Hold a slot for the block, or raise as `check` does."""
-        self.check()
+        """Hold a slot for the block, or raise Overloaded. A request that arrived before a drain began is served
+        even if its upload finishes during it: the drain is there for requests already accepted."""
+        self._check_free()
         self.in_flight += 1
         try:
             yield

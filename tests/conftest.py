@@ -1,7 +1,10 @@
 """Shared fixtures: image bytes made on the fly, the bundled model, and one tiny trained-and-exported model."""
 
 import io
+import json
 import os
+import re
+import socket
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -41,6 +44,21 @@ def make_image_folder(root: Path, per_class: int = 12, size: tuple[int, int] = (
             suffix = "png" if index % 2 else "jpg"
             image.save(folder / f"{index:03d}.{suffix}")
     return root
+
+
+def read_response(connection: socket.socket) -> tuple[int, dict]:
+    """Read one HTTP/1.1 response (with Content-Length) from a raw socket: its status and JSON body."""
+    connection.settimeout(60)
+    data = b""
+    while b"\r\n\r\n" not in data:
+        data += connection.recv(65536) or b"\r\n\r\n"
+    head, _, body = data.partition(b"\r\n\r\n")
+    length = int(re.search(rb"(?i)content-length: (\d+)", head)[1])  # type: ignore[index]
+    while len(body) < length:
+        chunk = connection.recv(65536)
+        assert chunk, "the connection closed mid-response"
+        body += chunk
+    return int(head.split()[1]), json.loads(body)
 
 
 @pytest.fixture(scope="session")
