@@ -22,7 +22,7 @@ from service.errors import ModelLoadError, ProviderUnavailable, QueueFull, Servi
 from service.imaging import Decoder
 from service.inference import OnnxModel
 from service.lifecycle import DRAIN, DrainState
-from service.limits import Admission, AdmissionControl, ApiKeyAuth, BodyLimit, RequestTimeout
+from service.limits import Admission, AdmissionControl, ApiKeyAuth, BodyLimit, BodyRefused, RequestTimeout
 from service.metrics import MULTIPROCESS_ENV, Metrics
 from service.telemetry import RequestTelemetry
 
@@ -163,13 +163,12 @@ def _install_error_handlers(app: FastAPI, refused: Callable[[str], None]) -> Non
 
     @app.exception_handler(StarletteHTTPException)
     async def http_error(request: Request, error: StarletteHTTPException) -> JSONResponse:
-        # Also the body limits raised from inside FastAPI's form parsing (see service.limits.BodyLimit).
-        codes = {
-            400: "bad_request", 404: "not_found", 405: "method_not_allowed", 408: "upload_stalled",
-            413: "body_too_large", 503: "overloaded",
-        }  # fmt: skip
-        code = codes.get(error.status_code, "http_error")
-        if error.status_code in {408, 503}:
-            refused(code)
+        if isinstance(error, BodyRefused):  # raised from inside FastAPI's form parsing (service.limits.BodyLimit)
+            code = error.error
+            if error.reason:
+                refused(error.reason)
+        else:
+            codes = {400: "bad_request", 404: "not_found", 405: "method_not_allowed", 413: "body_too_large"}
+            code = codes.get(error.status_code, "http_error")
         detail = str(error.detail)
         return JSONResponse({"error": code, "detail": detail}, status_code=error.status_code, headers=error.headers)

@@ -99,29 +99,43 @@ class AdmissionControl:
                 self.admission.check()
             except ServiceError as refusal:
                 self.on_refused(refusal.error)
-                await _error(503, refusal.error, refusal.detail, refusal.headers)(scope, receive, send)
+                await _error(refusal.status_code, refusal.error, refusal.detail, refusal.headers)(scope, receive, send)
                 return
         await self.app(scope, receive, send)
 
 
-class BodyTooLarge(HTTPException):
-    """Raised from `receive` when the body grows past the limit. An HTTPException, so that FastAPI passes it
-    through its body parsing (which turns other errors into 400) to the app's JSON error handler."""
+class BodyRefused(HTTPException):
+    """A body limit, raised from `receive` (or built up front). An HTTPException, so that FastAPI passes it
+    through its body parsing (which turns other errors into 400) to the app's JSON error handler. `error` is its
+    code; `reason`, if any, the refusal it counts as in the metrics."""
+
+    error = "body_refused"
+    reason: str | None = None
+
+
+class BodyTooLarge(BodyRefused):
+    """The body is over `max_body_bytes`."""
+
+    error = "body_too_large"
 
     def __init__(self, max_bytes: int) -> None:
         super().__init__(413, f"the request body is over the limit of {max_bytes} bytes")
 
 
-class BodyOverBudget(HTTPException):
-    """Raised from `receive` when the bodies of all requests in progress would go over their budget."""
+class BodyOverBudget(BodyRefused):
+    """The bodies of all requests in progress would go over their budget."""
 
-    def __init__(self, budget_bytes: int, retry_after_s: int = 1) -> None:
-        detail = f"the uploads in progress are over the server's limit of {budget_bytes} bytes; retry later"
+    error = reason = "overloaded"
+
+    def __init__(self, held: int, budget_bytes: int, retry_after_s: int = 1) -> None:
+        detail = f"the server holds {held} bytes of uploads in progress, its limit is {budget_bytes}; retry later"
         super().__init__(503, detail, headers={"Retry-After": str(retry_after_s)})
 
 
-class BodyStalled(HTTPException):
-    """Raised from `receive` when an upload made no progress for the idle timeout."""
+class BodyStalled(BodyRefused):
+    """The upload made no progress for the idle timeout."""
+
+    error = reason = "upload_stalled"
 
     def __init__(self, idle_s: float) -> None:
         super().__init__(408, f"the upload made no progress for {idle_s:g} s")
@@ -165,10 +179,10 @@ class BodyLimit:
         declared = header(scope, b"content-length")
         length = int(declared) if declared is not None and declared.isdigit() else None
         if length is not None and length > self.max_bytes:
-            await self._too_large(scope, receive, send)
+            await self._refuse(BodyTooLarge(self.max_bytes), scope, receive, send)
             return
         if length is not None and self.held + length > self.budget_bytes:
-            await self._over_budget(scope, receive, send)
+            await self._refuse(self._over_budget(), scope, receive, send)
             return
         received = 0
         body_done = False
@@ -190,41 +204,27 @@ class BodyLimit:
                 if received + size > self.max_bytes:
                     raise BodyTooLarge(self.max_bytes)
                 if self.held + size > self.budget_bytes:
-                    raise BodyOverBudget(self.budget_bytes)
+                    raise self._over_budget()
                 received += size
                 self.held += size
             return message
 
         try:
             await self.app(scope, counting_receive, tracked)
-        except BodyTooLarge:
+        except BodyRefused as refusal:  # raised outside FastAPI's body parsing, which renders it itself
             if tracked.started:
                 raise
-            await self._too_large(scope, receive, send)
-        except BodyOverBudget:
-            if tracked.started:
-                raise
-            await self._over_budget(scope, receive, send)
-        except BodyStalled:
-            if tracked.started:
-                raise
-            self.on_refused("upload_stalled")
-            detail = f"the upload made no progress for {self.idle_timeout_s:g} s"
-            await _error(408, "upload_stalled", detail)(scope, receive, send)
+            await self._refuse(refusal, scope, receive, send)
         finally:
             self.held -= received
 
-    async def _too_large(self, scope: Scope, receive: Receive, send: Send) -> None:
-        detail = f"the request body is over the limit of {self.max_bytes} bytes"
-        await _error(413, "body_too_large", detail)(scope, receive, send)
+    def _over_budget(self) -> BodyOverBudget:
+        return BodyOverBudget(self.held, self.budget_bytes, self.retry_after_s)
 
-    async def _over_budget(self, scope: Scope, receive: Receive, send: Send) -> None:
-        self.on_refused("overloaded")
-        detail = (
-            f"the server holds {self.held} bytes of uploads in progress, its limit is {self.budget_bytes}; retry later"
-        )
-        retry = {"Retry-After": str(self.retry_after_s)}
-        await _error(503, "overloaded", detail, retry)(scope, receive, send)
+    async def _refuse(self, refusal: BodyRefused, scope: Scope, receive: Receive, send: Send) -> None:
+        if refusal.reason:
+            self.on_refused(refusal.reason)
+        await _error(refusal.status_code, refusal.error, refusal.detail, refusal.headers)(scope, receive, send)
 
 
 class RequestTimeout:
