@@ -1,34 +1,31 @@
 """HTTP routes: read the request, call the core (imaging, inference), return a schema."""
 
 import asyncio
-import re
-import unicodedata
-from collections.abc import Coroutine
 from dataclasses import dataclass
 from typing import Annotated, Any
 
 import numpy as np
-from fastapi import APIRouter, Depends, File, Query, Request, UploadFile
+import orjson
+from fastapi import APIRouter, Depends, Query, Request
 from fastapi.responses import JSONResponse, Response
+from starlette.types import Receive
 
 from service.batching import Batcher, RequestTiming
 from service.config import Settings
-from service.errors import ClientDisconnected, FileTooLarge, NotReady, TooManyImages
+from service.errors import ClientDisconnected, NotReady
 from service.imaging import RESAMPLING_FILTER, Decoder
 from service.inference import OnnxModel, top_k
 from service.lifecycle import DrainState
-from service.limits import Admission
+from service.limits import Admission, header
 from service.schemas import (
     ErrorResponse,
     HealthResponse,
-    LabelProbability,
     ModelMetadataResponse,
-    ModelRef,
-    Prediction,
     PredictResponse,
     ReadinessResponse,
     TensorSpec,
 )
+from service.uploads import FIELD, read_uploads
 
 
 @dataclass
@@ -41,6 +38,12 @@ class ServingState:
     batcher: Batcher | None = None
     decoder: Decoder | None = None
     ready: bool = False
+
+    def components(self) -> tuple[OnnxModel, Batcher, Decoder]:
+        """The model, its batcher and the decoder, or NotReady (503) while they are not set up."""
+        if not self.ready or self.model is None or self.batcher is None or self.decoder is None:
+            raise NotReady("the model is not loaded yet")
+        return self.model, self.batcher, self.decoder
 
     @property
     def serving(self) -> bool:
@@ -92,10 +95,11 @@ DecoderDep = Annotated[Decoder, Depends(get_decoder)]
 
 def _errors(*statuses: int) -> dict[int | str, dict[str, Any]]:
     descriptions = {
+        400: "A multipart body that cannot be parsed",
         408: "The upload made no progress for body_idle_timeout_s",
         413: "Too many files, a file over the byte limit, or an image over the pixel or decode-memory limit",
         415: "A file that is not a decodable image",
-        422: "No file, an empty file, or an invalid parameter",
+        422: "No file, a form field instead of a file, an empty file, or an invalid parameter",
         500: "The model failed on the batch holding this request's images",
         503: "Not loaded yet, overloaded (with Retry-After), or shutting down",
         504: "The request's images waited in the queue past queue_timeout_ms",
@@ -105,96 +109,115 @@ def _errors(*statuses: int) -> dict[int | str, dict[str, Any]]:
 
 router = APIRouter()
 
+_FILES_DESCRIPTION = "One or more image files (JPEG, PNG, WebP, GIF, BMP or TIFF); answered in upload order."
+# The body is read by `service.uploads`, not by FastAPI's form machinery, so it is described here.
+PREDICT_BODY = {
+    "requestBody": {
+        "required": True,
+        "content": {
+            "multipart/form-data": {
+                "schema": {
+                    "title": "PredictUpload",
+                    "type": "object",
+                    "required": [FIELD],
+                    "properties": {
+                        FIELD: {
+                            "type": "array",
+                            "items": {"type": "string", "contentMediaType": "application/octet-stream"},
+                            "minItems": 1,
+                            "description": _FILES_DESCRIPTION,
+                        }
+                    },
+                }
+            }
+        },
+    }
+}
 
-@router.post("/predict", response_model=PredictResponse, responses=_errors(408, 413, 415, 422, 500, 503, 504))
+
+@router.post(
+    "/predict",
+    response_model=PredictResponse,
+    responses=_errors(400, 408, 413, 415, 422, 500, 503, 504),
+    openapi_extra=PREDICT_BODY,
+)
 async def predict(
     request: Request,
-    files: Annotated[
-        list[UploadFile],
-        File(
-            description="One or more image files (JPEG, PNG, WebP, GIF, BMP or TIFF); answered in upload order.",
-            min_length=1,
-        ),
-    ],
-    model: ModelDep,
-    batcher: BatcherDep,
-    decoder: DecoderDep,
-    state: StateDep,
-    settings: SettingsDep,
     k: Annotated[int | None, Query(alias="top_k", ge=1, description="Labels per image; default from settings.")] = None,
-) -> PredictResponse:
+) -> Response:
     """Classify one or more uploaded images, answered in the order they were uploaded."""
-    if len(files) > settings.max_images_per_request:
-        raise TooManyImages(f"{len(files)} files in one request; the limit is {settings.max_images_per_request}")
-    names = [client_filename(upload.filename, index) for index, upload in enumerate(files)]
-    for name, upload in zip(names, files, strict=True):
-        if upload.size is not None and upload.size > settings.max_image_bytes:
-            raise FileTooLarge(f"{name!r} is {upload.size} bytes; the limit is {settings.max_image_bytes}")
+    state: ServingState = request.app.state.serving
+    settings: Settings = request.app.state.settings
+    model, batcher, decoder = state.components()
+    uploads = await read_uploads(
+        header(request.scope, b"content-type"),
+        request.stream(),
+        max_files=settings.max_images_per_request,
+        max_file_bytes=settings.max_image_bytes,
+    )
+    names = [upload.filename for upload in uploads]
+    telemetry: dict[str, Any] = request.scope["state"]["telemetry"]
+    telemetry["images"] = len(uploads)
+    info = model.info
     # The body has been read: only now does the request take an admission slot, so slow uploads hold none.
     with state.admission.slot():
-        batcher.check_capacity(len(files))  # refuse an overload before spending time on decoding
-        info = model.info
-        size = (info.height, info.width)
-        request.state.telemetry["images"] = len(files)
+        batcher.check_capacity(len(uploads))  # refuse an overload before spending time on decoding
         with batcher.expecting():
-            # The files stay where the form parser put them (memory, or /tmp past 1 MB); the decoding threads read
-            # their headers, then, once the memory their decoding needs is reserved, decode them.
-            uploads = [(name, upload.file) for name, upload in zip(names, files, strict=True)]
-            checked = await decoder.check_all(
-                uploads, size=size, max_pixels=settings.max_image_pixels, max_decode_bytes=settings.max_decode_bytes
+            batch = await decoder.prepare(
+                [(upload.filename, upload.data) for upload in uploads],
+                size=(info.height, info.width),
+                max_pixels=settings.max_image_pixels,
+                max_decode_bytes=settings.max_decode_bytes,
             )
-            batch = await decoder.decode_all(checked, size)
+        del uploads  # the files are decoded: their bytes need not wait for the model
         timing = RequestTiming()
-        probabilities = await _unless_disconnected(request, batcher.submit(batch, timing))
-    request.state.telemetry.update(queue_wait_s=timing.queue_wait_s, inference_s=timing.inference_s)
-    request.app.state.metrics.images_per_request.observe(len(files))
+        probabilities = await _unless_disconnected(request.receive, batcher.enqueue(batch, timing))
+    telemetry.update(queue_wait_s=timing.queue_wait_s, inference_s=timing.inference_s)
+    request.app.state.metrics.images_per_request.observe(len(names))
     ranked = top_k(probabilities, info.labels, k or settings.top_k)
-    return PredictResponse(
-        model=ModelRef(name=info.name, version=info.version),
-        predictions=[
-            Prediction(
-                filename=name,
-                label=labels[0][0],
-                probability=labels[0][1],
-                top_k=[LabelProbability(label=label, probability=p) for label, p in labels],
-            )
-            for name, labels in zip(names, ranked, strict=True)
-        ],
+    return JsonResponse(
+        {
+            "model": {"name": info.name, "version": info.version},
+            "predictions": [
+                {
+                    "filename": name,
+                    "label": labels[0][0],
+                    "probability": labels[0][1],
+                    "top_k": [{"label": label, "probability": p} for label, p in labels],
+                }
+                for name, labels in zip(names, ranked, strict=True)
+            ],
+        }
     )
 
 
-MAX_FILENAME_CHARS = 255
+class JsonResponse(Response):
+    """A JSON response serialized once, by orjson, from plain data: no model validation on the way out."""
+
+    media_type = "application/json"
+
+    def render(self, content: Any) -> bytes:
+        return orjson.dumps(content)
 
 
-def client_filename(raw: str | None, index: int) -> str:
-    """The upload's file name, safe to echo and log: its last path component, without control or unassigned
-    characters, at most 255 characters; `file<index>` when nothing is left."""
-    name = re.split(r"[/\\]", raw or "")[-1]
-    name = "".join(char for char in name if not unicodedata.category(char).startswith("C"))
-    return name.strip()[:MAX_FILENAME_CHARS] or f"file{index}"
-
-
-async def _unless_disconnected(request: Request, work: Coroutine[Any, Any, np.ndarray]) -> np.ndarray:
-    """Await `work`, but cancel it (dropping its queued images) if the client disconnects first."""
-    task = asyncio.ensure_future(work)
-    watcher = asyncio.ensure_future(_disconnect(request))
+async def _unless_disconnected(receive: Receive, answer: asyncio.Future[np.ndarray]) -> np.ndarray:
+    """Await `answer`, but cancel it (its images leave the queue) if the client disconnects first. One task per
+    request watches for the disconnect; whatever ends the wait, nothing of it keeps running."""
+    watcher = asyncio.ensure_future(_disconnect(receive))
+    watcher.add_done_callback(lambda _: answer.cancel())
     try:
-        await asyncio.wait({task, watcher}, return_when=asyncio.FIRST_COMPLETED)
+        return await answer
+    except asyncio.CancelledError:
+        if watcher.done() and not watcher.cancelled() and watcher.exception() is None:
+            raise ClientDisconnected("the client disconnected before its answer was ready") from None
+        raise
     finally:
-        # Whatever ended the wait (the answer, a disconnect, or this request being cancelled by its timeout),
-        # nothing of it may keep running: cancelling `task` takes the request's images out of the queue.
         watcher.cancel()
-        if not task.done():
-            task.cancel()
-            await asyncio.wait([task])  # its images have left the queue before this request is answered
-    if task.cancelled():
-        raise ClientDisconnected("the client disconnected before its answer was ready")
-    return task.result()
 
 
-async def _disconnect(request: Request) -> None:
+async def _disconnect(receive: Receive) -> None:
     """Return once the client has gone (the body is already read, so only a disconnect can arrive)."""
-    while (await request.receive())["type"] != "http.disconnect":
+    while (await receive())["type"] != "http.disconnect":
         pass
 
 

@@ -1,9 +1,10 @@
 """Server-side dynamic batching: images from concurrent requests run as one model call. No FastAPI here.
 
-As Ray Serve's batcher: a future per image, one consumer task, a size cap and a wait cap measured from the first
-queued image, results set only on futures still waiting, a failed batch fails only its own images, and the loop
-keeps running. The wait cap is only spent while more images are known to be on their way (requests still being
-decoded), so a lone request is never held back for company that is not coming.
+As Ray Serve's batcher: one consumer task, a size cap and a wait cap measured from the first queued image, results
+set only on requests still waiting, a failed batch fails only its own requests, and the loop keeps running. Each
+request has one future for all its images, so a request costs no task of its own. The wait cap is only spent
+while more images are known to be on their way (requests still being decoded), so a lone request is never held
+back for company that is not coming.
 """
 
 import asyncio
@@ -53,14 +54,31 @@ class RequestTiming:
     inference_s: float = 0.0
 
 
-@dataclass(eq=False)
+class _Request:
+    """One submitted request: its future (the stacked results), its results so far, and its timing."""
+
+    __slots__ = ("future", "number", "remaining", "rows", "timing")
+
+    def __init__(self, number: int, future: asyncio.Future[np.ndarray], count: int, timing: RequestTiming) -> None:
+        self.number = number
+        self.future = future
+        self.rows: list[np.ndarray | None] = [None] * count
+        self.remaining = count
+        self.timing = timing
+
+
+@dataclass(eq=False, slots=True)
 class _Item:
-    request: int
+    request: _Request
+    index: int
     image: np.ndarray
-    future: asyncio.Future[np.ndarray]
     enqueued_at: float
     deadline: float | None
-    timing: RequestTiming
+
+    @property
+    def done(self) -> bool:
+        """Its request has its answer already: failed, cancelled, or (never for a queued image) answered."""
+        return self.request.future.done()
 
 
 @dataclass
@@ -189,23 +207,26 @@ class Batcher:
         """Queue each image of `images`, wait for all of them, return their results in order.
 
         `timing`, if given, is filled in with where the request's time went."""
+        return await self.enqueue(images, timing)
+
+    def enqueue(self, images: np.ndarray, timing: RequestTiming | None = None) -> asyncio.Future[np.ndarray]:
+        """Queue each image of `images` now; the future gets their results in order. Cancelling it (its request
+        ended: timeout, client gone) takes its images out of the queue, so they stop counting against the
+        capacity and the queue depth at once."""
         self.check_capacity(len(images))
-        loop = asyncio.get_running_loop()
         now = time.monotonic()
         deadline = now + self._queue_timeout if self._queue_timeout else None
         self._requests += 1
-        timing = timing or RequestTiming()
-        items = [_Item(self._requests, image, loop.create_future(), now, deadline, timing) for image in images]
-        self._queue.extend(items)
+        future: asyncio.Future[np.ndarray] = asyncio.get_running_loop().create_future()
+        request = _Request(self._requests, future, len(images), timing or RequestTiming())
+        self._queue.extend(_Item(request, index, image, now, deadline) for index, image in enumerate(images))
+        future.add_done_callback(self._request_ended)
         self._queue_changed()
-        try:
-            results = await asyncio.gather(*(item.future for item in items))
-        except BaseException:
-            # The request ended (timeout, client gone): its images leave the queue now, so they stop counting
-            # against the capacity and the queue depth at once.
-            self._drop_requests({items[0].request})
-            raise
-        return np.stack(results)
+        return future
+
+    def _request_ended(self, future: asyncio.Future[np.ndarray]) -> None:
+        if future.cancelled() or future.exception() is not None:
+            self._drop_ended()
 
     def _queue_changed(self) -> None:
         self._observe("observe_queue_depth", len(self._queue))
@@ -259,9 +280,9 @@ class Batcher:
         now = time.monotonic()
         while self._queue and len(batch) < self.max_batch_size:
             item = self._queue.popleft()
-            if item.future.done():  # cancelled: its request is gone
+            if item.done:  # cancelled or failed: its request is gone
                 continue
-            if not self.merge_requests and batch and item.request != batch[0].request:
+            if not self.merge_requests and batch and item.request is not batch[0].request:
                 self._queue.appendleft(item)  # batching off: each request runs alone
                 break
             if item.deadline is not None and now > item.deadline:
@@ -271,7 +292,7 @@ class Batcher:
                 continue
             batch.append(item)
         self._observe("observe_queue_depth", len(self._queue))
-        return [item for item in batch if not item.future.done()]  # a sibling may have failed meanwhile
+        return [item for item in batch if not item.done]  # a sibling may have failed meanwhile
 
     async def _execute(self, batch: list[_Item]) -> None:
         images = np.stack([item.image for item in batch])
@@ -296,29 +317,28 @@ class Batcher:
         self.stats.batches += 1
         self.stats.images += len(batch)
         self._observe("observe_batch", len(batch), waits, elapsed)
-        for timing in {id(item.timing): item.timing for item in batch}.values():
-            timing.inference_s += elapsed
-        for item, wait in zip(batch, waits, strict=True):
-            item.timing.queue_wait_s = max(item.timing.queue_wait_s, wait)
-        for item, result in zip(batch, results, strict=True):
-            if not item.future.done():
-                item.future.set_result(result)
+        for request in {id(item.request): item.request for item in batch}.values():
+            request.timing.inference_s += elapsed
+        for item, wait, result in zip(batch, waits, results, strict=True):
+            request = item.request
+            if request.future.done():
+                continue
+            request.timing.queue_wait_s = max(request.timing.queue_wait_s, wait)
+            request.rows[item.index] = result
+            request.remaining -= 1
+            if not request.remaining:
+                request.future.set_result(np.stack(request.rows))  # type: ignore[arg-type]
 
     def _fail_requests(self, items: list[_Item], error: Exception) -> None:
-        """Fail `items`; their requests have failed as a whole, so their other images leave the queue at once."""
+        """Fail the requests of `items` as a whole; their other images leave the queue at once."""
         _fail(items, error)
-        self._drop_requests({item.request for item in items})
+        self._drop_ended()
 
-    def _drop_requests(self, requests: set[int]) -> None:
-        """Cancel the queued images of `requests` and take them out of the queue."""
-        kept: deque[_Item] = deque()
-        for item in self._queue:
-            if item.request not in requests:
-                kept.append(item)
-            else:
-                item.future.cancel()  # a no-op where gather already cancelled it
-                self.stats.cancelled_images += 1
+    def _drop_ended(self) -> None:
+        """Take the images of requests that have ended (failed, or cancelled) out of the queue."""
+        kept = deque(item for item in self._queue if not item.done)
         if len(kept) != len(self._queue):
+            self.stats.cancelled_images += len(self._queue) - len(kept)
             self._queue = kept
             self._queue_changed()
 
@@ -329,7 +349,7 @@ class Batcher:
 
 
 def _fail(items: Iterable[_Item], error: Exception) -> None:
-    """Set `error` on every item still waiting."""
+    """Fail the request of every item still waiting with `error`."""
     for item in items:
-        if not item.future.done():
-            item.future.set_exception(error)
+        if not item.done:
+            item.request.future.set_exception(error)

@@ -3,6 +3,7 @@ waits, first come first served, while the budget has no room. No FastAPI here.""
 
 import asyncio
 import contextlib
+import threading
 from collections import deque
 
 
@@ -10,7 +11,8 @@ class MemoryBudget:
     """At most `capacity` bytes reserved at once; a reservation waits (in arrival order) until it fits.
 
     `release` may come from a callback once the work really ended (a thread cannot be cancelled mid-decode), so
-    reservations are plain acquire/release calls rather than a context manager."""
+    reservations are plain acquire/release calls rather than a context manager. `try_acquire` may be called from
+    any thread; the rest from the event loop's."""
 
     def __init__(self, capacity: int) -> None:
         if capacity < 1:
@@ -18,13 +20,21 @@ class MemoryBudget:
         self.capacity = capacity
         self.reserved = 0
         self._waiters: deque[tuple[int, asyncio.Future[None]]] = deque()
+        self._lock = threading.Lock()  # `reserved` is also changed by `try_acquire`, from decoding threads
+
+    def try_acquire(self, size: int) -> bool:
+        """Reserve `size` bytes if they fit now and nobody is waiting (first come, first served); from any thread."""
+        with self._lock:
+            if self._waiters or self.reserved + size > self.capacity:
+                return False
+            self.reserved += size
+            return True
 
     async def acquire(self, size: int) -> None:
         """Reserve `size` bytes (at most `capacity`), waiting while they do not fit."""
         if size > self.capacity:
             raise ValueError(f"{size} bytes can never fit a budget of {self.capacity}")
-        if not self._waiters and self.reserved + size <= self.capacity:
-            self.reserved += size
+        if self.try_acquire(size):
             return
         waiter = asyncio.get_running_loop().create_future()
         entry = (size, waiter)
@@ -42,8 +52,9 @@ class MemoryBudget:
             raise
 
     def release(self, size: int) -> None:
-        """Give back `size` bytes reserved by `acquire`."""
-        self.reserved -= size
+        """Give back `size` bytes reserved by `acquire` or `try_acquire`."""
+        with self._lock:
+            self.reserved -= size
         self._wake()
 
     def _wake(self) -> None:
@@ -53,8 +64,9 @@ class MemoryBudget:
             if waiter.done():  # cancelled while queued: its own cleanup has not run yet
                 self._waiters.popleft()
                 continue
-            if self.reserved + size > self.capacity:
-                return
+            with self._lock:
+                if self.reserved + size > self.capacity:
+                    return
+                self.reserved += size
             self._waiters.popleft()
-            self.reserved += size
             waiter.set_result(None)

@@ -23,6 +23,20 @@ class RetryLater(ServiceError):
         self.headers = {"Retry-After": str(retry_after_s)}
 
 
+class InvalidRequest(ServiceError):
+    """The request is not what the endpoint takes: no files, a form field instead of a file, a wrong body type."""
+
+    status_code = 422
+    error = "invalid_request"
+
+
+class MalformedBody(ServiceError):
+    """The body says multipart/form-data but cannot be parsed as such."""
+
+    status_code = 400
+    error = "bad_request"
+
+
 class InvalidImage(ServiceError):
     """The upload is not an image Pillow can decode, or it is truncated or corrupt."""
 

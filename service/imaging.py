@@ -15,15 +15,18 @@ import contextlib
 import io
 import struct
 import threading
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
-from typing import BinaryIO
+from typing import TypeVar
 
 import numpy as np
 from PIL import Image, PngImagePlugin, UnidentifiedImageError
 
 from service.budget import MemoryBudget
 from service.errors import EmptyFile, ImageTooLarge, InvalidImage
+
+T = TypeVar("T")
 
 RESAMPLING_FILTER = Image.Resampling.BICUBIC
 """Pillow's bicubic filter; Pillow widens it when shrinking, so downscaling is antialiased."""
@@ -65,29 +68,29 @@ class CheckedImage:
     will cost. Nothing of the parsed header is kept meanwhile (only the file), so a request waiting for memory
     holds no more than its body."""
 
-    source: BinaryIO
+    content: bytes
     filename: str
     decode_bytes: int
     """The most memory decoding it may take, in bytes (an upper bound, from the header)."""
+    pixels: int
+    """Pixels it decodes to (a JPEG's at its reduced scale)."""
+    cheap: bool
+    """Its decoding work grows with its pixels only: not a TIFF (strips) nor a progressive JPEG (scans), which a
+    small file can make cost many times more."""
 
 
 def open_image(
-    data: bytes | BinaryIO, *, filename: str, size: tuple[int, int], max_pixels: int, max_decode_bytes: int
+    data: bytes, *, filename: str, size: tuple[int, int], max_pixels: int, max_decode_bytes: int
 ) -> CheckedImage:
-    """Read the header of `data` (bytes, or a seekable binary file) and check it against the limits, without
-    decoding a pixel; errors name `filename`. Parses hostile bytes: run it off the event loop.
+    """Read the header of `data` and check it against the limits, without decoding a pixel; errors name
+    `filename`. Parses hostile bytes: its time grows with the file's size.
 
     `size` = (height, width) is the model's input: a JPEG is set to decode at the smallest DCT scale still at
     least that large, and the estimate counts that scale."""
-    source = io.BytesIO(data) if isinstance(data, bytes) else data
-    try:
-        content = _private_copy(source)
-    except Exception as error:  # the upload's file went away (its request ended meanwhile)
-        raise InvalidImage(f"{filename!r} could not be read: {_describe(error)}") from error
-    if not content:
+    if not data:
         raise EmptyFile(f"{filename!r} is empty (0 bytes)")
     try:
-        with _open(content, header_only=True) as image:
+        with _open(data, header_only=True) as image:
             pixels = image.width * image.height
             if pixels > max_pixels:
                 raise ImageTooLarge(
@@ -95,9 +98,11 @@ def open_image(
                 )
             declared = (image.width, image.height)
             image.draft("RGB", (max(size), max(size)))
-            # Decoding works on a private copy of the file, and some decoders (WebP's) make one more.
-            estimate = decode_bytes(image, declared) + 2 * len(content)
+            # Decoding reads from a copy of the file's bytes, and some decoders (WebP's) make one more.
+            estimate = decode_bytes(image, declared) + 2 * len(data)
             described = f"{image.format} {image.mode} {declared[0]}x{declared[1]}"
+            cheap = image.format != "TIFF" and not image.info.get("progressive")
+            decoded_pixels = image.width * image.height
     except (ImageTooLarge, InvalidImage):
         raise
     except UnidentifiedImageError as error:
@@ -110,14 +115,7 @@ def open_image(
             f"{filename!r} ({described}) would take up to {estimate / 2**20:.0f} MiB to decode; "
             f"the limit is {max_decode_bytes / 2**20:.0f} MiB"
         )
-    return CheckedImage(source, filename, estimate)
-
-
-def _private_copy(source: BinaryIO) -> bytes:
-    """The whole file as bytes. Pillow then never touches the upload's own file (which the web framework closes
-    when its request ends) nor its descriptor (libtiff reads by descriptor, which another request could reuse)."""
-    source.seek(0)
-    return source.read()
+    return CheckedImage(data, filename, estimate, decoded_pixels, cheap)
 
 
 HEADER_WINDOW = 2 * 1024 * 1024
@@ -210,7 +208,7 @@ def decode(checked: CheckedImage, size: tuple[int, int]) -> np.ndarray:
     """Decode a checked image into a `size` = (height, width) RGB uint8 array, or raise InvalidImage."""
     height, width = size
     try:
-        with _open(_private_copy(checked.source)) as image:
+        with _open(checked.content) as image:
             image.draft("RGB", (max(size), max(size)))
             image.load()
             # Read before shrinking: the shrunk copy has no EXIF. A damaged EXIF block is the file's fault too.
@@ -324,30 +322,92 @@ def _describe(error: Exception) -> str:
     return str(error) or type(error).__name__
 
 
+INLINE_FILE_BYTES = 64 * 1024
+"""A request whose files come to at most this many bytes has its headers read on the event loop: parsing a header
+takes time in proportion to the file's size, and for small files less than handing it to a thread would."""
+
+INLINE_PIXELS = 128 * 128
+"""...and is decoded there too when it has at most this many pixels in all, of cheap images (well under a
+millisecond of work). Anything larger is decoded on the decoding threads, in one hand-over per request."""
+
+
 class Decoder:
-    """Decodes the checked images of a request on its own threads, within a memory budget for all decodes in
-    progress at once: a request's estimated bytes are reserved before its first pixel is decoded and given back
-    only when its thread has really finished, so a cancelled request cannot leave memory in use uncounted."""
+    """Decodes the images of a request, within a memory budget for all decodes in progress at once: a request's
+    estimated bytes are reserved before its first pixel is decoded and given back only when its thread has
+    really finished, so a cancelled request cannot leave memory in use uncounted.
+
+    Small requests (see INLINE_FILE_BYTES and INLINE_PIXELS) are checked and decoded on the event loop, where a
+    thread hop would cost more than the work; their memory is a few kilobytes, not worth reserving. Others go to
+    the decoding threads once: headers checked, memory reserved (when the budget has room, without waiting), and
+    decoded in the same hand-over; only when the budget is full does the request wait for room, then hop again."""
 
     def __init__(self, *, memory_bytes: int, threads: int) -> None:
         self.budget = MemoryBudget(memory_bytes)
         self._executor = ThreadPoolExecutor(max_workers=threads, thread_name_prefix="decode")
 
-    async def check_all(
-        self, uploads: list[tuple[str, BinaryIO]], *, size: tuple[int, int], max_pixels: int, max_decode_bytes: int
-    ) -> list[CheckedImage]:
-        """`open_image` for each (name, file) upload, on the decoding threads: headers are hostile input too."""
+    async def prepare(
+        self, files: list[tuple[str, bytes]], *, size: tuple[int, int], max_pixels: int, max_decode_bytes: int
+    ) -> np.ndarray:
+        """The (name, bytes) files as one (N, height, width, 3) uint8 array, in order; a client error (415, 413,
+        422) names the first bad one."""
 
-        def check() -> list[CheckedImage]:
-            return [
-                open_image(file, filename=name, size=size, max_pixels=max_pixels, max_decode_bytes=max_decode_bytes)
-                for name, file in uploads
-            ]
+        def check(name: str, data: bytes) -> CheckedImage:
+            return open_image(data, filename=name, size=size, max_pixels=max_pixels, max_decode_bytes=max_decode_bytes)
 
-        return await asyncio.wrap_future(self._executor.submit(check))
+        loop = asyncio.get_running_loop()
+        if sum(len(data) for _, data in files) <= INLINE_FILE_BYTES:
+            checked = [check(name, data) for name, data in files]
+            if sum(image.pixels for image in checked) <= INLINE_PIXELS and all(image.cheap for image in checked):
+                return np.stack([decode(image, size) for image in checked])
+            prepared = await self._in_thread(lambda stop: self._decode_if_room(checked, size, stop, loop))
+        else:
+            prepared = await self._in_thread(
+                lambda stop: self._decode_if_room([check(name, data) for name, data in files], size, stop, loop)
+            )
+        if isinstance(prepared, np.ndarray):
+            return prepared
+        # The budget had no room: wait for it in turn, then decode.
+        total = sum(image.decode_bytes for image in prepared)
+        await self.budget.acquire(total)
+        return await self._in_thread(lambda stop: _decode_each(prepared, size, stop), reserved=total)
 
-    async def decode_all(self, images: list[CheckedImage], size: tuple[int, int]) -> np.ndarray:
-        """The images as one (N, height, width, 3) uint8 array, decoded in order; InvalidImage names a bad one."""
+    async def _in_thread(self, work: Callable[[threading.Event], T], reserved: int = 0) -> T:
+        """`work(stop)` on a decoding thread; `stop` is set if this request ends first. `reserved` bytes of the
+        budget are given back once the thread has finished with it (or never started it)."""
+        loop = asyncio.get_running_loop()
+        stop = threading.Event()
+        try:
+            future = self._executor.submit(work, stop)
+        except BaseException:
+            self.budget.release(reserved)
+            raise
+        if reserved:
+            future.add_done_callback(lambda _: self._release_soon(loop, reserved))
+        try:
+            return await asyncio.wrap_future(future)
+        except asyncio.CancelledError:
+            stop.set()  # the request has ended: skip the images not decoded yet
+            raise
+
+    def _decode_if_room(self, images: list[CheckedImage], size: tuple[int, int], stop: threading.Event,
+                        loop: asyncio.AbstractEventLoop) -> np.ndarray | list[CheckedImage]:  # fmt: skip
+        """On a decoding thread: decode now if the budget has room without waiting, else hand the checked images
+        back to wait for it."""
+        self._check_fits(images)
+        total = sum(image.decode_bytes for image in images)
+        if not self.budget.try_acquire(total):
+            return images
+        try:
+            return _decode_each(images, size, stop)
+        finally:
+            self._release_soon(loop, total)
+
+    def _release_soon(self, loop: asyncio.AbstractEventLoop, size: int) -> None:
+        with contextlib.suppress(RuntimeError):  # the loop has closed: nobody is left to wait for the room
+            loop.call_soon_threadsafe(self.budget.release, size)
+
+    def _check_fits(self, images: list[CheckedImage]) -> None:
+        """ImageTooLarge if the request's images together could never fit the budget."""
         total = sum(image.decode_bytes for image in images)
         if total > self.budget.capacity:
             largest = max(images, key=lambda image: image.decode_bytes)
@@ -356,32 +416,13 @@ class Decoder:
                 f"({largest.filename!r} alone {largest.decode_bytes / 2**20:.0f} MiB); the limit for one request "
                 f"is {self.budget.capacity / 2**20:.0f} MiB: send them in several requests"
             )
-        await self.budget.acquire(total)
-        loop = asyncio.get_running_loop()
-        stop = threading.Event()
-        try:
-            work = self._executor.submit(_decode_all, images, size, stop)
-        except BaseException:
-            self.budget.release(total)
-            raise
-
-        def released(_: object) -> None:
-            with contextlib.suppress(RuntimeError):  # the loop has closed: nobody is left to wait for the room
-                loop.call_soon_threadsafe(self.budget.release, total)
-
-        work.add_done_callback(released)
-        try:
-            return await asyncio.wrap_future(work)
-        except asyncio.CancelledError:
-            stop.set()  # the request has ended: skip the images not decoded yet
-            raise
 
     def close(self) -> None:
         """Stop the decoding threads once their current work is done."""
         self._executor.shutdown(wait=False, cancel_futures=True)
 
 
-def _decode_all(images: list[CheckedImage], size: tuple[int, int], stop: threading.Event) -> np.ndarray:
+def _decode_each(images: list[CheckedImage], size: tuple[int, int], stop: threading.Event) -> np.ndarray:
     arrays = []
     for image in images:
         if stop.is_set():

@@ -199,21 +199,14 @@ def test_a_client_that_disconnects_has_its_work_cancelled() -> None:
     from service.api import _unless_disconnected
     from service.errors import ClientDisconnected
 
-    class GoneRequest:
-        async def receive(self) -> dict:
-            await asyncio.sleep(0.01)
-            return {"type": "http.disconnect"}
+    async def gone() -> dict:
+        await asyncio.sleep(0.01)
+        return {"type": "http.disconnect"}
 
     async def scenario() -> bool:
-        never = asyncio.get_running_loop().create_future()
-
-        async def work() -> np.ndarray:
-            await never
-            return np.zeros(1)
-
+        answer = asyncio.get_running_loop().create_future()
         with pytest.raises(ClientDisconnected):
-            await _unless_disconnected(GoneRequest(), work())  # type: ignore[arg-type]
-        await asyncio.sleep(0)
-        return never.cancelled()
+            await _unless_disconnected(gone, answer)  # type: ignore[arg-type]
+        return answer.cancelled()
 
     assert asyncio.run(scenario()), "the queued work was not cancelled"
