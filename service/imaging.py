@@ -15,7 +15,7 @@ import contextlib
 import io
 import struct
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import TypeVar
@@ -87,35 +87,54 @@ def open_image(
 
     `size` = (height, width) is the model's input: a JPEG is set to decode at the smallest DCT scale still at
     least that large, and the estimate counts that scale."""
+    with _checked(data, filename, size, max_pixels, max_decode_bytes, header_only=True) as (_, checked):
+        return checked
+
+
+def decode_small(
+    data: bytes, *, filename: str, size: tuple[int, int], max_pixels: int, max_decode_bytes: int, max_now: int
+) -> np.ndarray | CheckedImage:
+    """`open_image`, then, if the image is cheap and has at most `max_now` pixels, its decoded array at once,
+    from the same parse of its header; else the checked image, to decode later."""
+    with _checked(data, filename, size, max_pixels, max_decode_bytes) as (image, checked):
+        if checked.cheap and checked.pixels <= max_now:
+            return _convert(image, size, filename)
+        return checked
+
+
+@contextlib.contextmanager
+def _checked(data: bytes, filename: str, size: tuple[int, int], max_pixels: int, max_decode_bytes: int,
+             header_only: bool = False) -> Iterator[tuple[Image.Image, CheckedImage]]:  # fmt: skip
+    """The opened image (its header read) and what the check found; raises a client error over a limit."""
     if not data:
         raise EmptyFile(f"{filename!r} is empty (0 bytes)")
     try:
-        with _open(data, header_only=True) as image:
-            pixels = image.width * image.height
-            if pixels > max_pixels:
-                raise ImageTooLarge(
-                    f"{filename!r} is {image.width}x{image.height} = {pixels} pixels; the limit is {max_pixels}"
-                )
-            declared = (image.width, image.height)
-            image.draft("RGB", (max(size), max(size)))
-            # Decoding reads from a copy of the file's bytes, and some decoders (WebP's) make one more.
-            estimate = decode_bytes(image, declared) + 2 * len(data)
-            described = f"{image.format} {image.mode} {declared[0]}x{declared[1]}"
-            cheap = image.format != "TIFF" and not image.info.get("progressive")
-            decoded_pixels = image.width * image.height
-    except (ImageTooLarge, InvalidImage):
-        raise
+        image = _open(data, header_only=header_only)
     except UnidentifiedImageError as error:
         formats = ", ".join(ACCEPTED_FORMATS)
         raise InvalidImage(f"{filename!r} is not an image in a format this service accepts ({formats})") from error
     except Exception as error:  # any fault of a parser on hostile bytes is the file's, never the server's
         raise InvalidImage(f"{filename!r} could not be read: {_describe(error)}") from error
-    if estimate > max_decode_bytes:
-        raise ImageTooLarge(
-            f"{filename!r} ({described}) would take up to {estimate / 2**20:.0f} MiB to decode; "
-            f"the limit is {max_decode_bytes / 2**20:.0f} MiB"
-        )
-    return CheckedImage(data, filename, estimate, decoded_pixels, cheap)
+    with image:
+        pixels = image.width * image.height
+        if pixels > max_pixels:
+            raise ImageTooLarge(
+                f"{filename!r} is {image.width}x{image.height} = {pixels} pixels; the limit is {max_pixels}"
+            )
+        declared = (image.width, image.height)
+        try:
+            image.draft("RGB", (max(size), max(size)))
+            # Decoding reads from a copy of the file's bytes, and some decoders (WebP's) make one more.
+            estimate = decode_bytes(image, declared) + 2 * len(data)
+        except Exception as error:
+            raise InvalidImage(f"{filename!r} could not be read: {_describe(error)}") from error
+        if estimate > max_decode_bytes:
+            raise ImageTooLarge(
+                f"{filename!r} ({image.format} {image.mode} {declared[0]}x{declared[1]}) would take up to "
+                f"{estimate / 2**20:.0f} MiB to decode; the limit is {max_decode_bytes / 2**20:.0f} MiB"
+            )
+        cheap = image.format != "TIFF" and not image.info.get("progressive")
+        yield image, CheckedImage(data, filename, estimate, image.width * image.height, cheap)
 
 
 HEADER_WINDOW = 2 * 1024 * 1024
@@ -206,21 +225,30 @@ def decode_bytes(image: Image.Image, declared: tuple[int, int]) -> int:
 
 def decode(checked: CheckedImage, size: tuple[int, int]) -> np.ndarray:
     """Decode a checked image into a `size` = (height, width) RGB uint8 array, or raise InvalidImage."""
+    try:
+        image = _open(checked.content)
+        image.draft("RGB", (max(size), max(size)))
+    except Exception as error:  # it was read once already: only a decoder's fault on hostile bytes lands here
+        raise InvalidImage(f"{checked.filename!r} could not be decoded: {_describe(error)}") from error
+    with image:
+        return _convert(image, size, checked.filename)
+
+
+def _convert(image: Image.Image, size: tuple[int, int], filename: str) -> np.ndarray:
+    """Decode an opened image (its draft set) into a `size` = (height, width) RGB uint8 array."""
     height, width = size
     try:
-        with _open(checked.content) as image:
-            image.draft("RGB", (max(size), max(size)))
-            image.load()
-            # Read before shrinking: the shrunk copy has no EXIF. A damaged EXIF block is the file's fault too.
-            orientation = image.getexif().get(EXIF_ORIENTATION, 1)
-            image = _shrink(image, (width, height))
-            rgb = _to_rgb(image)
-            rgb = _orient(rgb, orientation)
-            if rgb.size != (width, height):
-                rgb = rgb.resize((width, height), RESAMPLING_FILTER)
-            return np.asarray(rgb, dtype=np.uint8)
+        image.load()
+        # Read before shrinking: the shrunk copy has no EXIF. A damaged EXIF block is the file's fault too.
+        orientation = image.getexif().get(EXIF_ORIENTATION, 1)
+        image = _shrink(image, (width, height))
+        rgb = _to_rgb(image)
+        rgb = _orient(rgb, orientation)
+        if rgb.size != (width, height):
+            rgb = rgb.resize((width, height), RESAMPLING_FILTER)
+        return np.asarray(rgb, dtype=np.uint8)
     except Exception as error:  # truncated or corrupt data, or a decoder's fault on hostile bytes
-        raise InvalidImage(f"{checked.filename!r} could not be decoded: {_describe(error)}") from error
+        raise InvalidImage(f"{filename!r} could not be decoded: {_describe(error)}") from error
 
 
 def decode_image(
@@ -351,25 +379,35 @@ class Decoder:
         """The (name, bytes) files as one (N, height, width, 3) uint8 array, in order; a client error (415, 413,
         422) names the first bad one."""
 
-        def check(name: str, data: bytes) -> CheckedImage:
-            return open_image(data, filename=name, size=size, max_pixels=max_pixels, max_decode_bytes=max_decode_bytes)
-
         loop = asyncio.get_running_loop()
-        if sum(len(data) for _, data in files) <= INLINE_FILE_BYTES:
-            checked = [check(name, data) for name, data in files]
-            if sum(image.pixels for image in checked) <= INLINE_PIXELS and all(image.cheap for image in checked):
-                return np.stack([decode(image, size) for image in checked])
-            prepared = await self._in_thread(lambda stop: self._decode_if_room(checked, size, stop, loop))
-        else:
-            prepared = await self._in_thread(
-                lambda stop: self._decode_if_room([check(name, data) for name, data in files], size, stop, loop)
+        limits = {"size": size, "max_pixels": max_pixels, "max_decode_bytes": max_decode_bytes}
+        if sum(len(data) for _, data in files) > INLINE_FILE_BYTES:
+            decoded = await self._in_thread(
+                lambda stop: self._decode_if_room(
+                    [open_image(data, filename=name, **limits) for name, data in files], size, stop, loop
+                )
             )
-        if isinstance(prepared, np.ndarray):
-            return prepared
-        # The budget had no room: wait for it in turn, then decode.
-        total = sum(image.decode_bytes for image in prepared)
+            if isinstance(decoded, np.ndarray):
+                return decoded
+            return await self._decode_in_turn(decoded, size)
+        # Small files: headers read here, cheap small images decoded at once, the rest on a thread.
+        share = INLINE_PIXELS // len(files)
+        results = [decode_small(data, filename=name, max_now=share, **limits) for name, data in files]  # type: ignore[arg-type]
+        pending = [result for result in results if isinstance(result, CheckedImage)]
+        if pending:
+            self._check_fits(pending)
+            decoded = await self._in_thread(lambda stop: self._decode_if_room(pending, size, stop, loop))
+            if not isinstance(decoded, np.ndarray):
+                decoded = await self._decode_in_turn(decoded, size)
+            later = iter(decoded)
+            results = [next(later) if isinstance(result, CheckedImage) else result for result in results]
+        return np.stack(results)  # type: ignore[arg-type]
+
+    async def _decode_in_turn(self, images: list[CheckedImage], size: tuple[int, int]) -> np.ndarray:
+        """The budget had no room: wait for it in turn, then decode."""
+        total = sum(image.decode_bytes for image in images)
         await self.budget.acquire(total)
-        return await self._in_thread(lambda stop: _decode_each(prepared, size, stop), reserved=total)
+        return await self._in_thread(lambda stop: _decode_each(images, size, stop), reserved=total)
 
     async def _in_thread(self, work: Callable[[threading.Event], T], reserved: int = 0) -> T:
         """`work(stop)` on a decoding thread; `stop` is set if this request ends first. `reserved` bytes of the
