@@ -3,17 +3,24 @@
     python -m benchmarks.serving [--quick]        (or: make bench)
 
 Runs, each bounded in requests and time:
-- batched server: 1 image per request at concurrency 1, 8, 64; 32 images per request at concurrency 4;
-  an overload run far past capacity (refusals counted, accepted requests' latency, memory before and after);
+- side by side with the servers a user would write first (benchmarks/baselines, run with uvicorn's defaults),
+  each pair up at once and loaded in alternating rounds (figures are medians of the rounds), at concurrency 64
+  and 1, one image per request:
+  - (b) HTTP ceiling: this service with inference replaced by a constant answer, against a plain FastAPI
+    multipart route with no model;
+  - this service against a plain FastAPI + ONNX Runtime server (`def` endpoint, one `session.run` per request),
+    with the light model (the source article's network) and with the bundled model;
+- the bundled model: 32 images per request at concurrency 4, and an overload run at about 4x capacity, open loop
+  (refusals and their latency, memory before, during and after);
 - (a) model ceiling: decode + ONNX Runtime in-process at the best batch size, no HTTP;
-- (b) HTTP ceiling: the same server with inference replaced by a constant answer;
-- (c) the same server with batching off;
+- (c) batching off; (e) two worker processes;
 - (d) the article's way: Keras `model.predict` per request (benchmarks/keras_server.py).
 Writes benchmarks/results/serving.md, serving.json and serving.png.
 """
 
 import argparse
 import csv
+import functools
 import io
 import json
 import os
@@ -26,7 +33,7 @@ import sys
 import threading
 import time
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import AbstractContextManager, contextmanager
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -282,7 +289,8 @@ def plot(runs: list[Run]) -> None:
     import matplotlib.pyplot as plt
 
     figure, (left, right) = plt.subplots(1, 2, figsize=(11, 4))
-    for mode in ("batched", "2 workers", "batching off", "constant answer", "keras predict"):
+    for mode in ("batched bundled model", "plain onnx bundled model", "batched light model", "plain onnx light model",
+                 "constant answer", "plain route"):  # fmt: skip
         points = sorted(
             (r.concurrency, r) for r in runs if r.mode == mode and r.images_per_request == 1 and r.refused == 0
         )
@@ -306,23 +314,106 @@ def plot(runs: list[Run]) -> None:
     plt.close(figure)
 
 
+def baseline(module: str, log_dir: Path, model: Path | None = None) -> AbstractContextManager[tuple[str, int]]:
+    """A baseline server from benchmarks/baselines, run as its user would: `uvicorn module:app`, uvicorn's
+    defaults (access log on, one process)."""
+    port = free_port()
+    command = [sys.executable, "-m", "uvicorn", f"benchmarks.baselines.{module}:app", "--port", str(port)]
+    env = {"BASELINE_MODEL": str(model)} if model else {}
+    label = f"{module}-{model.stem}" if model else module
+    return server(command, env, port, log_dir / f"baseline-{label}.log")
+
+
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU time of a process so far, from /proc."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def compare(servers: dict[str, tuple[str, tuple[str, int]]], body: Path, concurrency: int, *, rounds: int,
+            seconds: float) -> list[Run]:  # fmt: skip
+    """The servers {name: (mode, (url, pid))}, all up at once, loaded in turn for `rounds` rounds of `seconds`
+    each, so that every server sees the same moments of this shared machine; each figure is the median of its
+    rounds. Also reports the server's CPU time per request."""
+    rows: dict[str, list[Run]] = {name: [] for name in servers}
+    for _ in range(rounds):
+        for name, (mode, (url, pid)) in servers.items():
+            before = cpu_seconds(pid)
+            run = load(url, body, Run(name, mode, concurrency, 1), seconds=seconds)
+            run.extra = {"cpu_us_per_request": round(1e6 * (cpu_seconds(pid) - before) / max(run.requests, 1))}
+            rows[name].append(run)
+    medians = []
+    for name, (mode, _) in servers.items():
+        runs = rows[name]
+        median = functools.partial(_median, runs)
+        merged = Run(name, mode, concurrency, 1, requests=sum(r.requests for r in runs),
+                     ok=sum(r.ok for r in runs), refused=sum(r.refused for r in runs),
+                     other=sum(r.other for r in runs), seconds=round(sum(r.seconds for r in runs), 2),
+                     images_per_s=round(median("images_per_s"), 1), p50_ms=round(median("p50_ms"), 2),
+                     p95_ms=round(median("p95_ms"), 2), p99_ms=round(median("p99_ms"), 2),
+                     extra={"rounds": rounds, "cpu_us_per_request": statistics.median(
+                         r.extra["cpu_us_per_request"] for r in runs)})  # fmt: skip
+        print(f"  median of {rounds}: {name:<40} c={concurrency:<3} {merged.images_per_s:8.1f} req/s  "
+              f"p50 {merged.p50_ms:6.2f}  p99 {merged.p99_ms:7.2f} ms  "
+              f"server CPU {merged.extra['cpu_us_per_request']:.0f} us/request", flush=True)  # fmt: skip
+        medians.append(merged)
+    return medians
+
+
+def _median(runs: list[Run], attribute: str) -> float:
+    return float(statistics.median(getattr(run, attribute) for run in runs))
+
+
+def overload_run(url: str, pid: int, body: Path, capacity_rps: float, seconds: float) -> Run:
+    """Open loop at about 4x capacity: 256 workers, each rate-limited, so refused clients do not retry at once;
+    resident memory sampled during, and measured again once the load is over."""
+    before = rss_mb(pid)
+    peak = [before]
+    sampling = threading.Event()
+
+    def sample() -> None:
+        while not sampling.wait(0.2):
+            peak.append(rss_mb(pid))
+
+    sampler = threading.Thread(target=sample)
+    sampler.start()
+    workers = 256
+    overload = load(url, body, Run("overload (~4x capacity), 1 image/request", "batched", workers, 1),
+                    seconds=seconds, rate_per_worker=4 * capacity_rps / workers)  # fmt: skip
+    sampling.set()
+    sampler.join()
+    time.sleep(2)
+    overload.extra = {
+        "rss_before_mb": round(before, 1),
+        "rss_peak_mb": round(max(peak), 1),
+        "rss_after_mb": round(rss_mb(pid), 1),
+        "offered_rps": round(overload.requests / overload.seconds, 1),
+        "capacity_rps": capacity_rps,
+    }
+    return overload
+
+
 def main() -> None:
     """Run every scenario and write the results."""
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--model", default=str(REPO / "models" / "default.onnx"))
+    parser.add_argument("--light-model", default=str(REPO / "benchmarks" / "models" / "light.onnx"))
     parser.add_argument("--keras-model", default=str(REPO / "models" / "default.keras"))
+    parser.add_argument("--rounds", type=int, default=3, help="rounds per comparison (figures are their medians)")
     parser.add_argument("--quick", action="store_true", help="a short smoke run (figures are rough)")
     args = parser.parse_args()
     if shutil.which("hey") is None:
         raise SystemExit("hey is not installed: apt-get install -y hey")
-    scale = 0.2 if args.quick else 1.0
-    model = Path(args.model)
+    scale = 0.25 if args.quick else 1.0
+    rounds = 1 if args.quick else args.rounds
+    model, light = Path(args.model), Path(args.light_model)
     logs = RESULTS / "logs"
     logs.mkdir(parents=True, exist_ok=True)
     one = logs / "one-image.body"
     one.write_bytes(multipart_body(sample_images(1)))
     thirty_two = logs / "32-images.body"
     thirty_two.write_bytes(multipart_body(sample_images(32)))
+    seconds = max(5 * scale, 2)
     n = lambda count: max(int(count * scale), 64)  # noqa: E731
 
     runs: list[Run] = []
@@ -331,56 +422,35 @@ def main() -> None:
     figures = single_image_latency(model, sample_images(1)[0])
     print(f"in-process figures: {figures}", flush=True)
 
+    print("HTTP ceiling: the plain FastAPI route (no model) against this service answering a constant", flush=True)
+    with baseline("plain_route", logs) as plain, service(model, logs, benchmark_constant_answer="true") as ours:
+        group = {"plain FastAPI route, no model": ("plain route", plain), "(b) HTTP ceiling": ("constant answer", ours)}
+        for concurrency in (64, 1):
+            runs += compare(group, one, concurrency, rounds=rounds, seconds=seconds)
+    for label, path in (("light model", light), ("bundled model", model)):
+        print(f"{label}: the plain FastAPI + ONNX Runtime server against this service", flush=True)
+        with baseline("plain_onnx", logs, path) as plain, service(path, logs) as ours:
+            group = {f"plain FastAPI + ONNX Runtime, {label}": (f"plain onnx {label}", plain),
+                     f"this service, {label}": (f"batched {label}", ours)}  # fmt: skip
+            for concurrency in (64, 1):
+                runs += compare(group, one, concurrency, rounds=rounds, seconds=seconds)
+
     with service(model, logs) as (url, pid):
-        runs.append(load(url, one, Run("1 image/request", "batched", 1, 1), requests=n(3000)))
-        runs.append(load(url, one, Run("1 image/request", "batched", 8, 1), requests=n(6000)))
-        runs.append(load(url, one, Run("1 image/request", "batched", 64, 1), requests=n(12000)))
+        runs.append(load(url, one, Run("1 image/request", "batched", 8, 1), seconds=seconds))
         runs.append(load(url, thirty_two, Run("32 images/request", "batched", 4, 32), requests=n(600)))
-        capacity_rps = runs[-2].images_per_s
-        before = rss_mb(pid)
-        peak = [before]
-        sampling = threading.Event()
-
-        def sample() -> None:
-            while not sampling.wait(0.2):
-                peak.append(rss_mb(pid))
-
-        sampler = threading.Thread(target=sample)
-        sampler.start()
-        # Open loop at about 4x capacity: 256 workers, each rate-limited, so refused clients do not retry at once.
-        workers = 256
-        overload = load(url, one, Run("overload (~4x capacity), 1 image/request", "batched", workers, 1),
-                        seconds=max(10 * scale, 4), rate_per_worker=4 * capacity_rps / workers)  # fmt: skip
-        sampling.set()
-        sampler.join()
-        time.sleep(1)
-        overload.extra = {
-            "rss_before_mb": round(before, 1),
-            "rss_peak_mb": round(max(peak), 1),
-            "rss_after_mb": round(rss_mb(pid), 1),
-            "offered_rps": round(overload.requests / overload.seconds, 1),
-            "capacity_rps": capacity_rps,
-        }
-        runs.append(overload)
+        capacity = next(r for r in runs if r.mode == "batched bundled model" and r.concurrency == 64).images_per_s
+        runs.append(overload_run(url, pid, one, capacity, seconds=max(10 * scale, 4)))
     with service(model, logs, workers="2") as (url, _):
-        runs.append(load(url, one, Run("(e) 2 workers", "2 workers", 64, 1), requests=n(12000)))
+        runs.append(load(url, one, Run("(e) 2 workers", "2 workers", 64, 1), seconds=seconds))
         runs.append(load(url, thirty_two, Run("(e) 2 workers", "2 workers", 4, 32), requests=n(600)))
-    with service(model, logs, benchmark_constant_answer="true") as (url, _):
-        for concurrency in (1, 8, 64):
-            runs.append(load(url, one, Run("(b) HTTP ceiling", "constant answer", concurrency, 1),
-                             requests=n(10000 if concurrency == 64 else 3000)))  # fmt: skip
     with service(model, logs, batching="false") as (url, _):
-        for concurrency in (1, 8, 64):
-            runs.append(load(url, one, Run("(c) batching off", "batching off", concurrency, 1),
-                             requests=n(10000 if concurrency == 64 else 3000)))  # fmt: skip
+        runs.append(load(url, one, Run("(c) batching off", "batching off", 64, 1), seconds=seconds))
     keras_model = Path(args.keras_model)
     if keras_model.is_file():
         port = free_port()
         command = [sys.executable, "-m", "benchmarks.keras_server", str(keras_model), str(port)]
         with server(command, {}, port, logs / "keras-server.log") as (url, _):
-            for concurrency in (1, 8):
-                runs.append(load(url, one, Run("(d) Keras model.predict", "keras predict", concurrency, 1),
-                                 requests=n(100 * concurrency)))  # fmt: skip
+            runs.append(load(url, one, Run("(d) Keras model.predict", "keras predict", 1, 1), requests=100))
     else:
         print(f"(d) skipped: {keras_model} not found", flush=True)
 
@@ -390,6 +460,7 @@ def main() -> None:
     context = {
         "machine": f"{cpu_name()}, {os.cpu_count()} cores, Python {platform.python_version()}",
         "model": str(model.relative_to(REPO) if model.is_relative_to(REPO) else model),
+        "light_model": str(light.relative_to(REPO) if light.is_relative_to(REPO) else light),
         "when": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
         "command": "python -m benchmarks.serving" + (" --quick" if args.quick else ""),
         "targets": targets,
@@ -400,41 +471,51 @@ def main() -> None:
 
 
 def judge(runs: list[Run]) -> list[str]:
-    """The issue's targets, each with its measured figure and a verdict."""
+    """Issue 13's targets, each with its measured figure and a verdict."""
 
     def find(mode: str, concurrency: int, per_request: int = 1) -> Run:
         return next(
             r for r in runs if r.mode == mode and r.concurrency == concurrency and r.images_per_request == per_request
         )
 
-    ceiling = next(r for r in runs if r.mode == "ceiling").images_per_s
-    http = find("constant answer", 64).images_per_s
-    batched64 = find("batched", 64).images_per_s
-    off64 = find("batching off", 64).images_per_s
-    lone = find("batched", 1)
-    big = find("batched", 4, 32).images_per_s
-    overload = next(r for r in runs if r.name.startswith("overload"))
-    two_workers = find("2 workers", 64).images_per_s
-    unloaded_p99 = find("batched", 64).p99_ms
     verdict = lambda ok: "met" if ok else "NOT met"  # noqa: E731
-    bound = min(ceiling, http)
-    memory = overload.extra
-    return [
-        f"1 image/request at c=64: {batched64:.0f} img/s = {batched64 / bound:.0%} of min(model ceiling "
-        f"{ceiling:.0f}, HTTP ceiling {http:.0f}) (target >= 70%): {verdict(batched64 >= 0.7 * bound)}; batching off "
-        f"{off64:.0f} img/s (target: batched >= off): {verdict(batched64 >= off64)}; "
-        f"with 2 workers {two_workers:.0f} img/s",
-        f"32 images/request at c=4: {big:.0f} img/s = {big / ceiling:.0%} of the model ceiling (target >= 80%): "
-        f"{verdict(big >= 0.8 * ceiling)}",
-        f"concurrency 1: p99 {lone.p99_ms:.2f} ms (target <= 5 ms): {verdict(lone.p99_ms <= 5)}",
-        f"overload (c={overload.concurrency}, offered {memory.get('offered_rps', 0):.0f} req/s vs capacity "
-        f"{memory.get('capacity_rps', 0):.0f}): {overload.refused} refused, 503 p99 {overload.refused_p99_ms} ms / max "
-        f"{overload.refused_max_ms} ms (target every 503 <= 10 ms): "
-        f"{verdict(overload.refused_max_ms is not None and overload.refused_max_ms <= 10)}; accepted p99 "
-        f"{overload.p99_ms:.1f} ms vs unloaded (c=64) p99 {unloaded_p99:.1f} ms (target <= 3x): "
-        f"{verdict(overload.p99_ms <= 3 * unloaded_p99)}; RSS {memory.get('rss_before_mb')} -> peak "
-        f"{memory.get('rss_peak_mb')} -> {memory.get('rss_after_mb')} MB; other statuses {overload.other}",
+    ceiling = next(r for r in runs if r.mode == "ceiling").images_per_s
+    plain, ours = find("plain route", 64), find("constant answer", 64)
+    lines = [
+        f"HTTP ceiling at c=64: {ours.images_per_s:.0f} req/s = {ours.images_per_s / plain.images_per_s:.0%} of the "
+        f"plain FastAPI route's {plain.images_per_s:.0f} (target >= 50%): "
+        f"{verdict(ours.images_per_s >= 0.5 * plain.images_per_s)}; server CPU per request "
+        f"{ours.extra['cpu_us_per_request']:.0f} vs {plain.extra['cpu_us_per_request']:.0f} us"
     ]
+    for label, speedup in (("light model", 2.0), ("bundled model", 1.15)):
+        plain64, ours64 = find(f"plain onnx {label}", 64), find(f"batched {label}", 64)
+        plain1, ours1 = find(f"plain onnx {label}", 1), find(f"batched {label}", 1)
+        ratio = ours64.images_per_s / plain64.images_per_s
+        line = (
+            f"{label}, 1 image/request: c=64 {ours64.images_per_s:.0f} vs plain {plain64.images_per_s:.0f} req/s = "
+            f"{ratio:.2f}x (target >= {speedup}x): {verdict(ratio >= speedup)}; c=1 p50 {ours1.p50_ms:.2f} vs plain "
+            f"{plain1.p50_ms:.2f} ms (target <=): {verdict(ours1.p50_ms <= plain1.p50_ms)}"
+        )
+        if label == "bundled model":
+            line += f"; c=1 p99 {ours1.p99_ms:.2f} ms (target <= 5 ms): {verdict(ours1.p99_ms <= 5)}"
+        lines.append(line)
+    big = find("batched", 4, 32).images_per_s
+    lines.append(
+        f"bundled model, 32 images/request at c=4: {big:.0f} img/s = {big / ceiling:.0%} of the in-process model "
+        f"ceiling {ceiling:.0f} (target >= 95%): {verdict(big >= 0.95 * ceiling)}"
+    )
+    overload = next(r for r in runs if r.name.startswith("overload"))
+    memory = overload.extra
+    back = memory.get("rss_after_mb", 0) <= memory.get("rss_before_mb", 0) * 1.1
+    lines.append(
+        f"overload (c={overload.concurrency}, offered {memory.get('offered_rps', 0):.0f} req/s vs capacity "
+        f"{memory.get('capacity_rps', 0):.0f}): {overload.ok} answered, {overload.refused} refused, other statuses "
+        f"{overload.other} (target 0): {verdict(overload.other == 0)}; 503 p99 {overload.refused_p99_ms} ms "
+        f"(target <= 20 ms): {verdict(overload.refused_p99_ms is not None and overload.refused_p99_ms <= 20)}; "
+        f"RSS {memory.get('rss_before_mb')} -> peak {memory.get('rss_peak_mb')} -> {memory.get('rss_after_mb')} MB "
+        f"(target: back within 10% of before): {verdict(back)}"
+    )
+    return lines
 
 
 if __name__ == "__main__":

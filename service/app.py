@@ -19,12 +19,13 @@ from service.api import ServingState, router
 from service.batching import Batcher
 from service.config import Settings, load_settings
 from service.errors import ModelLoadError, ProviderUnavailable, QueueFull, ServiceError
+from service.gateway import Gateway
 from service.imaging import Decoder
 from service.inference import OnnxModel
 from service.lifecycle import DRAIN, DrainState
-from service.limits import Admission, AdmissionControl, ApiKeyAuth, BodyLimit, BodyRefused, RequestTimeout
+from service.limits import Admission, ApiKeys, BodyBudget, BodyRefused
 from service.metrics import MULTIPROCESS_ENV, Metrics
-from service.telemetry import RequestTelemetry
+from service.telemetry import Telemetry
 
 log = logging.getLogger(__name__)
 
@@ -117,27 +118,26 @@ def create_app(settings: Settings | None = None, drain: DrainState = DRAIN) -> F
     def refused(reason: str) -> None:
         metrics.refusals.labels(reason).inc()
 
-    # Added innermost first: telemetry wraps everything, so refusals and timeouts are logged and counted too.
-    app.add_middleware(AdmissionControl, admission=admission, paths=frozenset({"/predict"}), on_refused=refused)
-    app.add_middleware(
-        ApiKeyAuth,
-        keys=settings.api_keys,
-        header=settings.api_key_header,
-        open_paths=frozenset(settings.api_key_open_paths),
-    )
-    app.add_middleware(
-        BodyLimit,
-        max_bytes=settings.max_body_bytes,
-        budget_bytes=settings.body_memory_bytes,
-        idle_timeout_s=settings.body_idle_timeout_s,
-        on_refused=refused,
-    )
-    app.add_middleware(RequestTimeout, seconds=settings.request_timeout_s, on_refused=refused)
     # The API's routes, and FastAPI's own (docs, schema), whatever objects app.routes wraps them in.
     known_paths = frozenset(
         route.path for route in [*router.routes, *app.routes] if isinstance(route, APIRoute | Route)
     )
-    app.add_middleware(RequestTelemetry, metrics=metrics, known_paths=known_paths)
+    app.add_middleware(
+        Gateway,
+        telemetry=Telemetry(metrics, known_paths=known_paths),
+        timeout_s=settings.request_timeout_s,
+        api_keys=ApiKeys(
+            settings.api_keys, header=settings.api_key_header, open_paths=frozenset(settings.api_key_open_paths)
+        ),
+        admission=admission,
+        admitted_paths=frozenset({"/predict"}),
+        bodies=BodyBudget(
+            max_bytes=settings.max_body_bytes,
+            budget_bytes=settings.body_memory_bytes,
+            idle_timeout_s=settings.body_idle_timeout_s,
+        ),
+        on_refused=refused,
+    )
     _install_error_handlers(app, refused)
     return app
 
@@ -163,7 +163,7 @@ def _install_error_handlers(app: FastAPI, refused: Callable[[str], None]) -> Non
 
     @app.exception_handler(StarletteHTTPException)
     async def http_error(request: Request, error: StarletteHTTPException) -> JSONResponse:
-        if isinstance(error, BodyRefused):  # raised from inside FastAPI's form parsing (service.limits.BodyLimit)
+        if isinstance(error, BodyRefused):  # raised from a route reading its body (service.limits.BodyBudget)
             code = error.error
             if error.reason:
                 refused(error.reason)

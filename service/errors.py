@@ -37,6 +37,20 @@ class MalformedBody(ServiceError):
     error = "bad_request"
 
 
+class Unauthorized(ServiceError):
+    """No API key where one is required."""
+
+    status_code = 401
+    error = "unauthorized"
+
+
+class Forbidden(ServiceError):
+    """An API key that is not one of the configured keys."""
+
+    status_code = 403
+    error = "forbidden"
+
+
 class InvalidImage(ServiceError):
     """The upload is not an image Pillow can decode, or it is truncated or corrupt."""
 

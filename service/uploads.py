@@ -4,7 +4,7 @@ body streams in. No FastAPI here: it is fed the body's chunks.
 python-multipart's parser does the parsing (the same parser Starlette uses); what it does not do is spool each
 file to a temporary file, hop to a thread per write, or wait for the whole body before refusing a request with
 too many or too large files. The body's bytes are already counted against the memory budget for bodies
-(`service.limits.BodyLimit`), so keeping the files in memory is bounded.
+(`service.limits.BodyBudget`), so keeping the files in memory is bounded.
 """
 
 import re
@@ -22,9 +22,6 @@ FIELD = "files"
 
 MAX_OTHER_FIELDS = 16
 """Parts of other names are ignored, up to this many: each costs the parser's time, so not without end."""
-
-MAX_PART_HEADER_BYTES = 16 * 1024
-"""Most bytes of headers one part may have (a real part has two short ones)."""
 
 MAX_FILENAME_CHARS = 255
 
@@ -56,28 +53,19 @@ class _FormReader:
         self.files: list[_Part] = []
         self.others = 0
         self.part = _Part()
-        self.header_bytes = 0
         self.header_name = bytearray()
         self.header_value = bytearray()
         self.disposition = b""
 
     def on_part_begin(self) -> None:
         self.part = _Part()
-        self.header_bytes = 0
         self.disposition = b""
 
     def on_header_field(self, data: bytes, start: int, end: int) -> None:
-        self._count_header(end - start)
-        self.header_name += data[start:end]
+        self.header_name += data[start:end]  # the parser bounds each part's headers (8 of at most 4 KiB)
 
     def on_header_value(self, data: bytes, start: int, end: int) -> None:
-        self._count_header(end - start)
         self.header_value += data[start:end]
-
-    def _count_header(self, size: int) -> None:
-        self.header_bytes += size
-        if self.header_bytes > MAX_PART_HEADER_BYTES:
-            raise InvalidRequest(f"a part's headers are over {MAX_PART_HEADER_BYTES} bytes")
 
     def on_header_end(self) -> None:
         if self.header_name.lower() == b"content-disposition":

@@ -10,8 +10,9 @@ from fastapi.testclient import TestClient
 from service.app import create_app
 from service.config import Settings
 from service.errors import Overloaded
+from service.gateway import Gateway
 from service.lifecycle import DrainState
-from service.limits import Admission, AdmissionControl, BodyLimit, RequestTimeout
+from service.limits import Admission, BodyBudget
 from tests.conftest import encode, noisy_image
 
 RED = (230, 30, 30)
@@ -63,7 +64,7 @@ def test_requests_are_refused_before_their_body_is_read_while_every_slot_is_take
 
     async def scenario() -> tuple[Recorder, Recorder, Recorder]:
         admission = Admission(limit=2, drain=DrainState())
-        control = AdmissionControl(app, admission=admission, paths=frozenset({"/predict"}), on_refused=reasons.append)  # type: ignore[arg-type]
+        control = Gateway(app, admission=admission, admitted_paths=frozenset({"/predict"}), on_refused=reasons.append)  # type: ignore[arg-type]
         with admission.slot(), admission.slot():
             assert admission.in_flight == 2
             refused, other_path = Recorder(), Recorder()
@@ -93,7 +94,7 @@ def test_while_draining_new_requests_are_refused_with_503() -> None:
         raise AssertionError("a request reached the app while draining")
 
     admission = Admission(limit=10, drain=drain)
-    control = AdmissionControl(app, admission=admission, paths=frozenset({"/predict"}), on_refused=reasons.append)
+    control = Gateway(app, admission=admission, admitted_paths=frozenset({"/predict"}), on_refused=reasons.append)
     refused = Recorder()
     asyncio.run(control(http_scope(), never_read, refused))  # type: ignore[arg-type]
     assert refused.status == 503
@@ -129,18 +130,19 @@ def test_bodies_of_all_requests_in_progress_share_one_budget() -> None:
         return {"type": "http", "path": path, "method": "POST", "headers": headers}
 
     async def scenario() -> list[int]:
-        limit = BodyLimit(app, max_bytes=1000, budget_bytes=1500, on_refused=reasons.append)
+        budget = BodyBudget(max_bytes=1000, budget_bytes=1500)
+        limit = Gateway(app, bodies=budget, on_refused=reasons.append)
         held = Recorder()
         holding = asyncio.create_task(limit(scope("/hold", 1000), body(1000), held))
         await asyncio.sleep(0.01)
-        assert limit.held == 1000
+        assert budget.held == 1000
         declared, streamed, fits = Recorder(), Recorder(), Recorder()
         await limit(scope("/x", 600), never_read, declared)  # refused from its Content-Length, unread
         await limit(scope("/x"), body(600), streamed)  # no Content-Length: refused when it goes over
         await limit(scope("/x", 400), body(400), fits)
         release.set()
         await holding
-        assert limit.held == 0
+        assert budget.held == 0
         after = Recorder()
         await limit(scope("/x", 1000), body(1000), after)
         return [held.status, declared.status, streamed.status, fits.status, after.status]
@@ -160,7 +162,7 @@ def test_a_trickled_upload_is_cut_off_by_the_request_timeout() -> None:
         await asyncio.sleep(0.05)  # one byte every 50 ms, forever
         return {"type": "http.request", "body": b"x", "more_body": True}
 
-    timeout = RequestTimeout(reading_app, seconds=0.3, on_refused=reasons.append)
+    timeout = Gateway(reading_app, timeout_s=0.3, on_refused=reasons.append)
     answered = Recorder()
     asyncio.run(asyncio.wait_for(timeout(http_scope(), trickle, answered), 10))  # type: ignore[arg-type]
     assert answered.status == 504

@@ -1,0 +1,156 @@
+"""The one ASGI middleware in front of the app. Every HTTP request passes here once, and here it gets its request
+id, its limits (overall timeout, API key, admission control, body size and budget) and its telemetry (metrics
+and the access log line). One layer rather than one per concern: each layer of an ASGI stack costs every request
+a call, a closure and a wrapped `send`, and on the hot path that added up to more than the work itself.
+
+Refusals are answered here, in JSON, before FastAPI reads a byte of the body."""
+
+import asyncio
+import contextlib
+import time
+from collections.abc import Callable
+from typing import Any
+
+import orjson
+from starlette.responses import Response
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from service.errors import RetryLater, ServiceError
+from service.limits import Admission, ApiKeys, BodyBudget, BodyRefused
+from service.telemetry import REQUEST_ID_HEADER, Telemetry, request_id_from
+
+Refused = Callable[[str], None]
+"""Told the reason of each refusal (for metrics)."""
+
+_REQUEST_ID_KEY = REQUEST_ID_HEADER.lower().encode("latin-1")
+
+
+class JsonResponse(Response):
+    """A JSON response serialized once, by orjson, from plain data: no model validation on the way out."""
+
+    media_type = "application/json"
+
+    def render(self, content: Any) -> bytes:
+        return orjson.dumps(content)
+
+
+def error_response(error: ServiceError | BodyRefused) -> JsonResponse:
+    """An error as this service answers every error: `{"error": code, "detail": text}` with its status."""
+    return JsonResponse({"error": error.error, "detail": error.detail}, error.status_code, error.headers)
+
+
+class Gateway:
+    """Pure ASGI middleware. Each concern is optional (off by default), so tests can wrap a bare app in one:
+    `telemetry` records each request; `timeout_s` bounds a request from its first byte to its answer (504);
+    `api_keys` guards paths (401, 403); `admission` refuses requests to `admitted_paths` while every slot is
+    taken or the server drains (503); `bodies` bounds each body and all bodies in progress together (413, 503,
+    408)."""
+
+    def __init__(
+        self,
+        app: ASGIApp,
+        *,
+        telemetry: Telemetry | None = None,
+        timeout_s: float = 0,
+        api_keys: ApiKeys | None = None,
+        admission: Admission | None = None,
+        admitted_paths: frozenset[str] = frozenset(),
+        bodies: BodyBudget | None = None,
+        on_refused: Refused = lambda reason: None,
+    ) -> None:
+        self.app = app
+        self.telemetry = telemetry
+        self.timeout_s = timeout_s
+        self.api_keys = api_keys
+        self.admission = admission
+        self.admitted_paths = admitted_paths
+        self.bodies = bodies
+        self.on_refused = on_refused
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        started = time.perf_counter()
+        request_id = request_id_from(scope)
+        details: dict[str, Any] = {}  # the handler adds its figures (images, queue wait, inference time) here
+        scope.setdefault("state", {}).update(request_id=request_id, telemetry=details)
+        status = 0
+        raw_id = request_id.encode("latin-1")
+
+        async def send_with_id(message: Message) -> None:
+            nonlocal status
+            if message["type"] == "http.response.start":
+                status = message["status"]
+                message["headers"] = [*message.get("headers", ()), (_REQUEST_ID_KEY, raw_id)]
+            await send(message)
+
+        metrics = self.telemetry.metrics if self.telemetry else None
+        if metrics:
+            metrics.requests_in_flight.inc()
+        try:
+            if self.timeout_s:
+                await self._within_timeout(scope, receive, send_with_id, lambda: status != 0)
+            else:
+                await self._handle(scope, receive, send_with_id, lambda: status != 0)
+        finally:
+            if metrics and self.telemetry:
+                metrics.requests_in_flight.dec()
+                self.telemetry.record(scope, request_id, status or 500, time.perf_counter() - started, details)
+
+    async def _within_timeout(self, scope: Scope, receive: Receive, send: Send, answered: Callable[[], bool]) -> None:
+        try:
+            async with asyncio.timeout(self.timeout_s):
+                await self._handle(scope, receive, send, answered)
+        except asyncio.CancelledError:
+            # Not our timeout: the server is stopping for good (a second Ctrl-C, or the drain ran out). Say so in
+            # JSON rather than leave uvicorn to answer a plain-text 500.
+            if not answered():
+                detail = "the server stopped before this request was answered; retry"
+                with contextlib.suppress(Exception):
+                    await JsonResponse({"error": "shutting_down", "detail": detail}, 503, {"Retry-After": "1"})(
+                        scope, receive, send
+                    )
+            raise
+        except TimeoutError:
+            if answered():
+                raise
+            self.on_refused("timeout")
+            detail = f"the request took longer than {self.timeout_s:g} s (upload and processing together)"
+            await JsonResponse({"error": "timeout", "detail": detail}, 504)(scope, receive, send)
+
+    async def _handle(self, scope: Scope, receive: Receive, send: Send, answered: Callable[[], bool]) -> None:
+        refusal = self._refusal(scope)
+        if refusal is not None:
+            reason = refusal.reason if isinstance(refusal, BodyRefused) else refusal.error
+            if reason and isinstance(refusal, BodyRefused | RetryLater):  # not counted: 401, 403, 413
+                self.on_refused(reason)
+            await error_response(refusal)(scope, receive, send)
+            return
+        if self.bodies is None:
+            await self.app(scope, receive, send)
+            return
+        body = self.bodies.counted(receive)
+        try:
+            await self.app(scope, body, send)
+        except BodyRefused as refusal:  # raised outside FastAPI's body parsing, which renders it itself
+            if answered():
+                raise
+            if refusal.reason:
+                self.on_refused(refusal.reason)
+            await error_response(refusal)(scope, receive, send)
+        finally:
+            body.release()
+
+    def _refusal(self, scope: Scope) -> ServiceError | BodyRefused | None:
+        """Why a request is refused before its body is read, if it is: API key, admission, then body limits."""
+        if self.api_keys is not None and (refusal := self.api_keys.refusal(scope)) is not None:
+            return refusal
+        if self.admission is not None and scope["path"] in self.admitted_paths:
+            try:
+                self.admission.check()
+            except ServiceError as refused:
+                return refused
+        if self.bodies is not None:
+            return self.bodies.refusal(scope)
+        return None

@@ -1,0 +1,126 @@
+"""The Decoder's scheduling: small cheap images on the event loop, others on a thread in one hop, within the memory
+budget, in upload order."""
+
+import asyncio
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from service.errors import ImageTooLarge, InvalidImage
+from service.imaging import INLINE_PIXELS, Decoder, decode_image, open_image
+from tests.conftest import encode, noisy_image
+
+SIZE = (32, 32)
+LIMITS = {"size": SIZE, "max_pixels": 10**8, "max_decode_bytes": 2**31}
+RED = (230, 30, 30)
+
+
+def small_png(seed: int = 0) -> bytes:
+    return encode(noisy_image(RED, (32, 32), seed=seed), "PNG")
+
+
+def progressive_jpeg() -> bytes:
+    return encode(noisy_image(RED, (40, 40)), "JPEG", progressive=True)
+
+
+def large_png() -> bytes:
+    return encode(noisy_image(RED, (400, 300)), "PNG")
+
+
+def expected(*files: bytes) -> np.ndarray:
+    return np.stack([decode_image(data, filename="x", size=SIZE, max_pixels=10**8) for data in files])
+
+
+def prepare(decoder: Decoder, *files: bytes) -> np.ndarray:
+    named = [(f"{index}.img", data) for index, data in enumerate(files)]
+    return asyncio.run(decoder.prepare(named, **LIMITS))  # type: ignore[arg-type]
+
+
+def test_small_cheap_images_are_decoded_on_the_loop_without_a_thread() -> None:
+    decoder = Decoder(memory_bytes=2**30, threads=1)
+    decoder.close()  # a thread hop would now fail: these must not need one
+    files = [small_png(seed) for seed in range(3)]
+    assert np.array_equal(prepare(decoder, *files), expected(*files))
+    assert INLINE_PIXELS >= 3 * 32 * 32
+
+
+@pytest.mark.parametrize("make", [large_png, progressive_jpeg], ids=["large", "progressive-jpeg"])
+def test_larger_or_costlier_images_go_to_a_thread(make: object) -> None:
+    data = make()  # type: ignore[operator]
+    closed = Decoder(memory_bytes=2**30, threads=1)
+    closed.close()
+    with pytest.raises(RuntimeError, match="shutdown"):
+        prepare(closed, data)
+    decoder = Decoder(memory_bytes=2**30, threads=1)
+    try:
+        assert np.array_equal(prepare(decoder, data), expected(data))
+        assert decoder.budget.reserved == 0  # the reservation came back once the thread finished
+    finally:
+        decoder.close()
+
+
+def test_a_mixed_request_keeps_upload_order() -> None:
+    files = [small_png(1), progressive_jpeg(), small_png(2), large_png()]
+    decoder = Decoder(memory_bytes=2**30, threads=2)
+    try:
+        assert np.array_equal(prepare(decoder, *files), expected(*files))
+    finally:
+        decoder.close()
+
+
+def test_a_request_waits_for_room_in_the_budget_then_decodes() -> None:
+    data = large_png()
+    need = open_image(data, filename="x", **LIMITS).decode_bytes  # type: ignore[arg-type]
+
+    async def scenario() -> tuple[bool, np.ndarray]:
+        decoder = Decoder(memory_bytes=need, threads=1)
+        try:
+            assert decoder.budget.try_acquire(1)  # someone else holds a byte: the request cannot fit now
+            waiting = asyncio.ensure_future(decoder.prepare([("x", data)], **LIMITS))  # type: ignore[arg-type]
+            await asyncio.sleep(0.2)
+            was_waiting = not waiting.done()
+            decoder.budget.release(1)
+            result = await asyncio.wait_for(waiting, 30)
+            # Posted from the thread before its result, so already run.
+            assert decoder.budget.reserved == 0
+            return was_waiting, result
+        finally:
+            decoder.close()
+
+    was_waiting, result = asyncio.run(scenario())
+    assert was_waiting
+    assert np.array_equal(result, expected(data))
+
+
+def test_a_request_that_could_never_fit_the_budget_is_refused() -> None:
+    data = large_png()
+    need = open_image(data, filename="x", **LIMITS).decode_bytes  # type: ignore[arg-type]
+    decoder = Decoder(memory_bytes=need * 2 - 1, threads=1)
+    try:
+        with pytest.raises(ImageTooLarge, match="send them in several requests"):
+            prepare(decoder, data, data)
+    finally:
+        decoder.close()
+
+
+def test_a_bad_file_is_named_whichever_path_it_takes() -> None:
+    decoder = Decoder(memory_bytes=2**30, threads=1)
+    try:
+        with pytest.raises(InvalidImage, match=r"'1\.img'"):
+            prepare(decoder, small_png(), b"\x89PNG not really")
+        with pytest.raises(InvalidImage, match=r"'1\.img'"):
+            prepare(decoder, large_png(), large_png()[:5000])
+    finally:
+        decoder.close()
+
+
+def test_an_image_with_a_transparent_palette_is_decoded_alike_on_either_path() -> None:
+    image = Image.new("P", (20, 20))
+    image.putpalette([255, 0, 0, 0, 0, 255] + [0] * 762)
+    data = encode(image, "PNG", transparency=0)
+    decoder = Decoder(memory_bytes=2**30, threads=1)
+    try:
+        assert np.array_equal(prepare(decoder, data), expected(data))
+    finally:
+        decoder.close()

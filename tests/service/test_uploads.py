@@ -1,0 +1,95 @@
+"""Reading /predict's multipart body: files in order, limits refused while the body streams, form mistakes named."""
+
+import asyncio
+from collections.abc import AsyncIterator, Iterable
+
+import pytest
+
+from service.errors import FileTooLarge, InvalidRequest, MalformedBody, ServiceError, TooManyImages
+from service.uploads import MAX_OTHER_FIELDS, read_uploads
+
+TYPE = "multipart/form-data; boundary=xyz"
+
+
+def part(name: str, data: bytes, filename: str | None = "a.png") -> bytes:
+    disposition = f'form-data; name="{name}"' + (f'; filename="{filename}"' if filename is not None else "")
+    return f"--xyz\r\nContent-Disposition: {disposition}\r\nContent-Type: image/png\r\n\r\n".encode() + data + b"\r\n"
+
+
+def body(*parts: bytes) -> bytes:
+    return b"".join(parts) + b"--xyz--\r\n"
+
+
+async def chunks(pieces: Iterable[bytes], consumed: list[int] | None = None) -> AsyncIterator[bytes]:
+    for piece in pieces:
+        if consumed is not None:
+            consumed.append(len(piece))
+        yield piece
+
+
+def read(content_type: str | None, pieces: Iterable[bytes], **limits: int) -> list[tuple[str, bytes]]:
+    options = {"max_files": 4, "max_file_bytes": 1000} | limits
+    uploads = asyncio.run(read_uploads(content_type, chunks(pieces), **options))
+    return [(upload.filename, upload.data) for upload in uploads]
+
+
+def test_files_come_back_in_upload_order_whatever_the_chunking() -> None:
+    whole = body(part("files", b"first", "one.png"), part("other", b"ignored", None), part("files", b"2nd", "b.jpg"))
+    for size in (1, 7, len(whole)):
+        pieces = [whole[i : i + size] for i in range(0, len(whole), size)]
+        assert read(TYPE, pieces) == [("one.png", b"first"), ("b.jpg", b"2nd")]
+
+
+def test_file_names_are_made_safe_to_echo() -> None:
+    whole = body(
+        part("files", b"x", "../../etc/passwd"), part("files", b"y", "bad\x07name.png"), part("files", b"z", "")
+    )
+    assert [name for name, _ in read(TYPE, [whole])] == ["passwd", "badname.png", "file2"]
+
+
+def endless(first: bytes, then: bytes) -> Iterable[bytes]:
+    yield first
+    while True:
+        yield then
+
+
+def test_too_many_files_are_refused_before_the_rest_of_the_body_arrives() -> None:
+    consumed: list[int] = []
+    pieces = endless(b"", part("files", b"x", "a.png"))
+    with pytest.raises(TooManyImages, match="limit is 4"):
+        asyncio.run(read_uploads(TYPE, chunks(pieces, consumed), max_files=4, max_file_bytes=1000))
+    assert len(consumed) == 6  # the empty first chunk, then the fifth file's part: the stream was left there
+
+
+def test_a_file_over_its_limit_is_refused_while_it_streams_in() -> None:
+    consumed: list[int] = []
+    pieces = endless(part("files", b"", "big.png")[:-2], b"x" * 100)
+    with pytest.raises(FileTooLarge, match=r"'big\.png'"):
+        asyncio.run(read_uploads(TYPE, chunks(pieces, consumed), max_files=4, max_file_bytes=1000))
+    assert len(consumed) == 12
+
+
+@pytest.mark.parametrize(
+    ("content_type", "pieces", "error", "mention"),
+    [
+        (None, [b""], InvalidRequest, "files"),
+        ("application/json", [b'{"files": []}'], InvalidRequest, "application/json"),
+        ("multipart/form-data", [b""], InvalidRequest, "boundary"),
+        (TYPE, [b""], InvalidRequest, "files"),
+        (TYPE, [body()], InvalidRequest, "files"),
+        (TYPE, [body(part("image", b"x"))], InvalidRequest, "files"),
+        (TYPE, [body(part("files", b"hello", None))], InvalidRequest, "plain form field"),
+        (TYPE, [body(*[part(f"f{i}", b"x", None) for i in range(MAX_OTHER_FIELDS + 1)])], InvalidRequest, "parts"),
+        (TYPE, [b"--xyz\r\nX-Long: " + b"a" * 5000 + b"\r\n\r\nx\r\n--xyz--\r\n"], MalformedBody,
+         "header size"),
+        (TYPE, [b"--xyz\r\nno colon here\r\n\r\n"], MalformedBody, "could not be parsed"),
+    ],
+    ids=["no-body", "json", "no-boundary", "empty", "no-parts", "other-field-only", "field-not-file",
+         "too-many-other-fields", "huge-part-header", "malformed"],
+)  # fmt: skip
+def test_form_mistakes_are_client_errors_naming_what_was_wrong(
+    content_type: str | None, pieces: list[bytes], error: type[ServiceError], mention: str
+) -> None:
+    with pytest.raises(error, match=mention) as raised:
+        read(content_type, pieces)
+    assert 400 <= raised.value.status_code < 500
