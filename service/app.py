@@ -24,6 +24,7 @@ from service.imaging import Decoder
 from service.inference import OnnxModel
 from service.lifecycle import DRAIN, DrainState
 from service.limits import Admission, ApiKeys, BodyBudget, BodyRefused
+from service.logs import lean_records
 from service.metrics import MULTIPROCESS_ENV, Metrics
 from service.telemetry import Telemetry
 
@@ -57,6 +58,7 @@ def create_app(settings: Settings | None = None, drain: DrainState = DRAIN) -> F
     """Build the app; the model is loaded and warmed up when the lifespan starts, not here."""
     settings = settings or load_settings()
     metrics = Metrics()
+    lean_records()
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
@@ -108,12 +110,14 @@ def create_app(settings: Settings | None = None, drain: DrainState = DRAIN) -> F
         description=DESCRIPTION,
         version="0.1.0",
         lifespan=lifespan,
+        # The API's routes as the app's own: `include_router` would wrap them in a lazily resolved router that
+        # every request walks through (about 5% of a request's time).
+        routes=list(router.routes),
     )
     app.state.settings = settings
     admission = Admission(limit=settings.max_concurrent_requests, drain=drain)
     app.state.serving = ServingState(drain=drain, admission=admission)
     app.state.metrics = metrics
-    app.include_router(router)
 
     def refused(reason: str) -> None:
         metrics.refusals.labels(reason).inc()

@@ -3,7 +3,7 @@ these for every request)."""
 
 import logging
 import re
-import uuid
+import secrets
 from typing import Any
 
 from starlette.types import Scope
@@ -23,7 +23,7 @@ def request_id_from(scope: Scope) -> str:
     supplied = header(scope, b"x-request-id")
     if supplied is not None and _WELL_FORMED_ID.fullmatch(candidate := supplied.decode("latin-1")):
         return candidate
-    return uuid.uuid4().hex
+    return secrets.token_hex(16)
 
 
 class Telemetry:
