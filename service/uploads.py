@@ -41,6 +41,7 @@ class _Part:
     name: str = ""
     filename: str | None = None
     data: bytearray = field(default_factory=bytearray)
+    content: bytes = b""
 
 
 class _FormReader:
@@ -88,6 +89,11 @@ class _FormReader:
             raise TooManyImages(f"more than {self.max_files} files in one request; the limit is {self.max_files}")
         self.part.filename = client_filename(_decode(options[b"filename"], self.charset), len(self.files) - 1)
 
+    def on_part_end(self) -> None:
+        if self.part.filename is not None:  # to bytes now, so that at most one file is held twice at a time
+            self.part.content = bytes(self.part.data)
+            self.part.data = bytearray()
+
     def on_part_data(self, data: bytes, start: int, end: int) -> None:
         if self.part.filename is None:
             return  # another field's value: not kept
@@ -113,6 +119,7 @@ async def read_uploads(
     callbacks = {
         "on_part_begin": reader.on_part_begin,
         "on_part_data": reader.on_part_data,
+        "on_part_end": reader.on_part_end,
         "on_header_field": reader.on_header_field,
         "on_header_value": reader.on_header_value,
         "on_header_end": reader.on_header_end,
@@ -127,7 +134,7 @@ async def read_uploads(
         raise MalformedBody(f"the multipart body could not be parsed: {error}") from None
     if not reader.files:
         raise InvalidRequest(_REQUIRED)
-    return [Upload(part.filename or "", bytes(part.data)) for part in reader.files]
+    return [Upload(part.filename or "", part.content) for part in reader.files]
 
 
 def _decode(raw: bytes, charset: str) -> str:
