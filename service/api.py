@@ -9,6 +9,7 @@ import numpy as np
 from fastapi import APIRouter, Depends, Request
 from fastapi.responses import JSONResponse, Response
 from fastapi.routing import APIRoute
+from starlette.requests import ClientDisconnect
 from starlette.types import Receive
 
 from service.batching import Batcher, RequestTiming
@@ -162,12 +163,16 @@ async def predict(request: Request) -> Response:
     settings: Settings = request.app.state.settings
     k = _top_k(request) or settings.top_k
     model, batcher, decoder = state.components()
-    uploads = await read_uploads(
-        header(request.scope, b"content-type"),
-        request.stream(),
-        max_files=settings.max_images_per_request,
-        max_file_bytes=settings.max_image_bytes,
-    )
+    content_type = header(request.scope, b"content-type")
+    try:
+        uploads = await read_uploads(
+            content_type.decode("latin-1") if content_type is not None else None,
+            request.stream(),
+            max_files=settings.max_images_per_request,
+            max_file_bytes=settings.max_image_bytes,
+        )
+    except ClientDisconnect:
+        raise ClientDisconnected("the client disconnected during its upload") from None
     names = [upload.filename for upload in uploads]
     telemetry: dict[str, Any] = request.scope["state"]["telemetry"]
     telemetry["images"] = len(uploads)

@@ -38,6 +38,8 @@ ACCEPTED_FORMATS = ("JPEG", "PNG", "WEBP", "GIF", "BMP", "TIFF")
 """The formats clients send (JPEG includes MPO, the multi-picture JPEG many cameras write). Pillow reads dozens
 more, each a parser an attacker could aim at; they are refused as not an image."""
 
+_CHEAP_FORMATS = {"JPEG", "MPO", "PNG", "GIF", "WEBP"}  # see CheckedImage.cheap
+
 # Every caller passes its own `max_pixels`, checked right after the header is read; Pillow's process-wide
 # limit would otherwise refuse large images first, with a message that hides the configured limit.
 Image.MAX_IMAGE_PIXELS = None
@@ -75,8 +77,8 @@ class CheckedImage:
     pixels: int
     """Pixels it decodes to (a JPEG's at its reduced scale)."""
     cheap: bool
-    """Its decoding work grows with its pixels only: not a TIFF (strips) nor a progressive JPEG (scans), which a
-    small file can make cost many times more."""
+    """Its decoding work grows with its pixels only, in C: not a TIFF (strips), a progressive JPEG (scans), nor a
+    BMP (whose RLE decoder is Python), which a small file can make cost many times more."""
 
 
 def open_image(
@@ -133,7 +135,7 @@ def _checked(data: bytes, filename: str, size: tuple[int, int], max_pixels: int,
                 f"{filename!r} ({image.format} {image.mode} {declared[0]}x{declared[1]}) would take up to "
                 f"{estimate / 2**20:.0f} MiB to decode; the limit is {max_decode_bytes / 2**20:.0f} MiB"
             )
-        cheap = image.format != "TIFF" and not image.info.get("progressive")
+        cheap = image.format in _CHEAP_FORMATS and not image.info.get("progressive")
         yield image, CheckedImage(data, filename, estimate, image.width * image.height, cheap)
 
 
@@ -350,9 +352,10 @@ def _describe(error: Exception) -> str:
     return str(error) or type(error).__name__
 
 
-INLINE_FILE_BYTES = 64 * 1024
+INLINE_FILE_BYTES = 8 * 1024
 """A request whose files come to at most this many bytes has its headers read on the event loop: parsing a header
-takes time in proportion to the file's size, and for small files less than handing it to a thread would."""
+takes time in proportion to the file's size (up to about 0.5 ms per KiB for a file made of empty markers, chunks or
+blocks), and for small files less than handing it to a thread would."""
 
 INLINE_PIXELS = 128 * 128
 """...and is decoded there too when it has at most this many pixels in all, of cheap images (well under a

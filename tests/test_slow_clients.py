@@ -72,3 +72,21 @@ def test_uploads_share_a_memory_budget_and_a_stalled_one_is_cut_off(bundled_mode
         photo = [("files", ("cat.png", encode(noisy_image((200, 120, 60)), "PNG"), "image/png"))]
         assert httpx.post(f"{url}/predict", files=photo, timeout=30).status_code == 200
         assert metric(url, "classifier_refusals_total", reason="upload_stalled") == 1
+
+
+def test_a_client_gone_mid_upload_is_counted_as_499_not_as_a_server_error(bundled_model: Path, tmp_path: Path) -> None:
+    with running_server(bundled_model, tmp_path / "server.log") as url:
+        host, port = url.removeprefix("http://").split(":")
+        with socket.create_connection((host, int(port))) as leaver:
+            leaver.sendall(
+                b"POST /predict HTTP/1.1\r\nHost: x\r\nContent-Type: multipart/form-data; boundary=b\r\n"
+                b"Content-Length: 100000\r\n\r\n" + PART_HEAD + b"x" * 20_000
+            )
+            wait_for(lambda: metric(url, "classifier_http_requests_in_flight") >= 2, "the upload to be in progress")
+        wait_for(
+            lambda: metric(url, "classifier_http_requests_total", route="/predict", method="POST", status="499") == 1,
+            "the upload to be logged as 499",
+        )
+        assert metric(url, "classifier_http_requests_total", route="/predict", method="POST", status="500") == 0
+        assert metric(url, "classifier_http_requests_in_flight") == 1  # only the scrape itself
+    assert "Exception in ASGI application" not in (tmp_path / "server.log").read_text()

@@ -83,9 +83,10 @@ def test_a_file_over_its_limit_is_refused_while_it_streams_in() -> None:
         (TYPE, [b"--xyz\r\nX-Long: " + b"a" * 5000 + b"\r\n\r\nx\r\n--xyz--\r\n"], MalformedBody,
          "header size"),
         (TYPE, [b"--xyz\r\nno colon here\r\n\r\n"], MalformedBody, "could not be parsed"),
+        (TYPE, [part("files", b"cut short", "a.png")], MalformedBody, "before its closing boundary"),
     ],
     ids=["no-body", "json", "no-boundary", "empty", "no-parts", "other-field-only", "field-not-file",
-         "too-many-other-fields", "huge-part-header", "malformed"],
+         "too-many-other-fields", "huge-part-header", "malformed", "no-closing-boundary"],
 )  # fmt: skip
 def test_form_mistakes_are_client_errors_naming_what_was_wrong(
     content_type: str | None, pieces: list[bytes], error: type[ServiceError], mention: str
@@ -93,3 +94,21 @@ def test_form_mistakes_are_client_errors_naming_what_was_wrong(
     with pytest.raises(error, match=mention) as raised:
         read(content_type, pieces)
     assert 400 <= raised.value.status_code < 500
+
+
+@pytest.mark.parametrize("charset", ["undefined", "rot13", "hex", "x" * 300])
+def test_a_charset_that_cannot_decode_the_names_falls_back_to_latin_1(charset: str) -> None:
+    whole = body(part("files", b"data", "cafe.png"))
+    assert read(f"{TYPE}; charset={charset}", [whole]) == [("cafe.png", b"data")]
+
+
+def test_a_charset_that_decodes_the_field_name_to_another_is_a_client_error() -> None:
+    with pytest.raises(InvalidRequest, match="files"):  # punycode turns "files" into another name
+        read(f"{TYPE}; charset=punycode", [body(part("files", b"data", "cafe.png"))])
+
+
+def test_a_large_body_is_parsed_alike_past_the_part_read_on_the_event_loop() -> None:
+    big = bytes(range(256)) * 1024  # 256 KiB: most of it parsed on a thread
+    whole = body(part("files", b"small", "a.png"), part("files", big, "big.bin"), part("files", b"last", "z.png"))
+    pieces = [whole[i : i + 65536] for i in range(0, len(whole), 65536)]
+    assert read(TYPE, pieces, max_file_bytes=len(big)) == [("a.png", b"small"), ("big.bin", big), ("z.png", b"last")]
