@@ -164,36 +164,32 @@ async def predict(request: Request) -> Response:
     k = _top_k(request) or settings.top_k
     model, batcher, decoder = state.components()
     content_type = header(request.scope, b"content-type")
-    # From its first byte until its images are queued, the request is on its way: the batcher may wait for it
-    # (up to max_delay_ms) rather than run a batch of one just before it arrives.
-    with batcher.expecting() as arrived:
-        try:
-            uploads = await read_uploads(
-                content_type.decode("latin-1") if content_type is not None else None,
-                request.stream(),
-                max_files=settings.max_images_per_request,
-                max_file_bytes=settings.max_image_bytes,
-            )
-        except ClientDisconnect:
-            raise ClientDisconnected("the client disconnected during its upload") from None
-        names = [upload.filename for upload in uploads]
-        telemetry: dict[str, Any] = request.scope["state"]["telemetry"]
-        telemetry["images"] = len(uploads)
-        info = model.info
-        # The body has been read: only now does the request take an admission slot, so slow uploads hold none.
-        with state.admission.slot():
-            batcher.check_capacity(len(uploads))  # refuse an overload before spending time on decoding
+    try:
+        uploads = await read_uploads(
+            content_type.decode("latin-1") if content_type is not None else None,
+            request.stream(),
+            max_files=settings.max_images_per_request,
+            max_file_bytes=settings.max_image_bytes,
+        )
+    except ClientDisconnect:
+        raise ClientDisconnected("the client disconnected during its upload") from None
+    names = [upload.filename for upload in uploads]
+    telemetry: dict[str, Any] = request.scope["state"]["telemetry"]
+    telemetry["images"] = len(uploads)
+    info = model.info
+    # The body has been read: only now does the request take an admission slot, so slow uploads hold none.
+    with state.admission.slot():
+        batcher.check_capacity(len(uploads))  # refuse an overload before spending time on decoding
+        with batcher.expecting():
             batch = await decoder.prepare(
                 [(upload.filename, upload.data) for upload in uploads],
                 size=(info.height, info.width),
                 max_pixels=settings.max_image_pixels,
                 max_decode_bytes=settings.max_decode_bytes,
             )
-            del uploads  # the files are decoded: their bytes need not wait for the model
-            timing = RequestTiming()
-            answer = batcher.enqueue(batch, timing)
-            arrived()
-            probabilities = await _unless_disconnected(request.receive, answer)
+        del uploads  # the files are decoded: their bytes need not wait for the model
+        timing = RequestTiming()
+        probabilities = await _unless_disconnected(request.receive, batcher.enqueue(batch, timing))
     telemetry.update(queue_wait_s=timing.queue_wait_s, inference_s=timing.inference_s)
     request.app.state.metrics.images_per_request.observe(len(names))
     ranked = top_k(probabilities, info.labels, k)

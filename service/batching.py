@@ -3,8 +3,8 @@
 As Ray Serve's batcher: one consumer task, a size cap and a wait cap measured from the first queued image, results
 set only on requests still waiting, a failed batch fails only its own requests, and the loop keeps running. Each
 request has one future for all its images, so a request costs no task of its own. The wait cap is only spent
-while more images are known to be on their way (requests whose bodies are arriving or being decoded), so a lone
-request is never held back for company that is not coming.
+while more images are known to be on their way (requests still being decoded), so a lone request is never held
+back for company that is not coming.
 """
 
 import asyncio
@@ -181,24 +181,14 @@ class Batcher:
         )  # fmt: skip
 
     @contextmanager
-    def expecting(self) -> Iterator[Callable[[], None]]:
-        """Mark a request on its way (its body being read, or its images decoded): the batcher may wait, up to
-        max_delay, for it. Call the function it yields once the request's images are queued (leaving the block
-        does too)."""
-        pending = True
+    def expecting(self) -> Iterator[None]:
+        """Mark a request whose images are being decoded: the batcher may wait (up to max_delay) for them."""
         self._incoming += 1
-
-        def arrived() -> None:
-            nonlocal pending
-            if pending:
-                pending = False
-                self._incoming -= 1
-                self._changed.set()
-
         try:
-            yield arrived
+            yield
         finally:
-            arrived()
+            self._incoming -= 1
+            self._changed.set()
 
     def check_capacity(self, count: int) -> None:
         """Raise QueueFull (503) at once if `count` more images would overflow the queue."""
@@ -271,7 +261,7 @@ class Batcher:
                 raise
 
     async def _wait_for_more(self) -> None:
-        """Wait while the batch is not full, requests are on their way, and the first image's wait is short."""
+        """Wait while the batch is not full, images are still being decoded, and the first image's wait is short."""
         deadline = self._queue[0].enqueued_at + self._max_delay
         if not self.merge_requests:
             return

@@ -88,7 +88,7 @@ class Settings(BaseSettings):
     """Most images in one model call; a request with more is split across batches."""
 
     max_delay_ms: float = Field(default=2.0, ge=0)
-    """Longest a batch waits for more images, from its first queued image (only while more requests are on their way)."""
+    """Longest a batch waits for more images, from its first queued image (only while more are being decoded)."""
 
     queue_capacity: int = Field(default=256, ge=1)
     """Most images waiting for a batch; a request that does not fit is refused at once with 503 and Retry-After."""
