@@ -56,12 +56,6 @@ class ServingState:
 
 
 # Dependencies are `async def` so FastAPI calls them inline: a plain `def` costs a thread-pool hop per request.
-async def get_settings(request: Request) -> Settings:
-    """The app's settings."""
-    settings: Settings = request.app.state.settings
-    return settings
-
-
 async def get_state(request: Request) -> ServingState:
     """The app's serving state."""
     state: ServingState = request.app.state.serving
@@ -75,25 +69,8 @@ async def get_model(state: Annotated[ServingState, Depends(get_state)]) -> OnnxM
     return state.model
 
 
-async def get_batcher(state: Annotated[ServingState, Depends(get_state)]) -> Batcher:
-    """The running batcher, or 503 while there is none."""
-    if not state.ready or state.batcher is None:
-        raise NotReady("the model is not loaded yet")
-    return state.batcher
-
-
-async def get_decoder(state: Annotated[ServingState, Depends(get_state)]) -> Decoder:
-    """The image decoder, or 503 while there is none."""
-    if not state.ready or state.decoder is None:
-        raise NotReady("the model is not loaded yet")
-    return state.decoder
-
-
-SettingsDep = Annotated[Settings, Depends(get_settings)]
 StateDep = Annotated[ServingState, Depends(get_state)]
 ModelDep = Annotated[OnnxModel, Depends(get_model)]
-BatcherDep = Annotated[Batcher, Depends(get_batcher)]
-DecoderDep = Annotated[Decoder, Depends(get_decoder)]
 
 
 def _errors(*statuses: int) -> dict[int | str, dict[str, Any]]:

@@ -35,8 +35,8 @@ class Settings(BaseSettings):
     """Largest request body in bytes, enforced while it streams in (413 beyond, before it is all read)."""
 
     body_memory_bytes: int = Field(default=256 * 1024 * 1024, ge=1)
-    """Most request-body bytes that all requests in progress may hold at once, in one process (in memory, or
-    spooled to /tmp past 1 MB per file); a request whose body would go over is refused with 503 and Retry-After."""
+    """Most request-body bytes that all requests in progress may hold at once, in one process (held in memory until
+    the request ends); a request whose body would go over is refused with 503 and Retry-After."""
 
     body_idle_timeout_s: float = Field(default=10.0, ge=0)
     """An upload that makes no progress for this long is cut off with 408 (its bytes given back); 0 turns this
