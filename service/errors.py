@@ -115,6 +115,13 @@ class QueueTimeout(ServiceError):
     error = "timeout"
 
 
+class RequestTimedOut(ServiceError):
+    """The whole request (its upload included) took longer than `request_timeout_s`."""
+
+    status_code = 504
+    error = "timeout"
+
+
 class ShuttingDown(RetryLater):
     """The server is draining: no new work is accepted (retry on another replica)."""
 

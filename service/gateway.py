@@ -15,7 +15,7 @@ import orjson
 from starlette.responses import Response
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from service.errors import RetryLater, ServiceError
+from service.errors import RequestTimedOut, RetryLater, ServiceError, ShuttingDown
 from service.limits import Admission, ApiKeys, BodyBudget, BodyRefused
 from service.telemetry import REQUEST_ID_HEADER, Telemetry, request_id_from
 
@@ -85,18 +85,18 @@ class Gateway:
                 message["headers"] = [*message.get("headers", ()), (_REQUEST_ID_KEY, raw_id)]
             await send(message)
 
-        metrics = self.telemetry.metrics if self.telemetry else None
-        if metrics:
-            metrics.requests_in_flight.inc()
+        telemetry = self.telemetry
+        if telemetry:
+            telemetry.metrics.requests_in_flight.inc()
         try:
             if self.timeout_s:
                 await self._within_timeout(scope, receive, send_with_id, lambda: status != 0)
             else:
                 await self._handle(scope, receive, send_with_id, lambda: status != 0)
         finally:
-            if metrics and self.telemetry:
-                metrics.requests_in_flight.dec()
-                self.telemetry.record(scope, request_id, status or 500, time.perf_counter() - started, details)
+            if telemetry:
+                telemetry.metrics.requests_in_flight.dec()
+                telemetry.record(scope, request_id, status or 500, time.perf_counter() - started, details)
 
     async def _within_timeout(self, scope: Scope, receive: Receive, send: Send, answered: Callable[[], bool]) -> None:
         try:
@@ -106,26 +106,20 @@ class Gateway:
             # Not our timeout: the server is stopping for good (a second Ctrl-C, or the drain ran out). Say so in
             # JSON rather than leave uvicorn to answer a plain-text 500.
             if not answered():
-                detail = "the server stopped before this request was answered; retry"
+                stopped = ShuttingDown("the server stopped before this request was answered; retry")
                 with contextlib.suppress(Exception):
-                    await JsonResponse({"error": "shutting_down", "detail": detail}, 503, {"Retry-After": "1"})(
-                        scope, receive, send
-                    )
+                    await error_response(stopped)(scope, receive, send)
             raise
         except TimeoutError:
             if answered():
                 raise
-            self.on_refused("timeout")
             detail = f"the request took longer than {self.timeout_s:g} s (upload and processing together)"
-            await JsonResponse({"error": "timeout", "detail": detail}, 504)(scope, receive, send)
+            await self._refuse(RequestTimedOut(detail), scope, receive, send)
 
     async def _handle(self, scope: Scope, receive: Receive, send: Send, answered: Callable[[], bool]) -> None:
         refusal = self._refusal(scope)
         if refusal is not None:
-            reason = refusal.reason if isinstance(refusal, BodyRefused) else refusal.error
-            if reason and isinstance(refusal, BodyRefused | RetryLater):  # not counted: 401, 403, 413
-                self.on_refused(reason)
-            await error_response(refusal)(scope, receive, send)
+            await self._refuse(refusal, scope, receive, send)
             return
         if self.bodies is None:
             await self.app(scope, receive, send)
@@ -136,11 +130,16 @@ class Gateway:
         except BodyRefused as refusal:  # raised outside FastAPI's body parsing, which renders it itself
             if answered():
                 raise
-            if refusal.reason:
-                self.on_refused(refusal.reason)
-            await error_response(refusal)(scope, receive, send)
+            await self._refuse(refusal, scope, receive, send)
         finally:
             body.release()
+
+    async def _refuse(self, refusal: ServiceError | BodyRefused, scope: Scope, receive: Receive, send: Send) -> None:
+        """Answer a refusal, counting it by reason if it is one a client should retry (not 401, 403 or 413)."""
+        reason = refusal.reason if isinstance(refusal, BodyRefused) else refusal.error
+        if reason and isinstance(refusal, BodyRefused | RetryLater | RequestTimedOut):
+            self.on_refused(reason)
+        await error_response(refusal)(scope, receive, send)
 
     def _refusal(self, scope: Scope) -> ServiceError | BodyRefused | None:
         """Why a request is refused before its body is read, if it is: API key, admission, then body limits."""
