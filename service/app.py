@@ -9,7 +9,6 @@ from contextlib import asynccontextmanager
 import numpy as np
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
-from fastapi.responses import JSONResponse
 from fastapi.routing import APIRoute
 from prometheus_client import multiprocess
 from starlette.exceptions import HTTPException as StarletteHTTPException
@@ -18,8 +17,8 @@ from starlette.routing import Route
 from service.api import ServingState, router
 from service.batching import Batcher
 from service.config import Settings, load_settings
-from service.errors import ModelLoadError, ProviderUnavailable, QueueFull, ServiceError
-from service.gateway import Gateway
+from service.errors import InvalidRequest, ModelLoadError, ProviderUnavailable, QueueFull, ServiceError
+from service.gateway import Gateway, JsonResponse, error_response
 from service.imaging import Decoder
 from service.inference import OnnxModel
 from service.lifecycle import DRAIN, DrainState
@@ -151,28 +150,24 @@ REFUSAL_STATUSES = {499, 503, 504}
 
 def _install_error_handlers(app: FastAPI, refused: Callable[[str], None]) -> None:
     @app.exception_handler(ServiceError)
-    async def service_error(request: Request, error: ServiceError) -> JSONResponse:
+    async def service_error(request: Request, error: ServiceError) -> JsonResponse:
         if error.status_code in REFUSAL_STATUSES:
             refused("queue_full" if isinstance(error, QueueFull) else error.error)
         elif error.status_code >= 500:
             log.error("event=server_error path=%s error=%s detail=%s", request.url.path, error.error, error.detail)
-        return JSONResponse(
-            {"error": error.error, "detail": error.detail}, status_code=error.status_code, headers=error.headers
-        )
+        return error_response(error)
 
     @app.exception_handler(RequestValidationError)
-    async def validation_error(request: Request, error: RequestValidationError) -> JSONResponse:
+    async def validation_error(request: Request, error: RequestValidationError) -> JsonResponse:
         problems = "; ".join(f"{'.'.join(str(part) for part in item['loc'])}: {item['msg']}" for item in error.errors())
-        return JSONResponse({"error": "invalid_request", "detail": problems}, status_code=422)
+        return error_response(InvalidRequest(problems))
 
     @app.exception_handler(StarletteHTTPException)
-    async def http_error(request: Request, error: StarletteHTTPException) -> JSONResponse:
+    async def http_error(request: Request, error: StarletteHTTPException) -> JsonResponse:
         if isinstance(error, BodyRefused):  # raised from a route reading its body (service.limits.BodyBudget)
-            code = error.error
             if error.reason:
                 refused(error.reason)
-        else:
-            codes = {400: "bad_request", 404: "not_found", 405: "method_not_allowed", 413: "body_too_large"}
-            code = codes.get(error.status_code, "http_error")
-        detail = str(error.detail)
-        return JSONResponse({"error": code, "detail": detail}, status_code=error.status_code, headers=error.headers)
+            return error_response(error)
+        codes = {400: "bad_request", 404: "not_found", 405: "method_not_allowed", 413: "body_too_large"}
+        body = {"error": codes.get(error.status_code, "http_error"), "detail": str(error.detail)}
+        return JsonResponse(body, error.status_code, error.headers)
