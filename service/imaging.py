@@ -381,36 +381,32 @@ class Decoder:
     ) -> np.ndarray:
         """The (name, bytes) files as one (N, height, width, 3) uint8 array, in order; a client error (415, 413,
         422) names the first bad one."""
-
-        loop = asyncio.get_running_loop()
         limits = {"size": size, "max_pixels": max_pixels, "max_decode_bytes": max_decode_bytes}
+
+        def check_all() -> list[CheckedImage]:
+            return [open_image(data, filename=name, **limits) for name, data in files]  # type: ignore[arg-type]
+
         if sum(len(data) for _, data in files) > INLINE_FILE_BYTES:
-            decoded = await self._in_thread(
-                lambda stop: self._decode_if_room(
-                    [open_image(data, filename=name, **limits) for name, data in files], size, stop, loop
-                )
-            )
-            if isinstance(decoded, np.ndarray):
-                return decoded
-            return await self._decode_in_turn(decoded, size)
+            return await self._on_threads(check_all, size)
         # Small files: headers read here, cheap small images decoded at once, the rest on a thread.
         share = INLINE_PIXELS // len(files)
         results = [decode_small(data, filename=name, max_now=share, **limits) for name, data in files]  # type: ignore[arg-type]
         pending = [result for result in results if isinstance(result, CheckedImage)]
         if pending:
-            self._check_fits(pending)
-            decoded = await self._in_thread(lambda stop: self._decode_if_room(pending, size, stop, loop))
-            if not isinstance(decoded, np.ndarray):
-                decoded = await self._decode_in_turn(decoded, size)
-            later = iter(decoded)
+            later = iter(await self._on_threads(lambda: pending, size))
             results = [next(later) if isinstance(result, CheckedImage) else result for result in results]
         return np.stack(results)  # type: ignore[arg-type]
 
-    async def _decode_in_turn(self, images: list[CheckedImage], size: tuple[int, int]) -> np.ndarray:
-        """The budget had no room: wait for it in turn, then decode."""
-        total = sum(image.decode_bytes for image in images)
+    async def _on_threads(self, check: Callable[[], list[CheckedImage]], size: tuple[int, int]) -> np.ndarray:
+        """`check()` (the images' headers) then their decoding, in one hop to a decoding thread when the budget has
+        room; when it has none, the request waits for room in turn, then hops again to decode."""
+        loop = asyncio.get_running_loop()
+        decoded = await self._in_thread(lambda stop: self._decode_if_room(check(), size, stop, loop))
+        if isinstance(decoded, np.ndarray):
+            return decoded
+        total = sum(image.decode_bytes for image in decoded)
         await self.budget.acquire(total)
-        return await self._in_thread(lambda stop: _decode_each(images, size, stop), reserved=total)
+        return await self._in_thread(lambda stop: _decode_each(decoded, size, stop), reserved=total)
 
     async def _in_thread(self, work: Callable[[threading.Event], T], reserved: int = 0) -> T:
         """`work(stop)` on a decoding thread; `stop` is set if this request ends first. `reserved` bytes of the
@@ -434,8 +430,7 @@ class Decoder:
                         loop: asyncio.AbstractEventLoop) -> np.ndarray | list[CheckedImage]:  # fmt: skip
         """On a decoding thread: decode now if the budget has room without waiting, else hand the checked images
         back to wait for it."""
-        self._check_fits(images)
-        total = sum(image.decode_bytes for image in images)
+        total = self._check_fits(images)
         if not self.budget.try_acquire(total):
             return images
         try:
@@ -447,8 +442,8 @@ class Decoder:
         with contextlib.suppress(RuntimeError):  # the loop has closed: nobody is left to wait for the room
             loop.call_soon_threadsafe(self.budget.release, size)
 
-    def _check_fits(self, images: list[CheckedImage]) -> None:
-        """ImageTooLarge if the request's images together could never fit the budget."""
+    def _check_fits(self, images: list[CheckedImage]) -> int:
+        """The bytes the request's images need together; ImageTooLarge if they could never fit the budget."""
         total = sum(image.decode_bytes for image in images)
         if total > self.budget.capacity:
             largest = max(images, key=lambda image: image.decode_bytes)
@@ -457,6 +452,7 @@ class Decoder:
                 f"({largest.filename!r} alone {largest.decode_bytes / 2**20:.0f} MiB); the limit for one request "
                 f"is {self.budget.capacity / 2**20:.0f} MiB: send them in several requests"
             )
+        return total
 
     def close(self) -> None:
         """Stop the decoding threads once their current work is done."""
