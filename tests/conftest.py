@@ -61,6 +61,20 @@ def read_response(connection: socket.socket) -> tuple[int, dict]:
     return int(head.split()[1]), json.loads(body)
 
 
+def save_classifier(path: Path, name: str, nodes: list, constants: list) -> Path:
+    """Save a hand-built ONNX graph as a model the service serves: uint8 `image` (batch, 8, 8, 3) in, float
+    `probabilities` (batch, 3) out, labels a, b, c."""
+    from onnx import TensorProto, helper, save
+
+    image = helper.make_tensor_value_info("image", TensorProto.UINT8, ["batch", 8, 8, 3])
+    output = helper.make_tensor_value_info("probabilities", TensorProto.FLOAT, ["batch", 3])
+    graph = helper.make_graph(nodes, name, [image], [output], initializer=constants)
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    helper.set_model_props(model, {"class_names": json.dumps(["a", "b", "c"]), "model_name": name})
+    save(model, path)
+    return path
+
+
 @pytest.fixture(scope="session")
 def bundled_model() -> Path:
     """The default model shipped in models/."""

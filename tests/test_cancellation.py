@@ -2,7 +2,6 @@
 through the real server: they stop counting against the queue's capacity and in the queue-depth gauge, and the
 model never runs them."""
 
-import json
 import re
 import socket
 import time
@@ -10,12 +9,11 @@ from pathlib import Path
 
 import httpx2 as httpx
 import numpy as np
-import onnx
 import pytest
 from onnx import TensorProto, helper
 from prometheus_client.parser import text_string_to_metric_families
 
-from tests.conftest import encode, noisy_image
+from tests.conftest import encode, noisy_image, save_classifier
 from tests.test_end_to_end import running_server
 
 IMAGES = 16
@@ -31,8 +29,6 @@ SETTINGS = {
 def slow_model(path: Path, side: int = 1024, rounds: int = 32) -> Path:
     """A real ONNX model that takes about a third of a second per image here (32 chained 1024x1024 MatMuls that
     depend on the input, so nothing can be folded away); 8x8 RGB in, 3 classes out."""
-    image = helper.make_tensor_value_info("image", TensorProto.UINT8, ["batch", 8, 8, 3])
-    output = helper.make_tensor_value_info("probabilities", TensorProto.FLOAT, ["batch", 3])
     weights = (np.random.default_rng(0).standard_normal((1, side, side)) / np.sqrt(side)).astype(np.float32)
     nodes = [
         helper.make_node("Cast", ["image"], ["pixels"], to=TensorProto.FLOAT),
@@ -55,11 +51,7 @@ def slow_model(path: Path, side: int = 1024, rounds: int = 32) -> Path:
         helper.make_tensor("ends", TensorProto.INT64, [1], [3]),
         helper.make_tensor("axis", TensorProto.INT64, [1], [1]),
     ]
-    graph = helper.make_graph(nodes, "slow", [image], [output], initializer=constants)
-    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
-    helper.set_model_props(model, {"class_names": json.dumps(["a", "b", "c"]), "model_name": "slow"})
-    onnx.save(model, path)
-    return path
+    return save_classifier(path, "slow", nodes, constants)
 
 
 def pngs(count: int, seed: int) -> list[tuple[str, tuple[str, bytes, str]]]:

@@ -11,7 +11,6 @@ from pathlib import Path
 
 import httpx2 as httpx
 import numpy as np
-import onnx
 import pytest
 from fastapi.testclient import TestClient
 from onnx import TensorProto, helper
@@ -20,7 +19,7 @@ from PIL import Image
 from service.app import create_app
 from service.config import Settings
 from service.inference import OnnxModel
-from tests.conftest import REPO, encode, noisy_image
+from tests.conftest import REPO, encode, noisy_image, save_classifier
 from tests.service.test_inference import write_model
 from tests.test_end_to_end import free_port, running_server
 
@@ -65,8 +64,6 @@ def test_with_several_workers_an_unusable_model_file_also_exits_non_zero(tmp_pat
 def failing_model(path: Path) -> Path:
     """A real ONNX model that ONNX Runtime cannot run on some inputs: it gathers from a 10-element table at the
     index given by the first pixel's red value, so a red value of 10 or more makes Gather fail at run time."""
-    image = helper.make_tensor_value_info("image", TensorProto.UINT8, ["batch", 8, 8, 3])
-    output = helper.make_tensor_value_info("probabilities", TensorProto.FLOAT, ["batch", 3])
     nodes = [
         helper.make_node("Cast", ["image"], ["pixels"], to=TensorProto.FLOAT),
         helper.make_node("ReduceMean", ["pixels"], ["mean"], axes=[1, 2], keepdims=0),
@@ -88,11 +85,7 @@ def failing_model(path: Path) -> Path:
         helper.make_tensor("table", TensorProto.FLOAT, [10], [0.0] * 10),
         helper.make_tensor("one_axis", TensorProto.INT64, [1], [1]),
     ]
-    graph = helper.make_graph(nodes, "fails-on-bright-corners", [image], [output], initializer=constants)
-    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
-    helper.set_model_props(model, {"class_names": json.dumps(["a", "b", "c"]), "model_name": "fragile"})
-    onnx.save(model, path)
-    return path
+    return save_classifier(path, "fragile", nodes, constants)
 
 
 def test_onnx_runtime_failing_mid_batch_fails_those_requests_only(tmp_path: Path) -> None:
