@@ -1,25 +1,23 @@
 """HTTP routes: read the request, call the core (imaging, inference), return a schema."""
 
-import asyncio
 from collections.abc import Callable, Coroutine
 from dataclasses import dataclass
 from typing import Annotated, Any
 
-import numpy as np
 from fastapi import APIRouter, Depends, Request
 from fastapi.responses import JSONResponse, Response
 from fastapi.routing import APIRoute
 from starlette.requests import ClientDisconnect
 from starlette.types import Receive
 
-from service.batching import Batcher, RequestTiming
 from service.config import Settings
 from service.errors import ClientDisconnected, InvalidRequest, NotReady
 from service.gateway import JsonResponse
-from service.imaging import RESAMPLING_FILTER, Decoder
+from service.imaging import RESAMPLING_FILTER
 from service.inference import OnnxModel, top_k
 from service.lifecycle import DrainState
 from service.limits import Admission, header
+from service.pipeline import ClientGone, Pipeline
 from service.schemas import (
     ErrorResponse,
     HealthResponse,
@@ -33,25 +31,28 @@ from service.uploads import FIELD, read_uploads
 
 @dataclass
 class ServingState:
-    """What the lifespan sets up: the model, its batcher, and whether warm-up passed."""
+    """What the lifespan sets up: the classification pipeline (model, batcher, decoder), and whether warm-up
+    passed."""
 
     drain: DrainState
     admission: Admission
-    model: OnnxModel | None = None
-    batcher: Batcher | None = None
-    decoder: Decoder | None = None
+    pipeline: Pipeline | None = None
     ready: bool = False
 
-    def components(self) -> tuple[OnnxModel, Batcher, Decoder]:
-        """The model, its batcher and the decoder, or NotReady (503) while they are not set up."""
-        if not self.ready or self.model is None or self.batcher is None or self.decoder is None:
+    @property
+    def model(self) -> OnnxModel | None:
+        return self.pipeline.model if self.pipeline else None
+
+    def serving_pipeline(self) -> Pipeline:
+        """The pipeline, or NotReady (503) while it is not set up."""
+        if not self.ready or self.pipeline is None:
             raise NotReady("the model is not loaded yet")
-        return self.model, self.batcher, self.decoder
+        return self.pipeline
 
     @property
     def serving(self) -> bool:
         """Loaded, warmed up, inference running and not draining: what readiness reports."""
-        running = self.batcher is not None and self.batcher.running
+        running = self.pipeline is not None and self.pipeline.batcher.running
         return self.ready and running and not self.drain.draining
 
 
@@ -139,7 +140,7 @@ async def predict(request: Request) -> Response:
     state: ServingState = request.app.state.serving
     settings: Settings = request.app.state.settings
     k = _top_k(request) or settings.top_k
-    model, batcher, decoder = state.components()
+    pipeline = state.serving_pipeline()
     content_type = header(request.scope, b"content-type")
     try:
         uploads = await read_uploads(
@@ -153,22 +154,13 @@ async def predict(request: Request) -> Response:
     names = [upload.filename for upload in uploads]
     telemetry: dict[str, Any] = request.scope["state"]["telemetry"]
     telemetry["images"] = len(uploads)
-    info = model.info
-    # The body has been read: only now does the request take an admission slot, so slow uploads hold none.
-    with state.admission.slot():
-        batcher.check_capacity(len(uploads))  # refuse an overload before spending time on decoding
-        with batcher.expecting():
-            batch = await decoder.prepare(
-                [(upload.filename, upload.data) for upload in uploads],
-                size=(info.height, info.width),
-                max_pixels=settings.max_image_pixels,
-                max_decode_bytes=settings.max_decode_bytes,
-            )
-        del uploads  # the files are decoded: their bytes need not wait for the model
-        timing = RequestTiming()
-        probabilities = await _unless_disconnected(request.receive, batcher.enqueue(batch, timing))
+    files = [(upload.filename, upload.data) for upload in uploads]
+    del uploads
+    classified = await pipeline.classify_files(files, client_gone(request.receive))
+    probabilities, timing = classified.probabilities, classified.timing
     telemetry.update(queue_wait_s=timing.queue_wait_s, inference_s=timing.inference_s)
     request.app.state.metrics.images_per_request.observe(len(names))
+    info = pipeline.info
     ranked = top_k(probabilities, info.labels, k)
     return JsonResponse(
         {
@@ -210,25 +202,15 @@ router.add_api_route(
 )
 
 
-async def _unless_disconnected(receive: Receive, answer: asyncio.Future[np.ndarray]) -> np.ndarray:
-    """Await `answer`, but cancel it (its images leave the queue) if the client disconnects first. One task per
-    request watches for the disconnect; whatever ends the wait, nothing of it keeps running."""
-    watcher = asyncio.ensure_future(_disconnect(receive))
-    watcher.add_done_callback(lambda _: answer.cancel())
-    try:
-        return await answer
-    except asyncio.CancelledError:
-        if watcher.done() and not watcher.cancelled() and watcher.exception() is None:
-            raise ClientDisconnected("the client disconnected before its answer was ready") from None
-        raise
-    finally:
-        watcher.cancel()
+def client_gone(receive: Receive) -> ClientGone:
+    """For the pipeline: returns once the client has gone (the body is already read, so only a disconnect can
+    arrive)."""
 
+    async def gone() -> None:
+        while (await receive())["type"] != "http.disconnect":
+            pass
 
-async def _disconnect(receive: Receive) -> None:
-    """Return once the client has gone (the body is already read, so only a disconnect can arrive)."""
-    while (await receive())["type"] != "http.disconnect":
-        pass
+    return gone
 
 
 @router.get("/health", response_model=HealthResponse)

@@ -25,6 +25,7 @@ from service.lifecycle import DRAIN, DrainState
 from service.limits import Admission, ApiKeys, BodyBudget, BodyRefused
 from service.logs import lean_records
 from service.metrics import MULTIPROCESS_ENV, Metrics
+from service.pipeline import ImageLimits, Pipeline
 from service.telemetry import Telemetry
 
 log = logging.getLogger(__name__)
@@ -89,7 +90,17 @@ def create_app(settings: Settings | None = None, drain: DrainState = DRAIN) -> F
         )
         batcher.start()
         metrics.model_info.labels(model.info.name, model.info.version, model.info.provider).set(1)
-        state.model, state.batcher, state.decoder = model, batcher, decoder
+        state.pipeline = Pipeline(
+            model=model,
+            batcher=batcher,
+            decoder=decoder,
+            admission=state.admission,
+            limits=ImageLimits(
+                max_images=settings.max_images_per_request,
+                max_pixels=settings.max_image_pixels,
+                max_decode_bytes=settings.max_decode_bytes,
+            ),
+        )
         state.ready = True
         log.info(
             "event=ready model=%s version=%s provider=%s batching=%s max_batch_size=%d",

@@ -191,22 +191,3 @@ def test_batching_off_and_large_requests_split_across_batches(bundled_model: Pat
     for merged, split in zip(answers[0]["predictions"], answers[1]["predictions"], strict=True):
         assert merged["label"] == split["label"]
         assert abs(merged["probability"] - split["probability"]) < 1e-5
-
-
-def test_a_client_that_disconnects_has_its_work_cancelled() -> None:
-    import asyncio
-
-    from service.api import _unless_disconnected
-    from service.errors import ClientDisconnected
-
-    async def gone() -> dict:
-        await asyncio.sleep(0.01)
-        return {"type": "http.disconnect"}
-
-    async def scenario() -> bool:
-        answer = asyncio.get_running_loop().create_future()
-        with pytest.raises(ClientDisconnected):
-            await _unless_disconnected(gone, answer)  # type: ignore[arg-type]
-        return answer.cancelled()
-
-    assert asyncio.run(scenario()), "the queued work was not cancelled"
