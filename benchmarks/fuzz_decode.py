@@ -25,6 +25,7 @@ from PIL import Image, features
 
 from service.config import Settings
 from service.errors import ServiceError
+from service.gateway import http_status
 from service.imaging import decode, open_image
 
 SIZE = (32, 32)
@@ -124,8 +125,8 @@ def check(data: bytes) -> str:
         )
         array = decode(opened, SIZE)
     except ServiceError as error:
-        if not 400 <= error.status_code < 500:
-            raise AssertionError(f"a {error.status_code}: {error}") from error
+        if not 400 <= http_status(error) < 500:
+            raise AssertionError(f"a {http_status(error)}: {error}") from error
         return error.error
     if array.shape != (*SIZE, 3) or array.dtype != np.uint8:
         raise AssertionError(f"wrong output {array.shape} {array.dtype}")

@@ -17,12 +17,12 @@ from starlette.routing import Route
 from service.api import ServingState, router
 from service.batching import Batcher
 from service.config import Settings, load_settings
-from service.errors import InvalidRequest, ModelLoadError, ProviderUnavailable, QueueFull, ServiceError
-from service.gateway import Gateway, JsonResponse, error_response
+from service.errors import InvalidRequest, ModelLoadError, ProviderUnavailable, ServiceError
+from service.gateway import Gateway, JsonResponse, error_response, http_status
 from service.imaging import Decoder
 from service.inference import OnnxModel
 from service.lifecycle import DRAIN, DrainState
-from service.limits import Admission, ApiKeys, BodyBudget, BodyRefused
+from service.limits import Admission, ApiKeys, BodyBudget
 from service.logs import lean_records
 from service.metrics import MULTIPROCESS_ENV, Metrics
 from service.pipeline import ImageLimits, Pipeline
@@ -156,15 +156,12 @@ def create_app(settings: Settings | None = None, drain: DrainState = DRAIN) -> F
     return app
 
 
-REFUSAL_STATUSES = {499, 503, 504}
-
-
 def _install_error_handlers(app: FastAPI, refused: Callable[[str], None]) -> None:
     @app.exception_handler(ServiceError)
     async def service_error(request: Request, error: ServiceError) -> JsonResponse:
-        if error.status_code in REFUSAL_STATUSES:
-            refused("queue_full" if isinstance(error, QueueFull) else error.error)
-        elif error.status_code >= 500:
+        if error.refusal:
+            refused(error.refusal)
+        elif http_status(error) >= 500:
             log.error("event=server_error path=%s error=%s detail=%s", request.url.path, error.error, error.detail)
         return error_response(error)
 
@@ -175,10 +172,6 @@ def _install_error_handlers(app: FastAPI, refused: Callable[[str], None]) -> Non
 
     @app.exception_handler(StarletteHTTPException)
     async def http_error(request: Request, error: StarletteHTTPException) -> JsonResponse:
-        if isinstance(error, BodyRefused):  # raised from a route reading its body (service.limits.BodyBudget)
-            if error.reason:
-                refused(error.reason)
-            return error_response(error)
         codes = {400: "bad_request", 404: "not_found", 405: "method_not_allowed", 413: "body_too_large"}
         body = {"error": codes.get(error.status_code, "http_error"), "detail": str(error.detail)}
         return JsonResponse(body, error.status_code, error.headers)

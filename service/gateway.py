@@ -15,8 +15,28 @@ import orjson
 from starlette.responses import Response
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from service.errors import RequestTimedOut, RetryLater, ServiceError, ShuttingDown
-from service.limits import Admission, ApiKeys, BodyBudget, BodyRefused
+from service.errors import (
+    BodyStalled,
+    BodyTooLarge,
+    ClientDisconnected,
+    EmptyFile,
+    FileTooLarge,
+    Forbidden,
+    ImageTooLarge,
+    InferenceFailed,
+    InvalidImage,
+    InvalidRequest,
+    MalformedBody,
+    NotReady,
+    QueueTimeout,
+    RequestTimedOut,
+    RetryLater,
+    ServiceError,
+    ShuttingDown,
+    TooManyImages,
+    Unauthorized,
+)
+from service.limits import Admission, ApiKeys, BodyBudget
 from service.telemetry import REQUEST_ID_HEADER, Telemetry, request_id_from
 
 Refused = Callable[[str], None]
@@ -34,9 +54,48 @@ class JsonResponse(Response):
         return orjson.dumps(content)
 
 
-def error_response(error: ServiceError | BodyRefused) -> JsonResponse:
-    """An error as this service answers every error: `{"error": code, "detail": text}` with its status."""
-    return JsonResponse({"error": error.error, "detail": error.detail}, error.status_code, error.headers)
+HTTP_STATUS: dict[type[ServiceError], int] = {
+    MalformedBody: 400,
+    Unauthorized: 401,
+    Forbidden: 403,
+    BodyStalled: 408,
+    TooManyImages: 413,
+    FileTooLarge: 413,
+    ImageTooLarge: 413,
+    BodyTooLarge: 413,
+    InvalidImage: 415,
+    InvalidRequest: 422,
+    EmptyFile: 422,
+    ClientDisconnected: 499,  # nginx's code: only ever logged, the client is gone
+    InferenceFailed: 500,
+    RetryLater: 503,  # overloaded, queue full, body budget, shutting down, batcher stopped
+    NotReady: 503,
+    QueueTimeout: 504,
+    RequestTimedOut: 504,
+}
+"""The HTTP status of each of the service's errors (a class not listed takes its nearest listed base's)."""
+
+
+def http_status(error: ServiceError) -> int:
+    """`error`'s HTTP status, from HTTP_STATUS; 500 for an error it does not list."""
+    for cls in type(error).__mro__:
+        if cls in HTTP_STATUS:
+            return HTTP_STATUS[cls]
+    return 500
+
+
+def http_headers(error: ServiceError) -> dict[str, str]:
+    """The headers an error's answer carries: Retry-After for a refusal to retry, the API key's challenge."""
+    if isinstance(error, RetryLater):
+        return {"Retry-After": str(error.retry_after_s)}
+    if isinstance(error, Unauthorized):
+        return {"WWW-Authenticate": f'ApiKey header="{error.header}"'}
+    return {}
+
+
+def error_response(error: ServiceError) -> JsonResponse:
+    """An error as `/predict` and the other routes answer it: `{"error": code, "detail": text}` with its status."""
+    return JsonResponse({"error": error.error, "detail": error.detail}, http_status(error), http_headers(error))
 
 
 class Gateway:
@@ -127,21 +186,20 @@ class Gateway:
         body = self.bodies.counted(receive)
         try:
             await self.app(scope, body, send)
-        except BodyRefused as refusal:  # raised outside FastAPI's body parsing, which renders it itself
+        except ServiceError as refusal:  # a body limit, raised from `receive` where no route's handler caught it
             if answered():
                 raise
             await self._refuse(refusal, scope, receive, send)
         finally:
             body.release()
 
-    async def _refuse(self, refusal: ServiceError | BodyRefused, scope: Scope, receive: Receive, send: Send) -> None:
-        """Answer a refusal, counting it by reason if it is one a client should retry (not 401, 403 or 413)."""
-        reason = refusal.reason if isinstance(refusal, BodyRefused) else refusal.error
-        if reason and isinstance(refusal, BodyRefused | RetryLater | RequestTimedOut):
-            self.on_refused(reason)
+    async def _refuse(self, refusal: ServiceError, scope: Scope, receive: Receive, send: Send) -> None:
+        """Answer a refusal, counting it by reason if it is one (not 401, 403 or 413)."""
+        if refusal.refusal:
+            self.on_refused(refusal.refusal)
         await error_response(refusal)(scope, receive, send)
 
-    def _refusal(self, scope: Scope) -> ServiceError | BodyRefused | None:
+    def _refusal(self, scope: Scope) -> ServiceError | None:
         """Why a request is refused before its body is read, if it is: API key, admission, then body limits."""
         if self.api_keys is not None and (refusal := self.api_keys.refusal(scope)) is not None:
             return refusal

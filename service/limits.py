@@ -11,10 +11,18 @@ import hmac
 from collections.abc import Iterator
 from contextlib import contextmanager
 
-from starlette.exceptions import HTTPException
 from starlette.types import Message, Receive, Scope
 
-from service.errors import Forbidden, Overloaded, ServiceError, ShuttingDown, Unauthorized
+from service.errors import (
+    BodyOverBudget,
+    BodyStalled,
+    BodyTooLarge,
+    Forbidden,
+    Overloaded,
+    ServiceError,
+    ShuttingDown,
+    Unauthorized,
+)
 from service.lifecycle import DrainState
 
 
@@ -63,43 +71,6 @@ class Admission:
             self.in_flight -= 1
 
 
-class BodyRefused(HTTPException):
-    """A body limit, raised from `receive` (or built up front). An HTTPException, so that FastAPI passes it
-    through its body parsing (which turns other errors into 400) to the app's JSON error handler. `error` is its
-    code; `reason`, if any, the refusal it counts as in the metrics."""
-
-    error = "body_refused"
-    reason: str | None = None
-
-
-class BodyTooLarge(BodyRefused):
-    """The body is over `max_body_bytes`."""
-
-    error = "body_too_large"
-
-    def __init__(self, max_bytes: int) -> None:
-        super().__init__(413, f"the request body is over the limit of {max_bytes} bytes")
-
-
-class BodyOverBudget(BodyRefused):
-    """The bodies of all requests in progress would go over their budget."""
-
-    error = reason = "overloaded"
-
-    def __init__(self, held: int, budget_bytes: int, retry_after_s: int = 1) -> None:
-        detail = f"the server holds {held} bytes of uploads in progress, its limit is {budget_bytes}; retry later"
-        super().__init__(503, detail, headers={"Retry-After": str(retry_after_s)})
-
-
-class BodyStalled(BodyRefused):
-    """The upload made no progress for the idle timeout."""
-
-    error = reason = "upload_stalled"
-
-    def __init__(self, idle_s: float) -> None:
-        super().__init__(408, f"the upload made no progress for {idle_s:g} s")
-
-
 class BodyBudget:
     """413 once a request body exceeds `max_bytes`: at once from Content-Length, else while it streams in. And a
     budget for all requests in progress together: at most `budget_bytes` of body received and not yet released
@@ -118,20 +89,24 @@ class BodyBudget:
         self.held = 0
         """Body bytes received by the requests in progress."""
 
-    def refusal(self, scope: Scope) -> BodyRefused | None:
+    def refusal(self, scope: Scope) -> ServiceError | None:
         """The refusal a request gets before its body is read, from its Content-Length, if any."""
         declared = header(scope, b"content-length")
         if declared is None or not declared.isdigit():
             return None
         length = int(declared)
         if length > self.max_bytes:
-            return BodyTooLarge(self.max_bytes)
+            return self.too_large()
         if self.held + length > self.budget_bytes:
             return self.over_budget()
         return None
 
+    def too_large(self) -> BodyTooLarge:
+        return BodyTooLarge(f"the request body is over the limit of {self.max_bytes} bytes")
+
     def over_budget(self) -> BodyOverBudget:
-        return BodyOverBudget(self.held, self.budget_bytes, self.retry_after_s)
+        detail = f"the server holds {self.held} bytes of uploads in progress, its limit is {self.budget_bytes}"
+        return BodyOverBudget(f"{detail}; retry later", self.retry_after_s)
 
     def counted(self, receive: Receive) -> "CountedBody":
         """`receive`, counting the body against the limits; call `release` on the result when the request ends."""
@@ -158,12 +133,12 @@ class CountedBody:
                 async with asyncio.timeout(budget.idle_timeout_s):
                     message = await self.receive()
             except TimeoutError:
-                raise BodyStalled(budget.idle_timeout_s) from None
+                raise BodyStalled(f"the upload made no progress for {budget.idle_timeout_s:g} s") from None
         if message["type"] == "http.request":
             self.done = not message.get("more_body", False)
             size = len(message.get("body", b""))
             if self.received + size > budget.max_bytes:
-                raise BodyTooLarge(budget.max_bytes)
+                raise budget.too_large()
             if budget.held + size > budget.budget_bytes:
                 raise budget.over_budget()
             self.received += size
@@ -191,9 +166,7 @@ class ApiKeys:
             return None
         supplied = header(scope, self.header_key)
         if supplied is None:
-            missing = Unauthorized(f"this endpoint needs an API key in the {self.header} header")
-            missing.headers = {"WWW-Authenticate": f'ApiKey header="{self.header}"'}
-            return missing
+            return Unauthorized(f"this endpoint needs an API key in the {self.header} header", self.header)
         matched = False
         for key in self.keys:  # no early exit: the time taken does not depend on which key matched
             matched |= hmac.compare_digest(supplied, key)

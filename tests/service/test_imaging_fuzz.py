@@ -8,6 +8,7 @@ from hypothesis import strategies as st
 from PIL import Image
 
 from service.errors import ServiceError
+from service.gateway import http_status
 from service.imaging import decode_image
 from tests.conftest import encode, noisy_image
 
@@ -22,7 +23,7 @@ def check(data: bytes) -> None:
         try:
             array = decode_image(data, filename="fuzz", size=SIZE, max_pixels=4_000_000)
         except ServiceError as error:
-            assert 400 <= error.status_code < 500, error
+            assert 400 <= http_status(error) < 500, error
             return
     assert array.shape == (*SIZE, 3)
     assert array.dtype == np.uint8
