@@ -14,6 +14,7 @@ from prometheus_client import multiprocess
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.routing import Route
 
+from service import open_inference
 from service.api import ServingState, router
 from service.batching import Batcher
 from service.config import Settings, load_settings
@@ -122,7 +123,7 @@ def create_app(settings: Settings | None = None, drain: DrainState = DRAIN) -> F
         lifespan=lifespan,
         # The API's routes as the app's own: `include_router` would wrap them in a lazily resolved router that
         # every request walks through (about 5% of a request's time).
-        routes=list(router.routes),
+        routes=[*router.routes, *open_inference.router.routes],
     )
     app.state.settings = settings
     admission = Admission(limit=settings.max_concurrent_requests, drain=drain)
@@ -133,9 +134,7 @@ def create_app(settings: Settings | None = None, drain: DrainState = DRAIN) -> F
         metrics.refusals.labels(reason).inc()
 
     # The API's routes, and FastAPI's own (docs, schema), whatever objects app.routes wraps them in.
-    known_paths = frozenset(
-        route.path for route in [*router.routes, *app.routes] if isinstance(route, APIRoute | Route)
-    )
+    known_paths = frozenset(route.path for route in app.routes if isinstance(route, APIRoute | Route))
     app.add_middleware(
         Gateway,
         telemetry=Telemetry(metrics, known_paths=known_paths),
@@ -144,7 +143,8 @@ def create_app(settings: Settings | None = None, drain: DrainState = DRAIN) -> F
             settings.api_keys, header=settings.api_key_header, open_paths=frozenset(settings.api_key_open_paths)
         ),
         admission=admission,
-        admitted_paths=frozenset({"/predict"}),
+        admits=lambda path: path == "/predict" or open_inference.is_infer_path(path),
+        render=render_error,
         bodies=BodyBudget(
             max_bytes=settings.max_body_bytes,
             budget_bytes=settings.body_memory_bytes,
@@ -152,26 +152,37 @@ def create_app(settings: Settings | None = None, drain: DrainState = DRAIN) -> F
         ),
         on_refused=refused,
     )
-    _install_error_handlers(app, refused)
+    _install_error_handlers(app, refused, render_error)
     return app
 
 
-def _install_error_handlers(app: FastAPI, refused: Callable[[str], None]) -> None:
+def render_error(error: ServiceError, path: str) -> JsonResponse:
+    """An error in the form of the API it answers: the Open Inference Protocol's under /v2, else `/predict`'s."""
+    if path.startswith(open_inference.PREFIX):
+        return open_inference.error_body(error)
+    return error_response(error)
+
+
+def _install_error_handlers(
+    app: FastAPI, refused: Callable[[str], None], render: Callable[[ServiceError, str], JsonResponse]
+) -> None:
     @app.exception_handler(ServiceError)
     async def service_error(request: Request, error: ServiceError) -> JsonResponse:
         if error.refusal:
             refused(error.refusal)
         elif http_status(error) >= 500:
             log.error("event=server_error path=%s error=%s detail=%s", request.url.path, error.error, error.detail)
-        return error_response(error)
+        return render(error, request.url.path)
 
     @app.exception_handler(RequestValidationError)
     async def validation_error(request: Request, error: RequestValidationError) -> JsonResponse:
         problems = "; ".join(f"{'.'.join(str(part) for part in item['loc'])}: {item['msg']}" for item in error.errors())
-        return error_response(InvalidRequest(problems))
+        return render(InvalidRequest(problems), request.url.path)
 
     @app.exception_handler(StarletteHTTPException)
     async def http_error(request: Request, error: StarletteHTTPException) -> JsonResponse:
         codes = {400: "bad_request", 404: "not_found", 405: "method_not_allowed", 413: "body_too_large"}
-        body = {"error": codes.get(error.status_code, "http_error"), "detail": str(error.detail)}
-        return JsonResponse(body, error.status_code, error.headers)
+        code = codes.get(error.status_code, "http_error")
+        if request.url.path.startswith(open_inference.PREFIX):
+            return JsonResponse({"error": str(error.detail), "code": code}, error.status_code, error.headers)
+        return JsonResponse({"error": code, "detail": str(error.detail)}, error.status_code, error.headers)

@@ -55,7 +55,13 @@ class Settings(BaseSettings):
     api_key_header: str = "X-API-Key"
     """The request header that carries the API key."""
 
-    api_key_open_paths: Annotated[tuple[str, ...], NoDecode] = ("/health", "/ready", "/metrics")
+    api_key_open_paths: Annotated[tuple[str, ...], NoDecode] = (
+        "/health",
+        "/ready",
+        "/metrics",
+        "/v2/health/live",
+        "/v2/health/ready",
+    )
     """Paths that never need the API key, comma-separated."""
 
     max_images_per_request: int = Field(default=64, ge=1)

@@ -81,6 +81,12 @@ class ImageTooLarge(ServiceError):
     error = "image_too_large"
 
 
+class UnknownModel(ServiceError):
+    """A model name or version this server does not serve."""
+
+    error = "not_found"
+
+
 class NotReady(ServiceError):
     """The model is not loaded (yet)."""
 

@@ -35,6 +35,7 @@ from service.errors import (
     ShuttingDown,
     TooManyImages,
     Unauthorized,
+    UnknownModel,
 )
 from service.limits import Admission, ApiKeys, BodyBudget
 from service.telemetry import REQUEST_ID_HEADER, Telemetry, request_id_from
@@ -66,6 +67,7 @@ HTTP_STATUS: dict[type[ServiceError], int] = {
     InvalidImage: 415,
     InvalidRequest: 422,
     EmptyFile: 422,
+    UnknownModel: 404,
     ClientDisconnected: 499,  # nginx's code: only ever logged, the client is gone
     InferenceFailed: 500,
     RetryLater: 503,  # overloaded, queue full, body budget, shutting down, batcher stopped
@@ -101,7 +103,7 @@ def error_response(error: ServiceError) -> JsonResponse:
 class Gateway:
     """Pure ASGI middleware. Each concern is optional (off by default), so tests can wrap a bare app in one:
     `telemetry` records each request; `timeout_s` bounds a request from its first byte to its answer (504);
-    `api_keys` guards paths (401, 403); `admission` refuses requests to `admitted_paths` while every slot is
+    `api_keys` guards paths (401, 403); `admission` refuses requests to paths it `admits` while every slot is
     taken or the server drains (503); `bodies` bounds each body and all bodies in progress together (413, 503,
     408)."""
 
@@ -113,7 +115,8 @@ class Gateway:
         timeout_s: float = 0,
         api_keys: ApiKeys | None = None,
         admission: Admission | None = None,
-        admitted_paths: frozenset[str] = frozenset(),
+        admits: Callable[[str], bool] = lambda path: False,
+        render: Callable[[ServiceError, str], Response] = lambda error, path: error_response(error),
         bodies: BodyBudget | None = None,
         on_refused: Refused = lambda reason: None,
     ) -> None:
@@ -122,7 +125,8 @@ class Gateway:
         self.timeout_s = timeout_s
         self.api_keys = api_keys
         self.admission = admission
-        self.admitted_paths = admitted_paths
+        self.admits = admits
+        self.render = render
         self.bodies = bodies
         self.on_refused = on_refused
 
@@ -167,7 +171,7 @@ class Gateway:
             if not answered():
                 stopped = ShuttingDown("the server stopped before this request was answered; retry")
                 with contextlib.suppress(Exception):
-                    await error_response(stopped)(scope, receive, send)
+                    await self.render(stopped, scope["path"])(scope, receive, send)
             raise
         except TimeoutError:
             if answered():
@@ -197,13 +201,13 @@ class Gateway:
         """Answer a refusal, counting it by reason if it is one (not 401, 403 or 413)."""
         if refusal.refusal:
             self.on_refused(refusal.refusal)
-        await error_response(refusal)(scope, receive, send)
+        await self.render(refusal, scope["path"])(scope, receive, send)
 
     def _refusal(self, scope: Scope) -> ServiceError | None:
         """Why a request is refused before its body is read, if it is: API key, admission, then body limits."""
         if self.api_keys is not None and (refusal := self.api_keys.refusal(scope)) is not None:
             return refusal
-        if self.admission is not None and scope["path"] in self.admitted_paths:
+        if self.admission is not None and self.admits(scope["path"]):
             try:
                 self.admission.check()
             except ServiceError as refused:

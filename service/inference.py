@@ -152,10 +152,14 @@ def _read_info(path: Path, session: ort.InferenceSession, providers: tuple[str, 
     )
 
 
+def ranked(probabilities: np.ndarray, k: int) -> np.ndarray:
+    """For each row, the indices of its `k` most probable classes, most probable first (ties: lower index)."""
+    return np.argsort(-probabilities, axis=1, kind="stable")[:, :k]
+
+
 def top_k(probabilities: np.ndarray, labels: tuple[str, ...], k: int) -> list[list[tuple[str, float]]]:
     """For each row, the `k` most probable labels with their probabilities, most probable first."""
-    k = min(k, len(labels))
-    order = np.argsort(-probabilities, axis=1, kind="stable")[:, :k]
+    order = ranked(probabilities, min(k, len(labels)))
     return [
         [(labels[index], float(row[index])) for index in ranks] for row, ranks in zip(probabilities, order, strict=True)
     ]

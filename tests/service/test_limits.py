@@ -64,7 +64,7 @@ def test_requests_are_refused_before_their_body_is_read_while_every_slot_is_take
 
     async def scenario() -> tuple[Recorder, Recorder, Recorder]:
         admission = Admission(limit=2, drain=DrainState())
-        control = Gateway(app, admission=admission, admitted_paths=frozenset({"/predict"}), on_refused=reasons.append)  # type: ignore[arg-type]
+        control = Gateway(app, admission=admission, admits="/predict".__eq__, on_refused=reasons.append)  # type: ignore[arg-type]
         with admission.slot(), admission.slot():
             assert admission.in_flight == 2
             refused, other_path = Recorder(), Recorder()
@@ -94,7 +94,7 @@ def test_while_draining_new_requests_are_refused_with_503() -> None:
         raise AssertionError("a request reached the app while draining")
 
     admission = Admission(limit=10, drain=drain)
-    control = Gateway(app, admission=admission, admitted_paths=frozenset({"/predict"}), on_refused=reasons.append)
+    control = Gateway(app, admission=admission, admits="/predict".__eq__, on_refused=reasons.append)
     refused = Recorder()
     asyncio.run(control(http_scope(), never_read, refused))  # type: ignore[arg-type]
     assert refused.status == 503

@@ -1,0 +1,400 @@
+"""The Open Inference Protocol (KServe v2 REST, as Triton and MLServer speak it) beside `/predict`: health,
+metadata and `infer`, with Triton's binary tensor data and classification extensions. It calls the same
+classification pipeline as `/predict` (`service.pipeline`); here is only the protocol: reading a request into
+images, and writing probabilities back as tensors.
+
+Inputs: the model's own tensor, `UINT8` `[N, height, width, 3]` (JSON data, flat or nested, or binary); or, as
+this service's extension, a `BYTES` tensor `[N]` of encoded image files (binary: each a 4-byte little-endian
+length and its bytes; JSON: base64 strings), decoded exactly as `/predict` decodes uploads. Output: `FP32`
+probabilities `[N, classes]`, or with the `classification` parameter the top k as `BYTES` strings
+`score:index:label`. Errors are `{"error": message, "code": code}`, the message being what the protocol's clients
+show."""
+
+import base64
+import binascii
+import math
+import struct
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import orjson
+from fastapi import APIRouter, Request
+from fastapi.responses import Response
+from starlette.requests import ClientDisconnect
+
+from service.api import PlainRoute, client_gone
+from service.errors import (
+    ClientDisconnected,
+    EmptyFile,
+    FileTooLarge,
+    InvalidRequest,
+    MalformedBody,
+    NotReady,
+    ServiceError,
+    TooManyImages,
+    UnknownModel,
+)
+from service.gateway import JsonResponse, http_headers, http_status
+from service.inference import ModelInfo, ranked
+from service.limits import header
+from service.pipeline import Pipeline
+
+PREFIX = "/v2"
+EXTENSIONS = ("binary_tensor_data", "classification", "image_bytes")
+"""Listed in the server metadata: Triton's binary data and classification extensions, and our BYTES input of
+encoded image files."""
+
+HEADER_LENGTH = "Inference-Header-Content-Length"
+MAX_JSON_BYTES = 8 * 1024 * 1024
+"""Most bytes of JSON in one infer request. JSON numbers cost far more to hold than to send (a list entry per
+number); the largest UINT8 request, 64 images of 32x32x3 as text, is about 1 MB. Send larger inputs as binary
+data, as the official clients do by default."""
+
+_LENGTH = struct.Struct("<I")
+
+
+def error_body(error: ServiceError) -> JsonResponse:
+    """An error as the protocol answers it: its clients show `error`. The protocol answers every malformed
+    request with 400, where `/predict` tells a body it cannot parse (400) from one it does not take (422)."""
+    status = 400 if isinstance(error, InvalidRequest | EmptyFile) else http_status(error)
+    return JsonResponse({"error": error.detail, "code": error.error}, status, http_headers(error))
+
+
+# ---- reading an infer request ----
+
+
+@dataclass
+class InferRequest:
+    """An infer request, read and checked: its images (pixels, or encoded files) and what the answer holds."""
+
+    id: str | None
+    pixels: np.ndarray | None = None
+    files: list[tuple[str, bytes]] = field(default_factory=list)
+    binary_output: bool = False
+    classification: int = 0
+    count: int = 0
+
+
+def read_request(body: bytes, header_length: int | None, info: ModelInfo, max_images: int, max_file_bytes: int
+                 ) -> InferRequest:  # fmt: skip
+    """Parse `body` (JSON, then binary tensor data when `header_length` says where the JSON ends) into images for
+    `info`'s model; InvalidRequest or MalformedBody naming what is wrong."""
+    if header_length is None:
+        header_length = len(body)
+    if header_length > len(body):
+        raise MalformedBody(f"{HEADER_LENGTH} is {header_length}, but the body has only {len(body)} bytes")
+    if header_length > MAX_JSON_BYTES:
+        raise InvalidRequest(
+            f"the request's JSON is {header_length} bytes; at most {MAX_JSON_BYTES} are accepted: send tensors as "
+            "binary data (the binary tensor data extension)"
+        )
+    try:
+        request = orjson.loads(body[:header_length])
+    except orjson.JSONDecodeError as error:
+        raise MalformedBody(f"the request is not valid JSON: {error}") from None
+    if not isinstance(request, dict):
+        raise InvalidRequest("the request must be a JSON object with `inputs`")
+    request_id = request.get("id")
+    if request_id is not None and not isinstance(request_id, str):
+        raise InvalidRequest("`id` must be a string")
+    parameters = _object(request.get("parameters"), "parameters")
+    inputs = request.get("inputs")
+    if not isinstance(inputs, list) or not inputs:
+        raise InvalidRequest(f"`inputs` must be a list holding the input {info.input_name!r}")
+    if len(inputs) != 1:
+        raise InvalidRequest(f"the model has one input, {info.input_name!r}; the request has {len(inputs)}")
+    tensor = inputs[0]
+    if not isinstance(tensor, dict):
+        raise InvalidRequest("each input must be a JSON object")
+    if tensor.get("name") != info.input_name:
+        raise InvalidRequest(f"unknown input {tensor.get('name')!r}; the model's input is {info.input_name!r}")
+    binary = body[header_length:]
+    result = InferRequest(id=request_id)
+    _read_input(tensor, binary, info, max_images, max_file_bytes, result)
+    result.binary_output = parameters.get("binary_data_output") is True
+    _read_outputs(request.get("outputs"), info, result)
+    return result
+
+
+def _object(value: Any, what: str) -> dict[str, Any]:
+    if value is None:
+        return {}
+    if not isinstance(value, dict):
+        raise InvalidRequest(f"`{what}` must be a JSON object")
+    return value
+
+
+def _read_input(tensor: dict[str, Any], binary: bytes, info: ModelInfo, max_images: int, max_file_bytes: int,
+                result: InferRequest) -> None:  # fmt: skip
+    name, datatype, shape = tensor["name"], tensor.get("datatype"), tensor.get("shape")
+    if not isinstance(shape, list) or not all(isinstance(n, int) and not isinstance(n, bool) and n >= 0 for n in shape):
+        raise InvalidRequest(f"input {name!r}: `shape` must be a list of non-negative integers, got {shape!r}")
+    parameters = _object(tensor.get("parameters"), f"inputs[{name}].parameters")
+    if "shared_memory_region" in parameters:
+        raise InvalidRequest(f"input {name!r}: shared memory is not supported; send the data in the request")
+    size = parameters.get("binary_data_size")
+    if size is not None:
+        if not isinstance(size, int) or isinstance(size, bool) or size < 0:
+            raise InvalidRequest(f"input {name!r}: `binary_data_size` must be a non-negative integer")
+        if size != len(binary):
+            raise InvalidRequest(
+                f"input {name!r}: `binary_data_size` is {size}, but {len(binary)} bytes follow the JSON"
+            )
+        if "data" in tensor:
+            raise InvalidRequest(f"input {name!r}: both `data` and `binary_data_size`")
+    elif binary:
+        raise InvalidRequest(f"{len(binary)} bytes follow the JSON, but no input has `binary_data_size`")
+    elif "data" not in tensor:
+        raise InvalidRequest(f"input {name!r} has no `data` (nor `binary_data_size`)")
+    if not shape or shape[0] < 1:
+        raise InvalidRequest(f"input {name!r}: `shape` must start with the number of images (at least 1)")
+    if shape[0] > max_images:
+        raise TooManyImages(f"input {name!r}: {shape[0]} images in one request; the limit is {max_images}")
+    result.count = shape[0]
+    if datatype == "UINT8":
+        result.pixels = _pixels(tensor, binary if size is not None else None, shape, info)
+    elif datatype == "BYTES":
+        if len(shape) != 1:
+            raise InvalidRequest(f"input {name!r}: a BYTES input has shape [N] (one file per image), got {shape}")
+        files = _split_bytes(binary, name) if size is not None else _base64_elements(tensor["data"], name)
+        if len(files) != shape[0]:
+            raise InvalidRequest(f"input {name!r}: shape {shape} says {shape[0]} files, the data holds {len(files)}")
+        for index, data in enumerate(files):
+            if len(data) > max_file_bytes:
+                raise FileTooLarge(
+                    f"{name}[{index}] is {len(data)} bytes; the limit is {max_file_bytes} bytes per file"
+                )
+        result.files = [(f"{name}[{index}]", data) for index, data in enumerate(files)]
+    else:
+        raise InvalidRequest(
+            f"input {name!r}: datatype {datatype!r} is not accepted; send UINT8 pixels [N, {info.height}, "
+            f"{info.width}, 3] or BYTES image files [N]"
+        )
+
+
+def _pixels(tensor: dict[str, Any], binary: bytes | None, shape: list[int], info: ModelInfo) -> np.ndarray:
+    name = tensor["name"]
+    expected = [shape[0], info.height, info.width, 3]
+    if shape != expected:
+        raise InvalidRequest(f"input {name!r}: shape {shape}, the model takes [N, {info.height}, {info.width}, 3]")
+    count = math.prod(shape)
+    if binary is not None:
+        if len(binary) != count:
+            raise InvalidRequest(f"input {name!r}: shape {shape} needs {count} bytes of UINT8, got {len(binary)}")
+        return np.frombuffer(binary, dtype=np.uint8).reshape(shape)
+    try:
+        values = np.asarray(tensor["data"])
+    except ValueError:
+        raise InvalidRequest(f"input {name!r}: `data` is a ragged nested list") from None
+    if values.dtype.kind not in "iu" and values.size:
+        raise InvalidRequest(f"input {name!r}: UINT8 `data` must hold integers, got {values.dtype.name} values")
+    if values.size != count:
+        raise InvalidRequest(f"input {name!r}: shape {shape} needs {count} values, `data` holds {values.size}")
+    if values.size and (values.min() < 0 or values.max() > 255):
+        raise InvalidRequest(f"input {name!r}: UINT8 values must be within 0-255")
+    return values.astype(np.uint8).reshape(shape)
+
+
+def _split_bytes(binary: bytes, name: str) -> list[bytes]:
+    """A BYTES tensor's binary data: each element a 4-byte little-endian length, then that many bytes."""
+    elements, offset = [], 0
+    while offset < len(binary):
+        if offset + _LENGTH.size > len(binary):
+            raise InvalidRequest(f"input {name!r}: BYTES data ends inside an element's 4-byte length")
+        (length,) = _LENGTH.unpack_from(binary, offset)
+        offset += _LENGTH.size
+        if offset + length > len(binary):
+            raise InvalidRequest(
+                f"input {name!r}: BYTES element {len(elements)} says {length} bytes, only {len(binary) - offset} follow"
+            )
+        elements.append(binary[offset : offset + length])
+        offset += length
+    return elements
+
+
+def _base64_elements(data: Any, name: str) -> list[bytes]:
+    if not isinstance(data, list) or not all(isinstance(item, str) for item in data):
+        raise InvalidRequest(f"input {name!r}: BYTES `data` in JSON must be a list of base64 strings (one per file)")
+    try:
+        return [base64.b64decode(item, validate=True) for item in data]
+    except binascii.Error:
+        raise InvalidRequest(f"input {name!r}: BYTES `data` in JSON must be base64 strings") from None
+
+
+def _read_outputs(outputs: Any, info: ModelInfo, result: InferRequest) -> None:
+    if outputs is None:
+        return
+    if not isinstance(outputs, list) or not all(isinstance(output, dict) for output in outputs):
+        raise InvalidRequest("`outputs` must be a list of JSON objects")
+    for output in outputs:
+        if output.get("name") != info.output_name:
+            raise InvalidRequest(f"unknown output {output.get('name')!r}; the model's output is {info.output_name!r}")
+        parameters = _object(output.get("parameters"), f"outputs[{info.output_name}].parameters")
+        if "shared_memory_region" in parameters:
+            raise InvalidRequest("shared memory is not supported; the output comes back in the response")
+        result.binary_output = parameters.get("binary_data") is True
+        classes = parameters.get("classification", 0)
+        if not isinstance(classes, int) or isinstance(classes, bool) or classes < 0:
+            raise InvalidRequest("`classification` must be a non-negative integer")
+        result.classification = min(classes, len(info.labels))
+
+
+# ---- writing the answer ----
+
+
+def response(request: InferRequest, probabilities: np.ndarray, info: ModelInfo) -> Response:
+    """The infer response: the probabilities (or their top k as strings), in JSON or as binary tensor data."""
+    if request.classification:
+        rows = ranked(probabilities, request.classification)
+        strings = [
+            f"{probabilities[row, index]:.6f}:{index}:{info.labels[index]}".encode()
+            for row, indices in enumerate(rows)
+            for index in indices
+        ]
+        datatype, shape = "BYTES", [len(probabilities), request.classification]
+        raw = b"".join(_LENGTH.pack(len(s)) + s for s in strings) if request.binary_output else None
+        data: list[Any] = [s.decode() for s in strings]
+    else:
+        datatype, shape = "FP32", list(probabilities.shape)
+        raw = probabilities.astype("<f4").tobytes() if request.binary_output else None
+        data = probabilities.ravel().tolist()
+    output: dict[str, Any] = {"name": info.output_name, "datatype": datatype, "shape": shape}
+    answer: dict[str, Any] = {"model_name": info.name, "model_version": info.version, "outputs": [output]}
+    if request.id is not None:
+        answer["id"] = request.id
+    if raw is None:
+        output["data"] = data
+        return JsonResponse(answer)
+    output["parameters"] = {"binary_data_size": len(raw)}
+    head = orjson.dumps(answer)
+    return Response(head + raw, media_type="application/octet-stream", headers={HEADER_LENGTH: str(len(head))})
+
+
+# ---- routes ----
+
+router = APIRouter(prefix=PREFIX, tags=["Open Inference Protocol (v2)"])
+
+
+def _pipeline(request: Request) -> Pipeline:
+    pipeline: Pipeline = request.app.state.serving.serving_pipeline()
+    return pipeline
+
+
+def _model(request: Request, name: str, version: str | None) -> ModelInfo:
+    """The served model if `name` (and `version`, if given) are its own, else UnknownModel (404); NotReady (503)
+    before it is loaded."""
+    model = request.app.state.serving.model
+    if model is None:
+        raise NotReady("the model is not loaded yet")
+    info: ModelInfo = model.info
+    if name != info.name:
+        raise UnknownModel(f"unknown model {name!r}; this server serves {info.name!r}")
+    if version is not None and version != info.version:
+        raise UnknownModel(f"model {name!r} has no version {version!r}; it has {info.version!r}")
+    return info
+
+
+@router.get("", summary="Server metadata")
+async def server_metadata(request: Request) -> JsonResponse:
+    """The server's name, version and protocol extensions."""
+    return JsonResponse({"name": "image-classifier", "version": request.app.version, "extensions": list(EXTENSIONS)})
+
+
+@router.get("/health/live", summary="Server liveness")
+async def server_live() -> Response:
+    """200 while the process runs."""
+    return Response(status_code=200)
+
+
+@router.get("/health/ready", summary="Server readiness")
+async def server_ready(request: Request) -> Response:
+    """200 once the model is loaded and warmed up; 503 before, and while draining."""
+    return Response(status_code=200 if request.app.state.serving.serving else 503)
+
+
+@router.get("/models/{model_name}/ready", summary="Model readiness")
+@router.get("/models/{model_name}/versions/{model_version}/ready", summary="Model version readiness")
+async def model_ready(request: Request, model_name: str, model_version: str | None = None) -> Response:
+    """200 if this is the served model and it is ready; 404 for another model, 503 while not ready."""
+    _model(request, model_name, model_version)
+    return Response(status_code=200 if request.app.state.serving.serving else 503)
+
+
+@router.get("/models/{model_name}", summary="Model metadata")
+@router.get("/models/{model_name}/versions/{model_version}", summary="Model version metadata")
+async def model_metadata(request: Request, model_name: str, model_version: str | None = None) -> JsonResponse:
+    """The model's inputs and outputs. Besides its UINT8 pixels, the input takes BYTES image files [N] (this
+    service's extension, named in `parameters`)."""
+    info = _model(request, model_name, model_version)
+    return JsonResponse(
+        {
+            "name": info.name,
+            "versions": [info.version],
+            "platform": "onnxruntime_onnx",
+            "inputs": [{"name": info.input_name, "datatype": "UINT8", "shape": [-1, info.height, info.width, 3]}],
+            "outputs": [{"name": info.output_name, "datatype": "FP32", "shape": [-1, len(info.labels)]}],
+            "parameters": {
+                "labels": ",".join(info.labels),
+                "image_bytes": f"the input {info.input_name!r} also takes datatype BYTES, shape [N]: encoded image "
+                "files (JPEG, PNG, WebP, GIF, BMP, TIFF), decoded and resized as POST /predict does (an extension "
+                "of this service)",
+            },
+        }
+    )
+
+
+async def infer(request: Request) -> Response:
+    """Classify a tensor of images: UINT8 pixels or BYTES image files, in JSON or binary tensor data."""
+    params = request.path_params
+    info = _model(request, params["model_name"], params.get("model_version"))
+    pipeline = _pipeline(request)
+    declared = header(request.scope, HEADER_LENGTH.lower().encode())
+    header_length = None
+    if declared is not None:
+        if not declared.isdigit():
+            raise InvalidRequest(f"{HEADER_LENGTH} must be a number of bytes")
+        header_length = int(declared)
+    try:
+        body = b"".join([chunk async for chunk in request.stream()])
+    except ClientDisconnect:
+        raise ClientDisconnected("the client disconnected during its upload") from None
+    settings = request.app.state.settings
+    parsed = read_request(body, header_length, info, settings.max_images_per_request, settings.max_image_bytes)
+    del body
+    request.scope["state"]["telemetry"]["images"] = parsed.count
+    gone = client_gone(request.receive)
+    if parsed.pixels is not None:
+        classified = await pipeline.classify_pixels(parsed.pixels, gone)
+    else:
+        classified = await pipeline.classify_files(parsed.files, gone)
+    timing = classified.timing
+    request.scope["state"]["telemetry"].update(queue_wait_s=timing.queue_wait_s, inference_s=timing.inference_s)
+    request.app.state.metrics.images_per_request.observe(parsed.count)
+    return response(parsed, classified.probabilities, info)
+
+
+INFER_BODY = {
+    "requestBody": {
+        "required": True,
+        "description": "An inference request: JSON, or JSON followed by binary tensor data (its length in the "
+        f"{HEADER_LENGTH} header).",
+        "content": {"application/json": {"schema": {"type": "object", "required": ["inputs"]}},
+                    "application/octet-stream": {"schema": {"type": "string", "format": "binary"}}},
+    }
+}  # fmt: skip
+
+for path in ("/models/{model_name}/infer", "/models/{model_name}/versions/{model_version}/infer"):
+    router.add_api_route(
+        path,
+        infer,
+        methods=["POST"],
+        summary="Inference" if "versions" not in path else "Inference on a model version",
+        openapi_extra=INFER_BODY,
+        route_class_override=PlainRoute,
+    )
+
+
+def is_infer_path(path: str) -> bool:
+    """Whether `path` is an infer request (admission control applies to it, as to /predict)."""
+    return path.startswith(PREFIX + "/models/") and path.endswith("/infer")
