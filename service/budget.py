@@ -1,5 +1,5 @@
 """A memory budget shared by the requests of one process: work reserves its estimated bytes before it starts and
-waits, first come first served, while the budget has no room. No FastAPI here."""
+waits while the budget has no room. No FastAPI here."""
 
 import asyncio
 import contextlib
@@ -8,7 +8,9 @@ from collections import deque
 
 
 class MemoryBudget:
-    """At most `capacity` bytes reserved at once; a reservation waits (in arrival order) until it fits.
+    """At most `capacity` bytes reserved at once. A reservation that fits goes at once, even past waiters that do
+    not fit yet: a large request waiting for room must not hold up every smaller one behind it (it waits at most
+    its request's timeout). Waiters are granted in arrival order whenever they fit.
 
     `release` may come from a callback once the work really ended (a thread cannot be cancelled mid-decode), so
     reservations are plain acquire/release calls rather than a context manager. `try_acquire` may be called from
@@ -23,9 +25,9 @@ class MemoryBudget:
         self._lock = threading.Lock()  # `reserved` is also changed by `try_acquire`, from decoding threads
 
     def try_acquire(self, size: int) -> bool:
-        """Reserve `size` bytes if they fit now and nobody is waiting (first come, first served); from any thread."""
+        """Reserve `size` bytes if they fit now; from any thread."""
         with self._lock:
-            if self._waiters or self.reserved + size > self.capacity:
+            if self.reserved + size > self.capacity:
                 return False
             self.reserved += size
             return True
@@ -58,15 +60,18 @@ class MemoryBudget:
         self._wake()
 
     def _wake(self) -> None:
-        """Grant waiting reservations in order, as long as the first one fits; skip waiters already gone."""
+        """Grant, in arrival order, every waiting reservation that fits; drop waiters already gone."""
+        waiting: deque[tuple[int, asyncio.Future[None]]] = deque()
         while self._waiters:
-            size, waiter = self._waiters[0]
+            size, waiter = entry = self._waiters.popleft()
             if waiter.done():  # cancelled while queued: its own cleanup has not run yet
-                self._waiters.popleft()
                 continue
             with self._lock:
-                if self.reserved + size > self.capacity:
-                    return
-                self.reserved += size
-            self._waiters.popleft()
-            waiter.set_result(None)
+                fits = self.reserved + size <= self.capacity
+                if fits:
+                    self.reserved += size
+            if fits:
+                waiter.set_result(None)
+            else:
+                waiting.append(entry)
+        self._waiters = waiting

@@ -13,6 +13,7 @@ way whether it is trained on or served.
 import asyncio
 import contextlib
 import io
+import re
 import struct
 import threading
 from collections.abc import Callable, Iterator
@@ -135,8 +136,53 @@ def _checked(data: bytes, filename: str, size: tuple[int, int], max_pixels: int,
                 f"{filename!r} ({image.format} {image.mode} {declared[0]}x{declared[1]}) would take up to "
                 f"{estimate / 2**20:.0f} MiB to decode; the limit is {max_decode_bytes / 2**20:.0f} MiB"
             )
+        if image.format in {"JPEG", "MPO"} and jpeg_scans(data, MAX_JPEG_SCANS) > MAX_JPEG_SCANS:
+            raise InvalidImage(
+                f"{filename!r} is a JPEG of more than {MAX_JPEG_SCANS} scans, the most accepted (each scan of a "
+                "progressive JPEG is a pass over the whole image)"
+            )
         cheap = image.format in _CHEAP_FORMATS and not image.info.get("progressive")
         yield image, CheckedImage(data, filename, estimate, image.width * image.height, cheap)
+
+
+MAX_JPEG_SCANS = 100
+"""Most scans a JPEG may have (all its frames together, for an MPO). libjpeg's and mozjpeg's progressive scripts
+write about ten; each scan, even one of 60 bytes, makes the decoder pass over every block of the full-size image
+(22 ms at 36 megapixels), so a 90 KB file of 1,500 repeated scans held a decoding thread for 34 s."""
+
+# A marker after a scan's entropy-coded data: 0xFF then anything but a stuffed zero, a restart marker or fill.
+_MARKER_AFTER_SCAN = re.compile(rb"\xff[^\x00\xd0-\xd7\xff]")
+
+
+def jpeg_scans(data: bytes, limit: int) -> int:
+    """The number of scans in a JPEG's marker structure (counting stops past `limit`). Segments are skipped by
+    their lengths, so an EXIF thumbnail's scan is not counted; a structure it cannot follow ends the count (the
+    decoder then judges the file)."""
+    scans, position = 0, 2  # after the start-of-image marker
+    while position + 4 <= len(data) and scans <= limit:
+        if data[position] != 0xFF:
+            break
+        marker = data[position + 1]
+        if marker == 0xFF:  # fill byte
+            position += 1
+        elif marker == 0xD9:  # end of image: an MPO's next picture follows
+            position = data.find(b"\xff\xd8", position + 2)
+            if position < 0:
+                break
+            position += 2
+        elif marker in (0x01, 0xD8) or 0xD0 <= marker <= 0xD7:  # markers without a length
+            position += 2
+        else:
+            end = position + 2 + int.from_bytes(data[position + 2 : position + 4], "big")
+            if marker != 0xDA:
+                position = end
+                continue
+            scans += 1
+            following = _MARKER_AFTER_SCAN.search(data, end)
+            if following is None:
+                break
+            position = following.start()
+    return scans
 
 
 HEADER_WINDOW = 2 * 1024 * 1024
@@ -399,7 +445,7 @@ class Decoder:
 
     async def _on_threads(self, check: Callable[[], list[CheckedImage]], size: tuple[int, int]) -> np.ndarray:
         """`check()` (the images' headers) then their decoding, in one hop to a decoding thread when the budget has
-        room; when it has none, the request waits for room in turn, then hops again to decode."""
+        room; when it has none, the request waits for room, then hops again to decode."""
         loop = asyncio.get_running_loop()
         decoded = await self._in_thread(lambda stop: self._decode_if_room(check(), size, stop, loop))
         if isinstance(decoded, np.ndarray):

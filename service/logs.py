@@ -40,4 +40,7 @@ def logging_config(level: str, log_format: LogFormat) -> dict[str, Any]:
     config["handlers"]["default"]["formatter"] = "service"
     config["loggers"]["service"] = {"handlers": ["service"], "level": level.upper(), "propagate": False}
     config["loggers"]["uvicorn"]["level"] = level.upper()
+    # python-multipart logs a plain-text warning for each malformed body it meets: any client could write one per
+    # request, without a request id. The client gets the error in its answer; the log keeps only errors.
+    config["loggers"]["python_multipart"] = {"handlers": ["service"], "level": "ERROR", "propagate": False}
     return config

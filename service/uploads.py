@@ -8,6 +8,7 @@ too many or too large files. The body's bytes are already counted against the me
 """
 
 import asyncio
+import codecs
 import re
 import unicodedata
 from collections.abc import AsyncIterator
@@ -26,11 +27,20 @@ MAX_OTHER_FIELDS = 16
 
 MAX_FILENAME_CHARS = 255
 
-INLINE_BODY_BYTES = 64 * 1024
+INLINE_BODY_BYTES = 16 * 1024
 """The first bytes of a body are parsed on the event loop; the rest on a thread, chunk by chunk. The parser
-steps through some inputs a byte at a time (padding after a boundary, near-matches of it: 4-6 MiB/s instead of
+steps through some inputs a byte at a time (padding after a boundary, near-matches of it: 2.7-6 MiB/s instead of
 about 1 GiB/s), so a large crafted body would otherwise hold the event loop for seconds; on a thread it holds
-only that thread, and the loop keeps answering (Python hands the lock between them every few milliseconds)."""
+only that thread, and the loop keeps answering (Python hands the lock between them every few milliseconds). At
+16 KiB a crafted body holds the loop for at most about 6 ms (64 KiB: 20 ms, which four clients turned into a
+93 ms /health p50); a small image's whole request still parses inline."""
+
+_CHARSETS = {"utf-8", "ascii", "iso8859-1"}
+"""The form charsets names are decoded in (Python's codec names); any other is read as Latin-1. A charset is the
+client's choice, and some codecs cost far more than these (punycode: 8 ms for a 4 KB name)."""
+
+MAX_FILENAME_BYTES = 4 * MAX_FILENAME_CHARS
+"""A file name is cut to this many bytes before it is decoded (it is cut to MAX_FILENAME_CHARS after)."""
 
 _REQUIRED = f"{FIELD}: one or more image files are required, as multipart/form-data parts named {FIELD!r}"
 
@@ -95,7 +105,8 @@ class _FormReader:
         self.files.append(self.part)
         if len(self.files) > self.max_files:
             raise TooManyImages(f"more than {self.max_files} files in one request; the limit is {self.max_files}")
-        self.part.filename = client_filename(_decode(options[b"filename"], self.charset), len(self.files) - 1)
+        raw_name = options[b"filename"][:MAX_FILENAME_BYTES]
+        self.part.filename = client_filename(_decode(raw_name, self.charset), len(self.files) - 1)
 
     def on_end(self) -> None:
         self.ended = True
@@ -125,7 +136,7 @@ async def read_uploads(
     boundary = options.get(b"boundary")
     if not boundary:
         raise InvalidRequest(f"{_REQUIRED}; the Content-Type has no boundary")
-    charset = options.get(b"charset", b"utf-8").decode("latin-1")
+    charset = _charset(options.get(b"charset", b"utf-8").decode("latin-1"))
     reader = _FormReader(charset=charset, max_files=max_files, max_file_bytes=max_file_bytes)
     callbacks = {
         "on_part_begin": reader.on_part_begin,
@@ -154,6 +165,15 @@ async def read_uploads(
     if not reader.files:
         raise InvalidRequest(_REQUIRED)
     return [Upload(part.filename or "", part.content) for part in reader.files]
+
+
+def _charset(declared: str) -> str:
+    """The codec to decode names in: the declared charset if it is one of _CHARSETS, else Latin-1."""
+    try:
+        name = codecs.lookup(declared[:40]).name
+    except LookupError:
+        return "latin-1"
+    return name if name in _CHARSETS else "latin-1"
 
 
 def _decode(raw: bytes, charset: str) -> str:

@@ -1,4 +1,4 @@
-"""The memory budget: reservations fit or wait, in arrival order; a cancelled waiter hands its turn on."""
+"""The memory budget: reservations that fit go at once, the rest wait; a cancelled waiter hands its turn on."""
 
 import asyncio
 
@@ -7,7 +7,7 @@ import pytest
 from service.budget import MemoryBudget
 
 
-def test_reservations_that_fit_go_at_once_and_the_rest_wait_in_order() -> None:
+def test_reservations_that_fit_go_at_once_even_past_a_waiter_that_does_not() -> None:
     async def scenario() -> list[str]:
         budget = MemoryBudget(100)
         order: list[str] = []
@@ -19,15 +19,37 @@ def test_reservations_that_fit_go_at_once_and_the_rest_wait_in_order() -> None:
 
         big = asyncio.create_task(take("big", 70))
         await asyncio.sleep(0)
-        small = asyncio.create_task(take("small", 10))  # would fit, but waits behind the first waiter
+        small = asyncio.create_task(take("small", 10))  # fits: a large waiter does not hold it up
         await asyncio.sleep(0)
-        assert order == [] and budget.reserved == 60
+        assert order == ["small"] and budget.reserved == 70
         budget.release(60)
         await asyncio.gather(big, small)
         assert budget.reserved == 80
         return order
 
-    assert asyncio.run(scenario()) == ["big", "small"]
+    assert asyncio.run(scenario()) == ["small", "big"]
+
+
+def test_waiters_are_granted_in_arrival_order_when_room_comes() -> None:
+    async def scenario() -> list[str]:
+        budget = MemoryBudget(100)
+        order: list[str] = []
+        await budget.acquire(100)
+
+        async def take(name: str, size: int) -> None:
+            await budget.acquire(size)
+            order.append(name)
+
+        tasks = [asyncio.create_task(take(name, size)) for name, size in (("first", 60), ("second", 50), ("third", 40))]
+        await asyncio.sleep(0)
+        budget.release(100)  # the first and the third fit together; the second waits for room
+        await asyncio.sleep(0)
+        assert order == ["first", "third"]
+        budget.release(60)
+        await asyncio.gather(*tasks)
+        return order
+
+    assert asyncio.run(scenario()) == ["first", "third", "second"]
 
 
 def test_a_cancelled_waiter_lets_the_next_one_in() -> None:
@@ -55,7 +77,7 @@ def test_waiters_cancelled_together_lose_no_room_and_raise_only_cancellation() -
         budget = MemoryBudget(100)
         await budget.acquire(50)
         first = asyncio.create_task(budget.acquire(60))  # does not fit while 50 are held
-        second = asyncio.create_task(budget.acquire(10))  # fits, but waits behind the first
+        second = asyncio.create_task(budget.acquire(55))  # nor does this one
         await asyncio.sleep(0)
         first.cancel()
         second.cancel()  # both requests end in the same pass of the event loop

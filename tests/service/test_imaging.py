@@ -11,7 +11,7 @@ import pytest
 from PIL import Image
 
 from service.errors import EmptyFile, ImageTooLarge, InvalidImage
-from service.imaging import decode_image, open_image
+from service.imaging import MAX_JPEG_SCANS, decode_image, jpeg_scans, open_image
 from tests.conftest import encode, noisy_image
 
 SIZE = (32, 32)
@@ -315,3 +315,27 @@ def test_files_larger_than_the_header_window_still_decode(fmt: str) -> None:
     data = encode(noise if fmt != "GIF" else noise.convert("P"), fmt, **({"quality": 100} if fmt == "JPEG" else {}))
     assert len(data) > 2 * 1024 * 1024
     assert decode(data, max_pixels=10**8).shape == (*SIZE, 3)
+
+
+def repeated_scans(copies: int) -> bytes:
+    """A progressive JPEG whose last scan is repeated `copies` more times: each repeat is tiny, and each costs the
+    decoder a pass over the whole image."""
+    data = encode(noisy_image((90, 120, 200), (64, 64)), "JPEG", progressive=True)
+    last_scan = data.rindex(b"\xff\xda")
+    scan = data[last_scan:-2]  # up to the end-of-image marker
+    return data[:-2] + scan * copies + data[-2:]
+
+
+def test_a_jpeg_of_many_scans_is_refused_before_decoding() -> None:
+    assert jpeg_scans(repeated_scans(0), MAX_JPEG_SCANS) == 10  # libjpeg's progressive script
+    assert decode_image(repeated_scans(80), filename="ok.jpg", size=(32, 32), max_pixels=10**6).shape == (32, 32, 3)
+    with pytest.raises(InvalidImage, match=f"more than {MAX_JPEG_SCANS} scans"):
+        open_image(repeated_scans(200), filename="scans.jpg", size=(32, 32), max_pixels=10**6, max_decode_bytes=2**30)
+
+
+def test_scans_inside_an_exif_thumbnail_or_icc_profile_are_not_counted() -> None:
+    image = noisy_image((90, 120, 200), (64, 64))
+    noise = b"\xff\xda" * 30_000  # a profile full of start-of-scan bytes, skipped by its segment lengths
+    data = encode(image, "JPEG", progressive=True, icc_profile=noise)
+    assert data.count(b"\xff\xda") > 1000
+    assert jpeg_scans(data, MAX_JPEG_SCANS) == 10
