@@ -39,6 +39,7 @@ from service.gateway import JsonResponse, http_headers, http_status
 from service.inference import ModelInfo, ranked
 from service.limits import header
 from service.pipeline import Pipeline
+from service.schemas import ModelReadyResponse, ProtocolErrorResponse, ServerLiveResponse, ServerReadyResponse
 
 PREFIX = "/v2"
 EXTENSIONS = ("binary_tensor_data", "classification", "image_bytes")
@@ -295,34 +296,74 @@ def _model(request: Request, name: str, version: str | None) -> ModelInfo:
     return info
 
 
-@router.get("", summary="Server metadata")
+def _errors(*statuses: int) -> dict[int | str, dict[str, Any]]:
+    descriptions = {
+        400: "A malformed request: not JSON, an unknown input or output, a wrong datatype or shape, data that "
+        "does not match its shape",
+        404: "Not the model (or version) this server serves",
+        408: "The upload made no progress for body_idle_timeout_s",
+        413: "Too many images, a file or body over its limit, or an image over the pixel or decode-memory limit",
+        415: "A BYTES element that is not a decodable image",
+        500: "The model failed on the batch holding this request's images",
+        503: "Not loaded yet, overloaded (with Retry-After), or shutting down",
+        504: "The request took longer than its timeout",
+    }
+    return {status: {"model": ProtocolErrorResponse, "description": descriptions[status]} for status in statuses}
+
+
+@router.get("", summary="Server metadata", responses={200: {"description": "name, version and extensions"}})
 async def server_metadata(request: Request) -> JsonResponse:
     """The server's name, version and protocol extensions."""
     return JsonResponse({"name": "image-classifier", "version": request.app.version, "extensions": list(EXTENSIONS)})
 
 
-@router.get("/health/live", summary="Server liveness")
-async def server_live() -> Response:
+@router.get("/health/live", summary="Server liveness", response_model=ServerLiveResponse)
+async def server_live() -> JsonResponse:
     """200 while the process runs."""
-    return Response(status_code=200)
+    return JsonResponse({"live": True})
 
 
-@router.get("/health/ready", summary="Server readiness")
-async def server_ready(request: Request) -> Response:
+@router.get(
+    "/health/ready",
+    summary="Server readiness",
+    response_model=ServerReadyResponse,
+    responses={503: {"model": ServerReadyResponse, "description": "Not loaded or warmed up yet, or draining"}},
+)
+async def server_ready(request: Request) -> JsonResponse:
     """200 once the model is loaded and warmed up; 503 before, and while draining."""
-    return Response(status_code=200 if request.app.state.serving.serving else 503)
+    serving = request.app.state.serving.serving
+    return JsonResponse({"ready": serving}, 200 if serving else 503)
 
 
-@router.get("/models/{model_name}/ready", summary="Model readiness")
-@router.get("/models/{model_name}/versions/{model_version}/ready", summary="Model version readiness")
-async def model_ready(request: Request, model_name: str, model_version: str | None = None) -> Response:
+@router.get(
+    "/models/{model_name}/ready",
+    summary="Model readiness",
+    response_model=ModelReadyResponse,
+    responses=_errors(404, 503),
+)
+@router.get(
+    "/models/{model_name}/versions/{model_version}/ready",
+    summary="Model version readiness",
+    response_model=ModelReadyResponse,
+    responses=_errors(404, 503),
+)
+async def model_ready(request: Request, model_name: str, model_version: str | None = None) -> JsonResponse:
     """200 if this is the served model and it is ready; 404 for another model, 503 while not ready."""
-    _model(request, model_name, model_version)
-    return Response(status_code=200 if request.app.state.serving.serving else 503)
+    info = _model(request, model_name, model_version)
+    if not request.app.state.serving.serving:
+        raise NotReady(f"the model {info.name!r} is not ready (loading, or the server is draining)")
+    return JsonResponse({"name": info.name, "ready": True})
 
 
-@router.get("/models/{model_name}", summary="Model metadata")
-@router.get("/models/{model_name}/versions/{model_version}", summary="Model version metadata")
+_METADATA = {200: {"description": "name, versions, platform, inputs and outputs, and parameters"}}
+
+
+@router.get("/models/{model_name}", summary="Model metadata", responses=_METADATA | _errors(404, 503))
+@router.get(
+    "/models/{model_name}/versions/{model_version}",
+    summary="Model version metadata",
+    responses=_METADATA | _errors(404, 503),
+)
 async def model_metadata(request: Request, model_name: str, model_version: str | None = None) -> JsonResponse:
     """The model's inputs and outputs. Besides its UINT8 pixels, the input takes BYTES image files [N] (this
     service's extension, named in `parameters`)."""
@@ -375,6 +416,13 @@ async def infer(request: Request) -> Response:
 
 
 INFER_BODY = {
+    "responses": {
+        "200": {
+            "description": "The outputs: JSON, or JSON followed by binary tensor data",
+            "content": {"application/json": {"schema": {"type": "object"}},
+                        "application/octet-stream": {"schema": {"type": "string", "format": "binary"}}},
+        }
+    },
     "requestBody": {
         "required": True,
         "description": "An inference request: JSON, or JSON followed by binary tensor data (its length in the "
@@ -391,6 +439,7 @@ for path in ("/models/{model_name}/infer", "/models/{model_name}/versions/{model
         methods=["POST"],
         summary="Inference" if "versions" not in path else "Inference on a model version",
         openapi_extra=INFER_BODY,
+        responses=_errors(400, 404, 408, 413, 415, 500, 503, 504),
         route_class_override=PlainRoute,
     )
 

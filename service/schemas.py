@@ -163,3 +163,35 @@ class ErrorResponse(BaseModel):
 
     error: str
     detail: str
+
+
+class ProtocolErrorResponse(BaseModel):
+    """An Open Inference Protocol error: the message its clients show, and a stable code."""
+
+    model_config = ConfigDict(
+        json_schema_extra={
+            "examples": [{"error": "unknown model 'resnet'; this server serves ...", "code": "not_found"}]
+        }
+    )
+
+    error: str
+    code: str
+
+
+class ServerLiveResponse(BaseModel):
+    """Open Inference Protocol liveness (the status code is the answer; the body says the same)."""
+
+    live: bool
+
+
+class ServerReadyResponse(BaseModel):
+    """Open Inference Protocol readiness: 200 and true once the model is loaded and warmed up, else 503 and false."""
+
+    ready: bool
+
+
+class ModelReadyResponse(BaseModel):
+    """Open Inference Protocol model readiness."""
+
+    name: str
+    ready: bool

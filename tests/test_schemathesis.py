@@ -13,6 +13,7 @@ from tests.test_end_to_end import running_server
 # /predict is where the input space is; the GET endpoints take no input and yield a handful of cases each.
 PREDICT_CASES = 500
 OTHER_CASES = 20
+INFER_CASES = 150
 
 
 def test_schemathesis_finds_no_5xx_and_no_undocumented_response(bundled_model: Path, tmp_path: Path) -> None:
@@ -22,7 +23,7 @@ def test_schemathesis_finds_no_5xx_and_no_undocumented_response(bundled_model: P
         for result in schema.get_all_operations():
             operation = result.ok()
             label = operation.label
-            budget = PREDICT_CASES if "/predict" in label else OTHER_CASES
+            budget = PREDICT_CASES if "/predict" in label else INFER_CASES if label.endswith("/infer") else OTHER_CASES
 
             @given(case=operation.as_strategy())
             @settings(max_examples=budget, deadline=None, suppress_health_check=list(HealthCheck), database=None)
