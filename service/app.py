@@ -1,6 +1,7 @@
 """The app factory: builds the FastAPI app, opens the model in the lifespan, renders every error as JSON."""
 
 import asyncio
+import dataclasses
 import logging
 import os
 from collections.abc import AsyncIterator, Callable
@@ -75,6 +76,8 @@ def create_app(settings: Settings | None = None, drain: DrainState = DRAIN) -> F
                 require_gpu=settings.require_gpu,
             )
             await asyncio.to_thread(model.warm_up, warm_up_sizes(settings.max_batch_size))
+            if settings.model_name:
+                model.info = dataclasses.replace(model.info, name=settings.model_name)
         except (ModelLoadError, ProviderUnavailable, ServiceError) as error:
             log.error("event=startup_failed model_path=%s reason=%s", settings.model_path, error)
             raise

@@ -21,6 +21,10 @@ class Settings(BaseSettings):
     model_path: Path = DEFAULT_MODEL_PATH
     """The ONNX model to serve; labels and input size are read from its metadata."""
 
+    model_name: str | None = Field(default=None, min_length=1, max_length=128, pattern=r"^[A-Za-z0-9][\w.-]*$")
+    """The name the model is served under (in answers and in /v2/models/<name> paths); default the name in its
+    metadata. KServe's runtime sets it to the InferenceService's name."""
+
     host: str = "127.0.0.1"
     """Address to listen on (0.0.0.0 in containers)."""
 

@@ -275,9 +275,10 @@ def test_schema_validation_fails_on_a_misspelt_field() -> None:
 
 
 def app_routes() -> set[str]:
+    from service import open_inference
     from service.api import router
 
-    return {route.path for route in router.routes}  # type: ignore[attr-defined]
+    return {route.path for route in [*router.routes, *open_inference.router.routes]}  # type: ignore[attr-defined]
 
 
 def cross_resource_problems(docs: list[dict[str, Any]]) -> list[str]:
@@ -442,4 +443,116 @@ def test_cross_resource_checks_fail_on_a_broken_copy(mutation: str) -> None:
     mutate, expected = MUTATIONS[mutation]
     mutate(docs)
     problems = cross_resource_problems(docs)
+    assert any(expected in problem for problem in problems), problems
+
+
+# ---- KServe -----------------------------------------------------------------------------------------------------
+# No KServe CRDs can be installed here: the runtime's container is validated strictly as a core Kubernetes
+# container, the KServe-specific fields against the fields KServe's CRDs define (serving.kserve.io_servingruntimes
+# and _inferenceservices, v0.13 to v0.15), and both against the app and each other.
+
+KSERVE = REPO / "deploy" / "kserve"
+SERVING_RUNTIME_FIELDS = {
+    "affinity", "annotations", "builtInAdapter", "containers", "disabled", "grpcDataEndpoint", "grpcEndpoint",
+    "hostIPC", "httpDataEndpoint", "imagePullSecrets", "labels", "multiModel", "nodeSelector", "protocolVersions",
+    "replicas", "storageHelper", "supportedModelFormats", "tolerations", "volumes", "workerSpec",
+}  # fmt: skip
+MODEL_FORMAT_FIELDS = {"name", "version", "autoSelect", "priority"}
+PROTOCOL_VERSIONS = {"v1", "v2", "grpc-v1", "grpc-v2"}
+PREDICTOR_FIELDS = {
+    "minReplicas", "maxReplicas", "scaleTarget", "scaleMetric", "containerConcurrency", "timeout",
+    "canaryTrafficPercent", "logger", "batcher", "annotations", "labels", "model", "containers", "volumes",
+    "nodeSelector", "tolerations", "affinity", "serviceAccountName", "terminationGracePeriodSeconds",
+}  # fmt: skip
+MODEL_FIELDS = {"modelFormat", "runtime", "protocolVersion", "storageUri", "runtimeVersion", "env", "resources", "args"}
+KSERVE_MODEL_DIR = "/mnt/models"  # where KServe's storage initializer puts the storageUri's files
+
+
+def kserve_docs() -> tuple[dict[str, Any], dict[str, Any]]:
+    runtime = yaml.safe_load((KSERVE / "servingruntime.yaml").read_text())
+    service = yaml.safe_load((KSERVE / "inferenceservice.yaml").read_text())
+    return runtime, service
+
+
+def kserve_problems(runtime: dict[str, Any], service: dict[str, Any]) -> list[str]:
+    """What the KServe manifests get wrong: fields KServe does not define, and mismatches with the app."""
+    problems = []
+    spec = runtime["spec"]
+    problems += [f"ServingRuntime spec has no field {key}" for key in set(spec) - SERVING_RUNTIME_FIELDS]
+    for model_format in spec.get("supportedModelFormats", []):
+        problems += [f"supportedModelFormats has no field {key}" for key in set(model_format) - MODEL_FORMAT_FIELDS]
+    if "v2" not in spec.get("protocolVersions", []) or set(spec.get("protocolVersions", [])) - PROTOCOL_VERSIONS:
+        problems.append(f"protocolVersions {spec.get('protocolVersions')} do not name v2 (only KServe's versions)")
+    (container,) = spec["containers"]
+    pod = {"apiVersion": "v1", "kind": "Pod", "metadata": {"name": "runtime"}, "spec": {"containers": [container]}}
+    problems += schema_errors([pod])
+    env = {item["name"]: item["value"] for item in container.get("env", [])}
+    settings = {f"{ENV_PREFIX}{name.upper()}" for name in Settings.model_fields}
+    problems += [f"{name} is not a setting of the service" for name in set(env) - settings]
+    ports = {port["containerPort"] for port in container.get("ports", [])}
+    if ports != {8080} or env.get("CLASSIFIER_PORT") != "8080":
+        problems.append(f"the container must serve on KServe's port 8080: ports {ports}, {env.get('CLASSIFIER_PORT')}")
+    for probe_name in ("readinessProbe", "livenessProbe"):
+        probe = container.get(probe_name, {}).get("httpGet", {})
+        if probe.get("path") not in app_routes() or not probe.get("path", "").startswith("/v2/health/"):
+            problems.append(f"{probe_name} path {probe.get('path')} is not one of the app's /v2/health routes")
+        if probe.get("port") not in ports:
+            problems.append(f"{probe_name} port {probe.get('port')} is not the container port")
+    if not env.get("CLASSIFIER_MODEL_PATH", "").startswith(KSERVE_MODEL_DIR + "/"):
+        problems.append(f"CLASSIFIER_MODEL_PATH {env.get('CLASSIFIER_MODEL_PATH')} is not under {KSERVE_MODEL_DIR}")
+    if env.get("CLASSIFIER_MODEL_NAME") != "{{.Name}}":
+        problems.append("CLASSIFIER_MODEL_NAME must be {{.Name}}: the InferenceService's name, as clients address it")
+    else:
+        Settings(model_name=service["metadata"]["name"])  # the name KServe fills in is a valid setting
+    limit = container["resources"]["limits"]["memory"]
+    limit_bytes = (
+        int(limit.removesuffix("Gi")) * 2**30 if limit.endswith("Gi") else int(limit.removesuffix("Mi")) * 2**20
+    )
+    budgets = int(env["CLASSIFIER_BODY_MEMORY_BYTES"]) + int(env["CLASSIFIER_DECODE_MEMORY_BYTES"])
+    if budgets + 200 * 2**20 > limit_bytes:
+        problems.append(f"body and decode budgets ({budgets} bytes) and the baseline do not fit the {limit} limit")
+    predictor = service["spec"]["predictor"]
+    problems += [f"predictor has no field {key}" for key in set(predictor) - PREDICTOR_FIELDS]
+    model = predictor["model"]
+    problems += [f"predictor.model has no field {key}" for key in set(model) - MODEL_FIELDS]
+    if model.get("runtime") != runtime["metadata"]["name"]:
+        problems.append(f"the InferenceService's runtime {model.get('runtime')} is not {runtime['metadata']['name']}")
+    if model.get("modelFormat", {}).get("name") not in {f["name"] for f in spec["supportedModelFormats"]}:
+        problems.append(f"model format {model.get('modelFormat')} is not one the runtime supports")
+    if model.get("protocolVersion") not in spec.get("protocolVersions", []):
+        problems.append(f"protocolVersion {model.get('protocolVersion')} is not one the runtime speaks")
+    if not re.fullmatch(r"(s3|gs|pvc|https?|hf|oci)://\S+", model.get("storageUri", "")):
+        problems.append(f"storageUri {model.get('storageUri')} is not a URI KServe's storage initializer takes")
+    return problems
+
+
+def test_kserve_manifests_fit_kserve_and_the_app() -> None:
+    runtime, service = kserve_docs()
+    assert runtime["apiVersion"] == "serving.kserve.io/v1alpha1" and runtime["kind"] == "ServingRuntime"
+    assert service["apiVersion"] == "serving.kserve.io/v1beta1" and service["kind"] == "InferenceService"
+    assert kserve_problems(runtime, service) == []
+
+
+KSERVE_MUTATIONS: dict[str, tuple[Callable[[dict[str, Any], dict[str, Any]], None], str]] = {
+    "runtime-field": (lambda r, s: r["spec"].update(protocolVersion=["v2"]), "no field protocolVersion"),
+    "container-field": (lambda r, s: r["spec"]["containers"][0].update(readinessProbes={}), "readinessProbes"),
+    "port": (lambda r, s: r["spec"]["containers"][0]["ports"][0].update(containerPort=8000), "port 8080"),
+    "probe-path": (
+        lambda r, s: r["spec"]["containers"][0]["readinessProbe"]["httpGet"].update(path="/ready"),
+        "path /ready",
+    ),
+    "model-path": (lambda r, s: r["spec"]["containers"][0]["env"][2].update(value="/models/m.onnx"), "/mnt/models"),
+    "runtime-name": (lambda r, s: s["spec"]["predictor"]["model"].update(runtime="triton"), "runtime triton"),
+    "protocol": (lambda r, s: s["spec"]["predictor"]["model"].update(protocolVersion="v1"), "protocolVersion v1"),
+    "storage": (lambda r, s: s["spec"]["predictor"]["model"].update(storageUri="models/"), "storageUri"),
+    "format": (lambda r, s: s["spec"]["predictor"]["model"].update(modelFormat={"name": "onnxx"}), "model format"),
+}
+
+
+@pytest.mark.parametrize("mutation", sorted(KSERVE_MUTATIONS))
+def test_kserve_checks_fail_on_a_broken_copy(mutation: str) -> None:
+    runtime, service = kserve_docs()
+    mutate, expected = KSERVE_MUTATIONS[mutation]
+    mutate(runtime, service)
+    problems = kserve_problems(runtime, service)
     assert any(expected in problem for problem in problems), problems

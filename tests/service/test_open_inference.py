@@ -79,3 +79,18 @@ def test_metrics_label_infer_by_its_route_template(bundled_model: Path) -> None:
     ]
     assert any('status="200"' in line and line.endswith(" 1.0") for line in lines), lines
     assert any('status="404"' in line and line.endswith(" 1.0") for line in lines), lines
+
+
+def test_the_served_name_can_be_set(bundled_model: Path) -> None:
+    """As KServe's runtime does, to the InferenceService's name."""
+    settings = Settings(model_path=bundled_model, model_name="my-classifier")
+    with TestClient(create_app(settings, drain=DrainState())) as client:
+        assert client.get("/v2/models/my-classifier/ready").status_code == 200
+        assert client.get("/v2/models/cifar10-resnet9/ready").status_code == 404
+        body, length = request()
+        answer = client.post(
+            "/v2/models/my-classifier/infer", content=body, headers={"Inference-Header-Content-Length": str(length)}
+        )
+        assert answer.status_code == 200
+        assert answer.json()["model_name"] == "my-classifier"
+        assert client.get("/model").json()["name"] == "my-classifier"
