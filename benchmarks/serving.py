@@ -79,6 +79,35 @@ def multipart_body(images: list[bytes]) -> bytes:
     return b"".join(parts) + f"--{BOUNDARY}--\r\n".encode()
 
 
+def v2_bodies(image: bytes, log_dir: Path) -> dict[str, tuple[Path, "Endpoint"]]:
+    """Open Inference Protocol bodies for one image: UINT8 pixels and BYTES of a PNG, as binary tensor data (the
+    official clients' default), the output asked for in binary too."""
+    from PIL import Image
+
+    decoded = Image.open(io.BytesIO(image)).convert("RGB")
+    pixels = np.asarray(decoded, dtype=np.uint8)
+    png = io.BytesIO()
+    decoded.save(png, "PNG")
+    bodies = {}
+    for name, datatype, shape, data in (
+        ("uint8", "UINT8", [1, *pixels.shape], pixels.tobytes()),
+        ("bytes-png", "BYTES", [1], len(png.getvalue()).to_bytes(4, "little") + png.getvalue()),
+    ):
+        head = json.dumps({
+            "inputs": [{"name": "image", "shape": shape, "datatype": datatype,
+                        "parameters": {"binary_data_size": len(data)}}],
+            "outputs": [{"name": "probabilities", "parameters": {"binary_data": True}}],
+        }).encode()  # fmt: skip
+        path = log_dir / f"v2-{name}.body"
+        path.write_bytes(head + data)
+        headers = (f"Inference-Header-Content-Length: {len(head)}",)
+        bodies[name] = (path, Endpoint(V2_INFER, "application/octet-stream", headers))
+    return bodies
+
+
+V2_INFER = "/v2/models/cifar10-resnet9/infer"
+
+
 def sample_images(count: int) -> list[bytes]:
     """Real CIFAR-10 JPEGs from the test fixture, cycled to `count`."""
     files = sorted(SAMPLE.rglob("*.jpg"))
@@ -152,25 +181,41 @@ def rss_mb(pid: int) -> float:
     return float("nan")
 
 
+@dataclass(frozen=True)
+class Endpoint:
+    """Where and how a body is posted."""
+
+    path: str = "/predict"
+    content_type: str = f"multipart/form-data; boundary={BOUNDARY}"
+    headers: tuple[str, ...] = ()
+
+
+PREDICT = Endpoint()
+
+
 def hey(url: str, body: Path, *, concurrency: int, requests: int | None = None, seconds: float | None = None,
-        rate_per_worker: float | None = None, timeout_s: int = 20) -> list[tuple[float, int]]:  # fmt: skip
-    """Run hey against POST {url}/predict; (latency seconds, status) per request."""
+        rate_per_worker: float | None = None, timeout_s: int = 20, endpoint: Endpoint = PREDICT,
+        ) -> list[tuple[float, int]]:  # fmt: skip
+    """Run hey against POST {url}/predict (or `endpoint`); (latency seconds, status) per request."""
     rows = hey_rows(url, body, concurrency=concurrency, requests=requests, seconds=seconds,
-                    rate_per_worker=rate_per_worker, timeout_s=timeout_s)  # fmt: skip
+                    rate_per_worker=rate_per_worker, timeout_s=timeout_s, endpoint=endpoint)  # fmt: skip
     return [(latency, status) for latency, status, _ in rows]
 
 
 def hey_rows(url: str, body: Path, *, concurrency: int, requests: int | None = None, seconds: float | None = None,
-             rate_per_worker: float | None = None, timeout_s: int = 20) -> list[tuple[float, int, float]]:  # fmt: skip
-    """Run hey against POST {url}/predict; (latency s, status, start offset s) per request."""
+             rate_per_worker: float | None = None, timeout_s: int = 20, endpoint: Endpoint = PREDICT,
+             ) -> list[tuple[float, int, float]]:  # fmt: skip
+    """Run hey against POST {url}/predict (or `endpoint`); (latency s, status, start offset s) per request."""
     command = ["hey", "-m", "POST", "-c", str(concurrency), "-t", str(timeout_s), "-o", "csv",
-               "-T", f"multipart/form-data; boundary={BOUNDARY}", "-D", str(body)]  # fmt: skip
+               "-T", endpoint.content_type, "-D", str(body)]  # fmt: skip
+    for header in endpoint.headers:
+        command += ["-H", header]
     command += ["-z", f"{seconds}s"] if seconds else ["-n", str(requests)]
     if rate_per_worker:
         command += ["-q", f"{rate_per_worker:.2f}"]
     limit = (seconds or 600) + 120
     output = subprocess.run(
-        [*command, f"{url}/predict"], capture_output=True, text=True, timeout=limit, check=True
+        [*command, f"{url}{endpoint.path}"], capture_output=True, text=True, timeout=limit, check=True
     ).stdout
     rows = csv.DictReader(io.StringIO(output))
     return [(float(row["response-time"]), int(row["status-code"]), float(row["offset"])) for row in rows]
@@ -193,10 +238,10 @@ def summarise(run: Run, samples: list[tuple[float, int]], seconds: float) -> Run
     return run
 
 
-def load(url: str, body: Path, run: Run, **options: float) -> Run:
+def load(url: str, body: Path, run: Run, endpoint: Endpoint = PREDICT, **options: float) -> Run:
     """hey against `url`, summarised into `run`; prints a line."""
     started = time.monotonic()
-    samples = hey(url, body, concurrency=run.concurrency, **options)  # type: ignore[arg-type]
+    samples = hey(url, body, concurrency=run.concurrency, endpoint=endpoint, **options)  # type: ignore[arg-type]
     summarise(run, samples, time.monotonic() - started)
     print(
         f"{run.name:<34} c={run.concurrency:<4} {run.images_per_s:>8.1f} img/s  p50 {run.p50_ms:7.2f}  "
@@ -443,6 +488,16 @@ def main() -> None:
         again = overload_run(url, pid, one, capacity, seconds=max(10 * scale, 4))
         again.name = "overload again (memory after a second round)"
         runs += [first, again]
+    print("Open Inference Protocol (v2) beside /predict, the bundled model, one image per request", flush=True)
+    v2 = v2_bodies(sample_images(1)[0], logs)
+    with service(model, logs) as (url, _):
+        for concurrency in (1, 64):
+            runs.append(load(url, one, Run("/predict, JPEG upload", "predict", concurrency, 1), seconds=seconds))
+            body, endpoint = v2["uint8"]
+            runs.append(load(url, body, Run("v2 infer, UINT8 binary tensor", "v2 uint8", concurrency, 1), endpoint,
+                             seconds=seconds))  # fmt: skip
+        body, endpoint = v2["bytes-png"]
+        runs.append(load(url, body, Run("v2 infer, BYTES of a PNG", "v2 bytes png", 64, 1), endpoint, seconds=seconds))
     with baseline("plain_route", logs) as (url, pid):  # the floor: the same offered load, answered by doing nothing
         floor = overload_run(url, pid, one, capacity, seconds=max(10 * scale, 4))
         floor.name, floor.mode = "plain FastAPI route at the same offered load", "plain route"
