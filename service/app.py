@@ -10,10 +10,8 @@ from contextlib import asynccontextmanager
 import numpy as np
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
-from fastapi.routing import APIRoute
 from prometheus_client import multiprocess
 from starlette.exceptions import HTTPException as StarletteHTTPException
-from starlette.routing import Route
 
 from service import open_inference
 from service.api import ServingState, router
@@ -136,11 +134,9 @@ def create_app(settings: Settings | None = None, drain: DrainState = DRAIN) -> F
     def refused(reason: str) -> None:
         metrics.refusals.labels(reason).inc()
 
-    # The API's routes, and FastAPI's own (docs, schema), whatever objects app.routes wraps them in.
-    known_paths = frozenset(route.path for route in app.routes if isinstance(route, APIRoute | Route))
     app.add_middleware(
         Gateway,
-        telemetry=Telemetry(metrics, known_paths=known_paths),
+        telemetry=Telemetry(metrics, routes=app.routes),
         timeout_s=settings.request_timeout_s,
         api_keys=ApiKeys(
             settings.api_keys, header=settings.api_key_header, open_paths=frozenset(settings.api_key_open_paths)

@@ -81,6 +81,12 @@ class ImageTooLarge(ServiceError):
     error = "image_too_large"
 
 
+class UnsupportedEncoding(ServiceError):
+    """A request body with a Content-Encoding (gzip, deflate) this service does not decompress."""
+
+    error = "unsupported_encoding"
+
+
 class UnknownModel(ServiceError):
     """A model name or version this server does not serve."""
 

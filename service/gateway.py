@@ -7,6 +7,7 @@ Refusals are answered here, in JSON, before FastAPI reads a byte of the body."""
 
 import asyncio
 import contextlib
+import logging
 import time
 from collections.abc import Callable
 from typing import Any
@@ -36,9 +37,12 @@ from service.errors import (
     TooManyImages,
     Unauthorized,
     UnknownModel,
+    UnsupportedEncoding,
 )
 from service.limits import Admission, ApiKeys, BodyBudget
 from service.telemetry import REQUEST_ID_HEADER, Telemetry, request_id_from
+
+log = logging.getLogger(__name__)
 
 Refused = Callable[[str], None]
 """Told the reason of each refusal (for metrics)."""
@@ -65,6 +69,7 @@ HTTP_STATUS: dict[type[ServiceError], int] = {
     ImageTooLarge: 413,
     BodyTooLarge: 413,
     InvalidImage: 415,
+    UnsupportedEncoding: 415,
     InvalidRequest: 422,
     EmptyFile: 422,
     UnknownModel: 404,
@@ -156,6 +161,12 @@ class Gateway:
                 await self._within_timeout(scope, receive, send_with_id, lambda: status != 0)
             else:
                 await self._handle(scope, receive, send_with_id, lambda: status != 0)
+        except Exception as error:  # a fault of ours: logged with the request id, answered in JSON like any error
+            log.error("event=server_error request_id=%s path=%s error=%r", request_id, scope["path"], error)
+            if status != 0:
+                raise
+            fault = ServiceError(f"the server failed on this request; it is logged under request id {request_id}")
+            await self.render(fault, scope["path"])(scope, receive, send_with_id)
         finally:
             if telemetry:
                 telemetry.metrics.requests_in_flight.dec()

@@ -94,6 +94,8 @@ class BodyBudget:
         declared = header(scope, b"content-length")
         if declared is None or not declared.isdigit():
             return None
+        if len(declared) > 18:  # more than any budget (and int() refuses thousands of digits)
+            return self.too_large()
         length = int(declared)
         if length > self.max_bytes:
             return self.too_large()

@@ -15,6 +15,7 @@ import base64
 import binascii
 import math
 import struct
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -35,6 +36,7 @@ from service.errors import (
     ServiceError,
     TooManyImages,
     UnknownModel,
+    UnsupportedEncoding,
 )
 from service.gateway import JsonResponse, http_headers, http_status
 from service.inference import ModelInfo, ranked
@@ -49,12 +51,18 @@ EXTENSIONS = ("binary_tensor_data", "classification", "image_bytes")
 encoded image files."""
 
 HEADER_LENGTH = "Inference-Header-Content-Length"
-MAX_JSON_BYTES = 8 * 1024 * 1024
-"""Most bytes of JSON in one infer request. JSON numbers cost far more to hold than to send (a list entry per
-number); the largest UINT8 request, 64 images of 32x32x3 as text, is about 1 MB. Send larger inputs as binary
-data, as the official clients do by default."""
+MAX_JSON_BYTES = 4 * 1024 * 1024
+"""Most bytes of JSON in one infer request. JSON costs far more to hold and read than to send (an object per
+list, an entry per number); the largest UINT8 request, 64 images of 32x32x3 nested as the shape is, is about
+1 MB. Send larger inputs as binary data, as the official clients do by default."""
+
+_MAX_DIGITS = 18  # a byte count longer than this is no byte count (and int() of thousands of digits raises)
+
+_PARSER = ThreadPoolExecutor(max_workers=1, thread_name_prefix="v2-parse")
+"""Large requests are read on this one thread: one at a time, so that their parsing memory does not add up."""
 
 _LENGTH = struct.Struct("<I")
+_END = object()
 
 
 def error_body(error: ServiceError) -> JsonResponse:
@@ -160,9 +168,14 @@ def _read_input(tensor: dict[str, Any], binary: bytes, info: ModelInfo, max_imag
     elif datatype == "BYTES":
         if len(shape) != 1:
             raise InvalidRequest(f"input {name!r}: a BYTES input has shape [N] (one file per image), got {shape}")
-        files = _split_bytes(binary, name) if size is not None else _base64_elements(tensor["data"], name)
+        files = (
+            _split_bytes(binary, name, shape[0])
+            if size is not None
+            else _base64_elements(tensor["data"], name, shape[0])
+        )
         if len(files) != shape[0]:
-            raise InvalidRequest(f"input {name!r}: shape {shape} says {shape[0]} files, the data holds {len(files)}")
+            held = f"more than {shape[0]}" if len(files) > shape[0] else str(len(files))
+            raise InvalidRequest(f"input {name!r}: shape {shape} says {shape[0]} files, the data holds {held}")
         for index, data in enumerate(files):
             if len(data) > max_file_bytes:
                 raise FileTooLarge(
@@ -186,26 +199,48 @@ def _pixels(tensor: dict[str, Any], binary: bytes | None, shape: list[int], info
         if len(binary) != count:
             raise InvalidRequest(f"input {name!r}: shape {shape} needs {count} bytes of UINT8, got {len(binary)}")
         return np.frombuffer(binary, dtype=np.uint8).reshape(shape)
-    data = tensor["data"]
-    if isinstance(data, list) and data and not isinstance(data[0], list) and len(data) != count:  # flat: say so now
-        raise InvalidRequest(f"input {name!r}: shape {shape} needs {count} values, `data` holds {len(data)}")
-    try:
-        values = np.asarray(data)
-    except ValueError:
-        raise InvalidRequest(f"input {name!r}: `data` is a ragged nested list") from None
-    if values.dtype.kind not in "iu" and values.size:
-        raise InvalidRequest(f"input {name!r}: UINT8 `data` must hold integers, got {values.dtype.name} values")
-    if values.size != count:
-        raise InvalidRequest(f"input {name!r}: shape {shape} needs {count} values, `data` holds {values.size}")
-    if values.size and (values.min() < 0 or values.max() > 255):
-        raise InvalidRequest(f"input {name!r}: UINT8 values must be within 0-255")
-    return values.astype(np.uint8).reshape(shape)
+    return np.array(_uint8_values(tensor["data"], count, name), dtype=np.uint8).reshape(shape)
 
 
-def _split_bytes(binary: bytes, name: str) -> list[bytes]:
-    """A BYTES tensor's binary data: each element a 4-byte little-endian length, then that many bytes."""
-    elements, offset = [], 0
-    while offset < len(binary):
+def _uint8_values(data: Any, count: int, name: str) -> list[int]:
+    """The integers of `data` (a list, flat or nested in any way), in order, checked as they are read: each an int
+    within 0-255, `count` of them, and at most `count` nested lists besides. Reading stops at the first thing
+    wrong, so a hostile list costs no more than a valid one (numpy would first build whatever array it
+    describes: a list of long strings becomes gigabytes)."""
+    if not isinstance(data, list):
+        raise InvalidRequest(f"input {name!r}: UINT8 `data` must be a list of integers (flat or nested)")
+    values: list[int] = []
+    lists = 0
+    pending = [iter(data)]
+    while pending and len(values) <= count:
+        item = next(pending[-1], _END)
+        if item is _END:
+            pending.pop()
+        elif type(item) is int:
+            if not 0 <= item <= 255:
+                raise InvalidRequest(f"input {name!r}: UINT8 values must be within 0-255, got {item:.3g}")
+            values.append(item)
+        elif type(item) is list:
+            lists += 1
+            if lists > 2 * count:
+                raise InvalidRequest(f"input {name!r}: `data` nests more lists than it has values")
+            pending.append(iter(item))
+        else:
+            raise InvalidRequest(
+                f"input {name!r}: UINT8 `data` must hold integers 0-255, got {type(item).__name__} {item!r:.40}"
+            )
+    if len(values) != count:
+        held = f"more than {count}" if len(values) > count else str(len(values))
+        raise InvalidRequest(f"input {name!r}: the shape needs {count} values, `data` holds {held}")
+    return values
+
+
+def _split_bytes(binary: bytes, name: str, expected: int) -> list[bytes]:
+    """A BYTES tensor's binary data: each element a 4-byte little-endian length, then that many bytes. Stops past
+    `expected` elements (the caller then reports the count), so zero-length elements cost no more than real ones."""
+    elements: list[bytes] = []
+    offset = 0
+    while offset < len(binary) and len(elements) <= expected:
         if offset + _LENGTH.size > len(binary):
             raise InvalidRequest(f"input {name!r}: BYTES data ends inside an element's 4-byte length")
         (length,) = _LENGTH.unpack_from(binary, offset)
@@ -219,9 +254,11 @@ def _split_bytes(binary: bytes, name: str) -> list[bytes]:
     return elements
 
 
-def _base64_elements(data: Any, name: str) -> list[bytes]:
+def _base64_elements(data: Any, name: str, expected: int) -> list[bytes]:
     if not isinstance(data, list) or not all(isinstance(item, str) for item in data):
         raise InvalidRequest(f"input {name!r}: BYTES `data` in JSON must be a list of base64 strings (one per file)")
+    if len(data) != expected:
+        return [b""] * min(len(data), expected + 1)  # the caller reports the count; nothing decoded
     try:
         return [base64.b64decode(item, validate=True) for item in data]
     except binascii.Error:
@@ -233,13 +270,16 @@ def _read_outputs(outputs: Any, info: ModelInfo, result: InferRequest) -> None:
         return
     if not isinstance(outputs, list) or not all(isinstance(output, dict) for output in outputs):
         raise InvalidRequest("`outputs` must be a list of JSON objects")
+    if len(outputs) > 1:
+        raise InvalidRequest(f"`outputs` lists {len(outputs)} outputs; the model has one, {info.output_name!r}")
     for output in outputs:
         if output.get("name") != info.output_name:
             raise InvalidRequest(f"unknown output {output.get('name')!r}; the model's output is {info.output_name!r}")
         parameters = _object(output.get("parameters"), f"outputs[{info.output_name}].parameters")
         if "shared_memory_region" in parameters:
             raise InvalidRequest("shared memory is not supported; the output comes back in the response")
-        result.binary_output = parameters.get("binary_data") is True
+        if "binary_data" in parameters:  # else the request's binary_data_output holds
+            result.binary_output = parameters["binary_data"] is True
         classes = parameters.get("classification", 0)
         if not isinstance(classes, int) or isinstance(classes, bool) or classes < 0:
             raise InvalidRequest("`classification` must be a non-negative integer")
@@ -395,10 +435,12 @@ async def infer(request: Request) -> Response:
     params = request.path_params
     info = _model(request, params["model_name"], params.get("model_version"))
     pipeline = _pipeline(request)
+    if header(request.scope, b"content-encoding") not in (None, b"identity"):
+        raise UnsupportedEncoding("compressed request bodies are not supported; send the request uncompressed")
     declared = header(request.scope, HEADER_LENGTH.lower().encode())
     header_length = None
     if declared is not None:
-        if not declared.isdigit():
+        if not declared.isdigit() or len(declared) > _MAX_DIGITS:
             raise InvalidRequest(f"{HEADER_LENGTH} must be a number of bytes")
         header_length = int(declared)
     try:
@@ -411,7 +453,7 @@ async def infer(request: Request) -> Response:
     parsed = (
         read_request(*arguments)
         if len(body) <= INLINE_BODY_BYTES
-        else await asyncio.to_thread(read_request, *arguments)
+        else await asyncio.get_running_loop().run_in_executor(_PARSER, read_request, *arguments)
     )
     del body
     request.scope["state"]["telemetry"]["images"] = parsed.count

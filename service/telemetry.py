@@ -4,8 +4,10 @@ these for every request)."""
 import logging
 import re
 import secrets
+from collections.abc import Sequence
 from typing import Any
 
+from starlette.routing import BaseRoute, Match, Route
 from starlette.types import Scope
 
 from service.limits import header
@@ -29,17 +31,18 @@ def request_id_from(scope: Scope) -> str:
 class Telemetry:
     """What is recorded of each request once it ends: the HTTP metrics and one access log line."""
 
-    def __init__(self, metrics: Metrics, *, known_paths: frozenset[str]) -> None:
+    def __init__(self, metrics: Metrics, *, routes: Sequence[BaseRoute]) -> None:
         self.metrics = metrics
-        # Requests refused before routing (API key, admission) are still labelled by their route when the path
-        # is one; any other path is one label, so scanners cannot blow up the metrics' cardinality.
-        self.known_paths = known_paths
+        # Requests refused before routing (API key, admission, body limits) are still labelled by the route their
+        # path matches (its template, as a routed request is); any other path is one label, so scanners cannot
+        # blow up the metrics' cardinality.
+        self.routes = [route for route in routes if isinstance(route, Route)]
 
     def record(self, scope: Scope, request_id: str, status: int, elapsed_s: float, details: dict[str, Any]) -> None:
         """Count and log a request that has ended; `details` holds what its handler added (images, timings)."""
         route = getattr(scope.get("route"), "path", None)
         if route is None:
-            route = scope["path"] if scope["path"] in self.known_paths else UNMATCHED_ROUTE
+            route = self._template(scope)
         method = scope["method"]
         self.metrics.requests.labels(route, method, str(status)).inc()
         self.metrics.request_duration.labels(route).observe(elapsed_s)
@@ -51,3 +54,11 @@ class Telemetry:
             "total_ms": round(elapsed_s * 1000, 3),
         }  # fmt: skip
         access_log.info(" ".join(f"{key}={value}" for key, value in fields.items()), extra=fields)
+
+    def _template(self, scope: Scope) -> str:
+        """The path template of the route `scope`'s path matches, else UNMATCHED_ROUTE."""
+        for route in self.routes:
+            match, _ = route.matches(scope)
+            if match is not Match.NONE:
+                return route.path
+        return UNMATCHED_ROUTE

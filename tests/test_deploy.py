@@ -504,6 +504,19 @@ def kserve_problems(runtime: dict[str, Any], service: dict[str, Any]) -> list[st
         problems.append("CLASSIFIER_MODEL_NAME must be {{.Name}}: the InferenceService's name, as clients address it")
     else:
         Settings(model_name=service["metadata"]["name"])  # the name KServe fills in is a valid setting
+    security = container.get("securityContext", {})
+    if not (
+        security.get("runAsNonRoot")
+        and security.get("readOnlyRootFilesystem")
+        and security.get("seccompProfile", {}).get("type") == "RuntimeDefault"
+        and security.get("capabilities", {}).get("drop") == ["ALL"]
+        and security.get("allowPrivilegeEscalation") is False
+    ):
+        problems.append("the container does not meet the restricted Pod Security Standard")
+    if "startupProbe" in container or "lifecycle" in container:
+        problems.append("Knative (KServe's serverless mode) refuses startupProbe and lifecycle")
+    if container.get("readinessProbe", {}).get("timeoutSeconds", 1) < 2:
+        problems.append("readinessProbe timeoutSeconds under 2 s: a busy server flaps out of service")
     limit = container["resources"]["limits"]["memory"]
     limit_bytes = (
         int(limit.removesuffix("Gi")) * 2**30 if limit.endswith("Gi") else int(limit.removesuffix("Mi")) * 2**20
@@ -546,6 +559,12 @@ KSERVE_MUTATIONS: dict[str, tuple[Callable[[dict[str, Any], dict[str, Any]], Non
     "protocol": (lambda r, s: s["spec"]["predictor"]["model"].update(protocolVersion="v1"), "protocolVersion v1"),
     "storage": (lambda r, s: s["spec"]["predictor"]["model"].update(storageUri="models/"), "storageUri"),
     "format": (lambda r, s: s["spec"]["predictor"]["model"].update(modelFormat={"name": "onnxx"}), "model format"),
+    "seccomp": (lambda r, s: r["spec"]["containers"][0]["securityContext"].pop("seccompProfile"), "restricted"),
+    "startup-probe": (lambda r, s: r["spec"]["containers"][0].update(startupProbe={}), "Knative"),
+    "probe-timeout": (
+        lambda r, s: r["spec"]["containers"][0]["readinessProbe"].update(timeoutSeconds=1),
+        "timeoutSeconds",
+    ),
 }
 
 

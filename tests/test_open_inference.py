@@ -166,7 +166,37 @@ MALFORMED: dict[str, tuple[tuple[bytes, dict[str, str]], int, str]] = {
     "negative dimension": (_json(_uint8([-1, 32, 32, 3], ZEROS)), 400, "non-negative integers"),
     "values over 255": (_json(_uint8([1, 32, 32, 3], [256] * 3072)), 400, "within 0-255"),
     "floats for UINT8": (_json(_uint8([1, 32, 32, 3], [0.5] * 3072)), 400, "must hold integers"),
-    "ragged data": (_json(_uint8([1, 32, 32, 3], [[1, 2], [3]])), 400, "ragged"),
+    "too few values, nested": (_json(_uint8([1, 32, 32, 3], [[1, 2], [3]])), 400, "`data` holds 3"),
+    "strings for UINT8 (numpy would make gigabytes of them)": (
+        _json(_uint8([1, 32, 32, 3], [["a" * 4000]] + [[""]] * 100_000)),
+        400,
+        "got str 'aaaa",
+    ),
+    "a value past 64 bits": (_json(_uint8([1, 32, 32, 3], [2**70, *ZEROS[1:]])), 400, "integers 0-255, got float"),
+    "a value of 64 bits": (_json(_uint8([1, 32, 32, 3], [2**64 - 1, *ZEROS[1:]])), 400, "within 0-255, got 1.84e+19"),
+    "booleans for UINT8": (_json(_uint8([1, 32, 32, 3], [True, *ZEROS[1:]])), 400, "got bool True"),
+    "more lists than values": (_json(_uint8([1, 32, 32, 3], [[[]]] * 7000)), 400, "nests more lists"),
+    "output listed twice": (
+        _json(_uint8([1, 32, 32, 3], ZEROS) | {"outputs": [{"name": "probabilities"}] * 2}),
+        400,
+        "lists 2 outputs",
+    ),
+    "header length of 5,000 digits": (
+        (json.dumps(_uint8([1, 32, 32, 3], ZEROS)).encode(), {"Inference-Header-Content-Length": "0" * 5000}),
+        400,
+        "must be a number of bytes",
+    ),
+    "compressed body": (
+        (json.dumps(_uint8([1, 32, 32, 3], ZEROS)).encode(), {"Content-Encoding": "gzip"}),
+        415,
+        "not supported",
+    ),
+    "JSON over its limit": (_json(_uint8([1, 32, 32, 3], [0] * 2_200_000)), 400, "send tensors as binary data"),
+    "a million empty BYTES elements": (
+        _binary({"inputs": [BYTES_BINARY | {"parameters": {"binary_data_size": 4_000_000}}]}, bytes(4_000_000)),
+        400,
+        "the data holds more than 1",
+    ),
     "no data": (_json({"inputs": [UINT8_BINARY | {"parameters": {}}]}), 400, "has no `data`"),
     "binary size beyond the body": (
         _binary({"inputs": [UINT8_BINARY]}, bytes(100)),

@@ -235,3 +235,22 @@ def test_body_limit_holds_without_content_length_while_streaming(keyed: TestClie
         headers={"X-API-Key": "first-key", "Content-Type": "multipart/form-data; boundary=b"},
     )
     assert response.status_code == 413
+
+
+def test_a_fault_of_ours_is_a_json_500_with_the_request_id() -> None:
+    async def broken(scope: dict, receive: object, send: object) -> None:
+        raise RuntimeError("a bug")
+
+    answered = Recorder()
+    scope = http_scope() | {"headers": [(b"x-request-id", b"request-42")]}
+    asyncio.run(Gateway(broken)(scope, None, answered))  # type: ignore[arg-type]
+    assert answered.status == 500
+    assert (b"x-request-id", b"request-42") in answered.headers
+    assert b'"error":"internal_error"' in answered.body and b"request-42" in answered.body
+
+
+def test_a_content_length_of_thousands_of_digits_is_too_large_not_a_fault() -> None:
+    budget = BodyBudget(max_bytes=1000)
+    scope = http_scope() | {"headers": [(b"content-length", b"0" * 5000 + b"1")]}
+    refusal = budget.refusal(scope)
+    assert refusal is not None and refusal.error == "body_too_large"

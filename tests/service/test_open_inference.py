@@ -94,3 +94,31 @@ def test_the_served_name_can_be_set(bundled_model: Path) -> None:
         assert answer.status_code == 200
         assert answer.json()["model_name"] == "my-classifier"
         assert client.get("/model").json()["name"] == "my-classifier"
+
+
+def test_refusals_before_routing_are_labelled_by_the_infer_route(keyed: TestClient) -> None:
+    assert post(keyed).status_code == 401  # refused by the gateway, before FastAPI routes it
+    metrics = keyed.get("/metrics").text
+    route = 'route="/v2/models/{model_name}/infer"'
+    assert any(route in line and 'status="401"' in line for line in metrics.splitlines()), metrics
+
+
+def test_binary_data_output_is_the_default_an_output_may_override(bundled_model: Path) -> None:
+    pixels = np.full((1, 32, 32, 3), 7, dtype=np.uint8).flatten().tolist()
+    tensor = {"name": "image", "shape": [1, 32, 32, 3], "datatype": "UINT8", "data": pixels}
+
+    def infer(client: TestClient, **request: object) -> str:
+        answer = client.post(INFER, content=json.dumps({"inputs": [tensor], **request}))
+        assert answer.status_code == 200, answer.text
+        return "binary" if "Inference-Header-Content-Length" in answer.headers else "json"
+
+    with TestClient(create_app(Settings(model_path=bundled_model), drain=DrainState())) as client:
+        binary = {"binary_data_output": True}
+        assert infer(client) == "json"
+        assert infer(client, parameters=binary) == "binary"
+        assert infer(client, parameters=binary, outputs=[{"name": "probabilities"}]) == "binary"
+        assert (
+            infer(client, parameters=binary, outputs=[{"name": "probabilities", "parameters": {"binary_data": False}}])
+            == "json"
+        )
+        assert infer(client, outputs=[{"name": "probabilities", "parameters": {"binary_data": True}}]) == "binary"
