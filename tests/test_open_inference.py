@@ -168,7 +168,7 @@ MALFORMED: dict[str, tuple[tuple[bytes, dict[str, str]], int, str]] = {
     "floats for UINT8": (_json(_uint8([1, 32, 32, 3], [0.5] * 3072)), 400, "must hold integers"),
     "too few values, nested": (_json(_uint8([1, 32, 32, 3], [[1, 2], [3]])), 400, "`data` holds 3"),
     "strings for UINT8 (numpy would make gigabytes of them)": (
-        _json(_uint8([1, 32, 32, 3], [["a" * 4000]] + [[""]] * 100_000)),
+        _json(_uint8([1, 32, 32, 3], [["a" * 4000]] + [[""]] * 5_000)),
         400,
         "got str 'aaaa",
     ),
@@ -191,7 +191,8 @@ MALFORMED: dict[str, tuple[tuple[bytes, dict[str, str]], int, str]] = {
         415,
         "not supported",
     ),
-    "JSON over its limit": (_json(_uint8([1, 32, 32, 3], [0] * 2_200_000)), 400, "send tensors as binary data"),
+    "JSON over its limit": (_json(_uint8([1, 32, 32, 3], [0] * 1_100_000)), 400, "send tensors as binary data"),
+    "lists around every value": (_json(_uint8([1, 32, 32, 3], [[[0]]] * 10_000)), 400, "lists; at most 18448"),
     "a million empty BYTES elements": (
         _binary({"inputs": [BYTES_BINARY | {"parameters": {"binary_data_size": 4_000_000}}]}, bytes(4_000_000)),
         400,
