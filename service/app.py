@@ -10,6 +10,7 @@ from contextlib import asynccontextmanager
 import numpy as np
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
+from fastapi_offline import FastAPIOffline
 from prometheus_client import multiprocess
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
@@ -116,7 +117,9 @@ def create_app(settings: Settings | None = None, drain: DrainState = DRAIN) -> F
         if os.environ.get(MULTIPROCESS_ENV):
             multiprocess.mark_process_dead(os.getpid())
 
-    app = FastAPI(
+    # FastAPIOffline: FastAPI with /docs (Swagger UI) and /redoc served from the package's own copies of their
+    # scripts and styles (under /static-offline-docs), not a CDN, so they work on an air-gapped cluster.
+    app = FastAPIOffline(
         title="Image classifier",
         summary="CIFAR-10-style image classification with ONNX Runtime",
         description=DESCRIPTION,

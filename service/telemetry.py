@@ -7,7 +7,7 @@ import secrets
 from collections.abc import Sequence
 from typing import Any
 
-from starlette.routing import BaseRoute, Match, Route
+from starlette.routing import BaseRoute, Match, Mount, Route
 from starlette.types import Scope
 
 from service.limits import header
@@ -36,7 +36,7 @@ class Telemetry:
         # Requests refused before routing (API key, admission, body limits) are still labelled by the route their
         # path matches (its template, as a routed request is); any other path is one label, so scanners cannot
         # blow up the metrics' cardinality.
-        self.routes = [route for route in routes if isinstance(route, Route)]
+        self.routes = [route for route in routes if isinstance(route, Route | Mount)]
 
     def record(self, scope: Scope, request_id: str, status: int, elapsed_s: float, details: dict[str, Any]) -> None:
         """Count and log a request that has ended; `details` holds what its handler added (images, timings)."""
@@ -57,8 +57,10 @@ class Telemetry:
 
     def _template(self, scope: Scope) -> str:
         """The path template of the route `scope`'s path matches, else UNMATCHED_ROUTE."""
+        # The path as the client sent it: a Mount the request went through has changed the scope's root_path.
+        request = {"type": "http", "path": scope["path"], "root_path": "", "method": scope["method"]}
         for route in self.routes:
-            match, _ = route.matches(scope)
+            match, _ = route.matches(request)
             if match is not Match.NONE:
                 return route.path
         return UNMATCHED_ROUTE

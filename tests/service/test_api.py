@@ -191,3 +191,15 @@ def test_batching_off_and_large_requests_split_across_batches(bundled_model: Pat
     for merged, split in zip(answers[0]["predictions"], answers[1]["predictions"], strict=True):
         assert merged["label"] == split["label"]
         assert abs(merged["probability"] - split["probability"]) < 1e-5
+
+
+@pytest.mark.parametrize("page", ["/docs", "/redoc"])
+def test_the_docs_pages_load_everything_from_the_server_itself(client: TestClient, page: str) -> None:
+    import re
+
+    html = client.get(page).text
+    assets = re.findall(r'(?:src|href)="([^"]+)"', html)
+    assert assets and all(asset.startswith("/") for asset in assets), assets  # nothing from a CDN
+    assert any(asset.endswith(".js") for asset in assets)
+    for asset in assets:
+        assert client.get(asset).status_code == 200, asset
