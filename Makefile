@@ -7,7 +7,7 @@ DATA_DIR ?= data/cifar10-train
 RUN_DIR ?= runs/baseline
 EPOCHS ?= 15
 
-.PHONY: serve test lint bench soak fuzz train train-default export-default card export evaluate data clean
+.PHONY: browser serve test lint bench soak fuzz train train-default export-default card export evaluate data clean
 
 $(BIN)/python:
 	$(PYTHON) -c 'import sys; assert sys.version_info >= (3, 11), "Python 3.11 or newer is needed"'
@@ -27,8 +27,16 @@ $(VENV)/.dev-installed: pyproject.toml | $(BIN)/python
 serve: $(VENV)/.serve-installed
 	$(BIN)/python -m service
 
-test: $(VENV)/.dev-installed
+test: $(VENV)/.dev-installed browser
 	$(BIN)/python -m pytest
+
+# The browser tests (tests/test_web_page.py) need Chromium and its driver: installed here from Debian where apt-get
+# can (as root); elsewhere those tests are skipped with the reason.
+browser:
+	@command -v chromedriver >/dev/null || { [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null && \
+		{ apt-get install -y -q chromium chromium-driver >/dev/null 2>&1 || \
+		  { apt-get update -q >/dev/null && apt-get install -y -q chromium chromium-driver >/dev/null; }; }; } || \
+		echo "chromium and chromium-driver could not be installed: the browser tests will be skipped"
 
 # Serving benchmark (not part of the tests): needs `hey` (apt-get install -y hey); writes benchmarks/results/.
 bench: $(VENV)/.dev-installed

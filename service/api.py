@@ -2,10 +2,11 @@
 
 from collections.abc import Callable, Coroutine
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Depends, Request
-from fastapi.responses import JSONResponse, Response
+from fastapi.responses import FileResponse, JSONResponse, Response
 from fastapi.routing import APIRoute
 from starlette.requests import ClientDisconnect
 from starlette.types import Receive
@@ -211,6 +212,16 @@ def client_gone(receive: Receive) -> ClientGone:
             pass
 
     return gone
+
+
+WEB = Path(__file__).parent / "web"
+"""The web page's files: index.html at `/`, its script and style under `/web/`."""
+
+
+@router.get("/", include_in_schema=False)
+async def page() -> FileResponse:
+    """The web page to try the model: pick or drop images, see what the model says."""
+    return FileResponse(WEB / "index.html")
 
 
 @router.get("/health", response_model=HealthResponse)

@@ -10,12 +10,13 @@ from contextlib import asynccontextmanager
 import numpy as np
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
+from fastapi.staticfiles import StaticFiles
 from fastapi_offline import FastAPIOffline
 from prometheus_client import multiprocess
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from service import open_inference
-from service.api import ServingState, router
+from service.api import WEB, ServingState, router
 from service.batching import Batcher
 from service.config import Settings, load_settings
 from service.errors import InvalidRequest, ModelLoadError, ProviderUnavailable, ServiceError
@@ -129,6 +130,7 @@ def create_app(settings: Settings | None = None, drain: DrainState = DRAIN) -> F
         # every request walks through (about 5% of a request's time).
         routes=[*router.routes, *open_inference.router.routes],
     )
+    app.mount("/web", StaticFiles(directory=WEB), name="web")
     app.state.settings = settings
     admission = Admission(limit=settings.max_concurrent_requests, drain=drain)
     app.state.serving = ServingState(drain=drain, admission=admission)

@@ -65,8 +65,11 @@ class Settings(BaseSettings):
         "/metrics",
         "/v2/health/live",
         "/v2/health/ready",
+        "/",
+        "/web/",
     )
-    """Paths that never need the API key, comma-separated."""
+    """Paths that never need the API key, comma-separated; one ending in "/" (other than "/") opens every path under
+    it. The web page (`/`, `/web/`) holds no data: it asks for the key and sends it with its requests."""
 
     max_images_per_request: int = Field(default=64, ge=1)
     """Most files one /predict request may carry (413 beyond)."""

@@ -154,17 +154,20 @@ class CountedBody:
 
 
 class ApiKeys:
-    """With `keys` set, every path but `open_paths` needs one of them in `header`; compared in constant time."""
+    """With `keys` set, every path but `open_paths` needs one of them in `header`; compared in constant time. An open
+    path that ends in "/" (other than "/" itself) opens every path under it."""
 
     def __init__(self, keys: tuple[str, ...], *, header: str, open_paths: frozenset[str]) -> None:
         self.keys = [key.encode() for key in keys]
         self.header = header
         self.header_key = header.lower().encode("latin-1")
         self.open_paths = open_paths
+        self.open_prefixes = tuple(path for path in open_paths if len(path) > 1 and path.endswith("/"))
 
     def refusal(self, scope: Scope) -> ServiceError | None:
         """Unauthorized (401) or Forbidden (403) for a request to a guarded path, else None."""
-        if not self.keys or scope["path"] in self.open_paths:
+        path = scope["path"]
+        if not self.keys or path in self.open_paths or path.startswith(self.open_prefixes):
             return None
         supplied = header(scope, self.header_key)
         if supplied is None:
