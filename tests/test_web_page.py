@@ -97,3 +97,19 @@ def test_the_docs_render_offline_from_the_server_itself(server: str, browser) ->
     ARTIFACTS.mkdir(exist_ok=True)
     browser.save_screenshot(str(ARTIFACTS / "docs.png"))
     assert loaded_from(browser, server) == []
+
+
+def test_with_an_api_key_the_page_asks_for_it_and_sends_it(bundled_model: Path, browser, tmp_path: Path) -> None:
+    from selenium.webdriver.common.by import By
+
+    with running_server(bundled_model, tmp_path / "server.log", api_keys="secret-key", api_key_header="X-Token") as url:
+        browser.get(url + "/")
+        browser.execute_script("sessionStorage.clear()")
+        browser.find_element(By.ID, "files").send_keys(str(SAMPLES[1]))
+        wait_for(lambda: browser.find_element(By.ID, "key").is_displayed())
+        assert browser.find_element(By.ID, "key-header").text == "X-Token"  # from the server's WWW-Authenticate
+        assert browser.find_element(By.ID, "error").text.startswith("API key needed")
+        browser.find_element(By.ID, "key-value").send_keys("secret-key")
+        browser.find_element(By.CSS_SELECTOR, "#key button").click()
+        card = wait_for(lambda: browser.find_elements(By.CSS_SELECTOR, "li.prediction"))
+        assert card[0].find_element(By.CSS_SELECTOR, ".bar .label").text == "ship"
