@@ -11,6 +11,8 @@ import argparse
 import csv
 import glob
 import json
+import os
+import re
 import sys
 import time
 from collections.abc import Iterator
@@ -58,53 +60,100 @@ def find_files(arguments: list[str]) -> list[Path]:
     return list(found)
 
 
-class Classifier:
-    """Sends files to `url`/predict, retrying 503s after Retry-After."""
+RETRY_STATUSES = {503, 429}
+"""Refusals to retry after the server's Retry-After: overloaded or draining, and rate limits in front of it."""
 
-    def __init__(self, url: str, *, top_k: int, headers: dict[str, str], retries: int, timeout_s: float) -> None:
+PER_FILE_STATUSES = {413, 415, 422}
+"""Refusals of a request for one of its files (the service fails a whole request for one bad file): the request
+is then retried file by file, so that each bad file gets its own reason and the rest are classified."""
+
+
+class Unavailable(Exception):
+    """The server could not be reached, or kept refusing, through every retry."""
+
+
+class Classifier:
+    """Sends files to `url`/predict, retrying 503s and 429s after Retry-After. Once one request has given up on an
+    unavailable server, the requests still to come give up at once rather than each waiting through its retries."""
+
+    def __init__(self, url: str, *, top_k: int, headers: dict[str, str], retries: int, timeout_s: float,
+                 max_file_bytes: int) -> None:  # fmt: skip
         self.url = url.rstrip("/") + "/predict"
         self.top_k = top_k
         self.retries = retries
+        self.max_file_bytes = max_file_bytes
         self.client = httpx.Client(headers=headers, timeout=timeout_s)
+        self.gave_up: str | None = None
 
     def classify(self, paths: list[Path]) -> list[Result]:
-        """Each file's result; a request refused for one file's sake is retried file by file."""
-        unreadable = [Result(str(p), error=f"cannot read: {p} is not a file") for p in paths if not p.is_file()]
-        readable = [p for p in paths if p.is_file()]
-        if not readable:
-            return unreadable
-        status, body = self._post(readable)
-        if status == 200:
-            results = [
-                Result(str(p), top_k=pred["top_k"]) for p, pred in zip(readable, body["predictions"], strict=True)
-            ]
-        elif len(readable) > 1 and 400 <= status < 500 and status not in (401, 403):
-            results = [result for path in readable for result in self.classify([path])]
-        else:
-            results = [Result(str(p), error=_reason(status, body)) for p in readable]
-        return unreadable + results
-
-    def _post(self, paths: list[Path]) -> tuple[int, Any]:
-        for attempt in range(self.retries + 1):
+        """Each file's result, in order; never raises for a file's or the server's sake."""
+        results: dict[Path, Result] = {}
+        files: list[tuple[Path, bytes]] = []
+        for path in paths:
             try:
-                files = [("files", (path.name, path.read_bytes())) for path in paths]
-                response = self.client.post(self.url, params={"top_k": self.top_k}, files=files)
+                size = path.stat().st_size
+                if size > self.max_file_bytes:
+                    raise ValueError(f"{size} bytes, over --max-file-bytes {self.max_file_bytes}: not sent")
+                files.append((path, path.read_bytes()))
+            except (OSError, ValueError) as error:
+                results[path] = Result(_shown(path), error=f"cannot send: {error}")
+        if files:
+            for path, result in zip([p for p, _ in files], self._send(files), strict=True):
+                results[path] = result
+        return [results[path] for path in paths]
+
+    def _send(self, files: list[tuple[Path, bytes]]) -> list[Result]:
+        if self.gave_up:
+            return [Result(_shown(path), error=f"not sent: {self.gave_up}") for path, _ in files]
+        try:
+            status, body = self._post(files)
+        except Unavailable as error:
+            self.gave_up = str(error)
+            return [Result(_shown(path), error=str(error)) for path, _ in files]
+        if status == 200:
+            predictions = body.get("predictions") if isinstance(body, dict) else None
+            if isinstance(predictions, list) and len(predictions) == len(files):
+                pairs = zip(files, predictions, strict=True)
+                return [Result(_shown(path), top_k=p.get("top_k", [])) for (path, _), p in pairs]
+            return [Result(_shown(path), error="200, but not the answer of a classifier") for path, _ in files]
+        if len(files) > 1 and status in PER_FILE_STATUSES:
+            return [result for one in files for result in self._send([one])]
+        return [Result(_shown(path), error=_reason(status, body)) for path, _ in files]
+
+    def _post(self, files: list[tuple[Path, bytes]]) -> tuple[int, Any]:
+        form = [("files", (_wire_name(path), data)) for path, data in files]
+        for attempt in range(self.retries + 1):
+            last = attempt == self.retries
+            try:
+                response = self.client.post(self.url, params={"top_k": self.top_k}, files=form)
             except httpx.TransportError as error:
-                if attempt == self.retries:
-                    return 0, {"error": "unreachable", "detail": f"{type(error).__name__}: {error}"}
+                if last:
+                    raise Unavailable(f"the server was unreachable: {type(error).__name__}: {error}") from None
                 time.sleep(1)
                 continue
             try:
                 body = response.json()
             except ValueError:
-                body = {"error": "http_error", "detail": response.text[:200]}
-            if response.status_code != 503 or attempt == self.retries:
+                body = {"error": "http_error", "detail": f"not JSON: {response.text[:120]!r}"}
+            if response.status_code not in RETRY_STATUSES:
                 return response.status_code, body
+            if last:
+                raise Unavailable(f"the server kept refusing: {_reason(response.status_code, body)}")
             time.sleep(_retry_after(response.headers.get("Retry-After")))
         raise AssertionError("unreachable")  # pragma: no cover
 
     def close(self) -> None:
         self.client.close()
+
+
+def _wire_name(path: Path) -> str:
+    """The file's name as sent: valid UTF-8 even when the file system's is not."""
+    return _shown(Path(path.name))
+
+
+def _shown(path: Path) -> str:
+    """A path as text that can be printed and sent: bytes that are not UTF-8 become U+FFFD."""
+    return os.fsencode(path).decode("utf-8", "replace")
 
 
 def _retry_after(value: str | None) -> float:
@@ -125,29 +174,47 @@ def batches(paths: list[Path], size: int) -> Iterator[list[Path]]:
         yield paths[start : start + size]
 
 
-def write(results: list[Result], output_format: str, stream: TextIO) -> None:
-    """The results as a table, JSON lines or CSV."""
-    if output_format == "jsonl":
+_CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f]")
+
+
+def _printable(text: str) -> str:
+    """`text` with control characters (newlines, terminal escapes) shown as `?`: names and server messages are
+    not ours to let steer the terminal."""
+    return _CONTROL.sub("?", text)
+
+
+class Output:
+    """Writes results as they come: a table, JSON lines or CSV."""
+
+    def __init__(self, output_format: str, stream: TextIO, width: int) -> None:
+        self.format = output_format
+        self.stream = stream
+        self.width = width
+        if output_format == "csv":
+            self.csv = csv.writer(stream)
+            self.csv.writerow(["file", "label", "probability", "top_k", "error"])
+        elif output_format == "table":
+            stream.write(f"{'file':<{width}}  {'label':<12} {'prob':>6}  next\n")
+
+    def write(self, results: list[Result]) -> None:
         for result in results:
-            record = {"file": result.path, "label": result.label or None, "probability": result.probability,
-                      "top_k": result.top_k, "error": result.error}  # fmt: skip
-            stream.write(json.dumps(record) + "\n")
-    elif output_format == "csv":
-        writer = csv.writer(stream)
-        writer.writerow(["file", "label", "probability", "top_k", "error"])
-        for result in results:
-            others = " ".join(f"{k['label']}:{k['probability']:.4f}" for k in result.top_k)
-            probability = f"{result.probability:.4f}" if result.probability is not None else ""
-            writer.writerow([result.path, result.label, probability, others, result.error or ""])
-    else:
-        width = max([len("file"), *(len(r.path) for r in results)])
-        stream.write(f"{'file':<{width}}  {'label':<12} {'prob':>6}  next\n")
-        for result in results:
-            if result.error:
-                stream.write(f"{result.path:<{width}}  FAILED  {result.error}\n")
-                continue
-            others = ", ".join(f"{k['label']} {k['probability']:.2f}" for k in result.top_k[1:])
-            stream.write(f"{result.path:<{width}}  {result.label:<12} {result.probability:6.3f}  {others}\n")
+            if self.format == "jsonl":
+                record = {"file": result.path, "label": result.label or None, "probability": result.probability,
+                          "top_k": result.top_k, "error": result.error}  # fmt: skip
+                self.stream.write(json.dumps(record) + "\n")
+            elif self.format == "csv":
+                others = " ".join(f"{k['label']}:{k['probability']:.4f}" for k in result.top_k)
+                probability = f"{result.probability:.4f}" if result.probability is not None else ""
+                self.csv.writerow([result.path, result.label, probability, others, result.error or ""])
+            elif result.error:
+                self.stream.write(f"{_printable(result.path):<{self.width}}  FAILED  {_printable(result.error)}\n")
+            else:
+                others = ", ".join(f"{_printable(k['label'])} {k['probability']:.2f}" for k in result.top_k[1:])
+                self.stream.write(
+                    f"{_printable(result.path):<{self.width}}  {_printable(result.label):<12} "
+                    f"{result.probability:6.3f}  {others}\n"
+                )
+        self.stream.flush()
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -156,37 +223,60 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("url", help="the server, e.g. http://127.0.0.1:8000")
     parser.add_argument("paths", nargs="+", help="image files, glob patterns (quoted) or folders")
     parser.add_argument("--top-k", type=int, default=3, help="labels per image (default 3)")
-    parser.add_argument("--api-key", help="the API key, if the server needs one")
+    parser.add_argument("--api-key", default=os.environ.get("CLASSIFIER_API_KEY"),
+                        help="the API key, if the server needs one (default: $CLASSIFIER_API_KEY)")  # fmt: skip
     parser.add_argument("--api-key-header", default="X-API-Key", help="the header it goes in (default X-API-Key)")
     parser.add_argument("--batch", type=int, default=8, help="images per request (default 8)")
     parser.add_argument("--concurrency", type=int, default=4, help="requests in flight at once (default 4)")
     parser.add_argument("--format", choices=["table", "jsonl", "csv"], default="table", dest="output_format")
-    parser.add_argument("--retries", type=int, default=5, help="retries of a 503 or unreachable server (default 5)")
+    parser.add_argument("--retries", type=int, default=5, help="retries of a 503/429 or unreachable server (5)")
     parser.add_argument("--timeout", type=float, default=60, help="seconds per request (default 60)")
+    parser.add_argument("--max-file-bytes", type=int, default=10 * 1024 * 1024,
+                        help="larger files are reported, not sent (default 10 MiB, the server's)")  # fmt: skip
     parser.add_argument("--no-progress", action="store_true", help="no progress bar (none when stderr is no tty)")
     args = parser.parse_args(argv)
-    for name in ("top_k", "batch", "concurrency"):
+    for name in ("top_k", "batch", "concurrency", "max_file_bytes"):
         if getattr(args, name) < 1:
             parser.error(f"--{name.replace('_', '-')} must be at least 1")
+    if args.retries < 0 or args.timeout <= 0:
+        parser.error("--retries must be at least 0 and --timeout more than 0")
+    try:
+        url = httpx.URL(args.url)
+        if url.scheme not in ("http", "https") or not url.host:
+            raise ValueError("not an http(s) URL")
+        _ = url.port
+    except Exception as error:
+        parser.error(f"{args.url!r} is not a server URL such as http://127.0.0.1:8000 ({error})")
     paths = find_files(args.paths)
+    for pattern in args.paths:
+        if glob.has_magic(pattern) and not glob.glob(pattern, recursive=True):
+            print(f"warning: {pattern!r} matches no file", file=sys.stderr)
     if not paths:
         parser.error("no image files found")
     headers = {args.api_key_header: args.api_key} if args.api_key else {}
-    classifier = Classifier(args.url, top_k=args.top_k, headers=headers, retries=args.retries, timeout_s=args.timeout)
+    classifier = Classifier(args.url, top_k=args.top_k, headers=headers, retries=args.retries,
+                            timeout_s=args.timeout, max_file_bytes=args.max_file_bytes)  # fmt: skip
+    output = Output(args.output_format, sys.stdout, max(len("file"), *(len(_printable(_shown(p))) for p in paths)))
     progress = tqdm(total=len(paths), unit="image", disable=args.no_progress or not sys.stderr.isatty())
-    results: list[Result] = []
+    failed = done = 0
+    pool = ThreadPoolExecutor(max_workers=args.concurrency)
     try:
-        with ThreadPoolExecutor(max_workers=args.concurrency) as pool:
-            for batch_results in pool.map(classifier.classify, batches(paths, args.batch)):
-                results += batch_results
-                progress.update(len(batch_results))
+        for batch_results in pool.map(classifier.classify, batches(paths, args.batch)):
+            output.write(batch_results)
+            done += len(batch_results)
+            failed += sum(1 for result in batch_results if result.error)
+            progress.update(len(batch_results))
+    except KeyboardInterrupt:
+        pool.shutdown(wait=False, cancel_futures=True)
+        progress.close()
+        print(f"interrupted: {done} of {len(paths)} files done, {failed} failed", file=sys.stderr)
+        os._exit(130)  # requests still in flight are abandoned, not waited for
     finally:
+        pool.shutdown(wait=True)
         progress.close()
         classifier.close()
-    write(results, args.output_format, sys.stdout)
-    failed = [result for result in results if result.error]
     if failed:
-        print(f"{len(failed)} of {len(results)} files failed", file=sys.stderr)
+        print(f"{failed} of {done} files failed", file=sys.stderr)
     return 1 if failed else 0
 
 

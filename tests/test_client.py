@@ -53,7 +53,7 @@ def test_a_bad_file_is_reported_with_its_reason_and_a_nonzero_exit(bundled_model
     assert status == 1
     by_file = {r["file"]: r for r in results}
     assert by_file[str(bad)]["error"].startswith("415 invalid_image") and "bad.png" in by_file[str(bad)]["error"]
-    assert "not a file" in by_file[str(tmp_path / "gone.jpg")]["error"]
+    assert "No such file" in by_file[str(tmp_path / "gone.jpg")]["error"]
     assert by_file[str(good[0])]["label"] and by_file[str(good[1])]["label"]  # one bad file fails only itself
     assert "2 of 4 files failed" in err
 
