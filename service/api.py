@@ -218,10 +218,18 @@ WEB = Path(__file__).parent / "web"
 """The web page's files: index.html at `/`, its script and style under `/web/`."""
 
 
-@router.get("/", include_in_schema=False)
+PAGE_HEADERS = {
+    # Its own script and style only, images from the files the user picked (blob:), no framing.
+    "Content-Security-Policy": "default-src 'self'; img-src 'self' blob: data:; frame-ancestors 'none'",
+    "X-Content-Type-Options": "nosniff",
+    "Referrer-Policy": "no-referrer",
+}
+
+
+@router.api_route("/", methods=["GET", "HEAD"], include_in_schema=False)
 async def page() -> FileResponse:
     """The web page to try the model: pick or drop images, see what the model says."""
-    return FileResponse(WEB / "index.html")
+    return FileResponse(WEB / "index.html", headers=PAGE_HEADERS)
 
 
 @router.get("/health", response_model=HealthResponse)

@@ -6,6 +6,7 @@ import logging
 import os
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
+from typing import Any
 
 import numpy as np
 from fastapi import FastAPI, Request
@@ -131,6 +132,8 @@ def create_app(settings: Settings | None = None, drain: DrainState = DRAIN) -> F
         routes=[*router.routes, *open_inference.router.routes],
     )
     app.mount("/web", StaticFiles(directory=WEB), name="web")
+    if settings.api_keys:
+        _declare_api_key(app, settings.api_key_header)
     app.state.settings = settings
     admission = Admission(limit=settings.max_concurrent_requests, drain=drain)
     app.state.serving = ServingState(drain=drain, admission=admission)
@@ -158,6 +161,20 @@ def create_app(settings: Settings | None = None, drain: DrainState = DRAIN) -> F
     )
     _install_error_handlers(app, refused, render_error)
     return app
+
+
+def _declare_api_key(app: FastAPI, header: str) -> None:
+    """Describe the API key in the OpenAPI schema, so that /docs offers "Authorize" and sends it."""
+    plain = app.openapi
+
+    def with_key() -> dict[str, Any]:
+        schema = plain()  # FastAPI's, cached: adding the scheme again is harmless
+        schemes = schema.setdefault("components", {}).setdefault("securitySchemes", {})
+        schemes["ApiKey"] = {"type": "apiKey", "in": "header", "name": header}
+        schema["security"] = [{"ApiKey": []}]
+        return schema
+
+    app.openapi = with_key  # type: ignore[method-assign]
 
 
 def render_error(error: ServiceError, path: str) -> JsonResponse:

@@ -67,9 +67,14 @@ class Settings(BaseSettings):
         "/v2/health/ready",
         "/",
         "/web/",
+        "/docs",
+        "/redoc",
+        "/openapi.json",
+        "/static-offline-docs/",
     )
     """Paths that never need the API key, comma-separated; one ending in "/" (other than "/") opens every path under
-    it. The web page (`/`, `/web/`) holds no data: it asks for the key and sends it with its requests."""
+    it; setting it replaces the defaults. The web page and the API docs hold no data: they ask for the key and send
+    it with their requests."""
 
     max_images_per_request: int = Field(default=64, ge=1)
     """Most files one /predict request may carry (413 beyond)."""

@@ -85,6 +85,12 @@ def test_the_page_shows_what_predict_says_and_explains_errors(server: str, brows
     error = wait_for(lambda: (shown := browser.find_element(By.ID, "error")).is_displayed() and shown.text)
     assert error.startswith("Not an image this service reads") and "notes.txt" in error
     browser.save_screenshot(str(ARTIFACTS / "web-page-error.png"))
+
+    # A bad file among good ones fails only itself: the page retries that request file by file.
+    browser.find_element(By.ID, "files").send_keys(f"{SAMPLES[1]}\n{notes}")
+    wait_for(lambda: browser.find_elements(By.CSS_SELECTOR, "li.refused"))
+    assert browser.find_element(By.CSS_SELECTOR, "li.prediction .bar .label").text == "ship"
+    assert "notes.txt" in browser.find_element(By.CSS_SELECTOR, "li.refused .reason").text
     assert loaded_from(browser, server) == []
 
 

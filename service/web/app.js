@@ -2,11 +2,16 @@
 "use strict";
 
 const TOP_K = 5;
+const CHUNK = 16; // images per request: a large selection goes in several requests, under the server's limit
+const PER_FILE = new Set([413, 415, 422]); // refusals of a request for one of its files: retried file by file
 const $ = (id) => document.getElementById(id);
-let keyHeader = "X-API-Key";
 
 function apiKey() {
   return sessionStorage.getItem("apiKey");
+}
+
+function keyHeader() {
+  return sessionStorage.getItem("apiKeyHeader") || "X-API-Key";
 }
 
 async function showModel() {
@@ -41,34 +46,83 @@ function explain(response, body) {
   }
 }
 
+async function post(files) {
+  const form = new FormData();
+  for (const file of files) form.append("files", file, file.name);
+  const headers = apiKey() ? { [keyHeader()]: apiKey() } : {};
+  const response = await fetch(`/predict?top_k=${TOP_K}`, { method: "POST", body: form, headers });
+  const body = await response.json().catch(() => null);
+  const answered = response.ok && body && body.model && Array.isArray(body.predictions) &&
+    body.predictions.length === files.length;
+  if (response.ok && !answered) throw new Error("the server answered, but not as this service does");
+  return { response, body };
+}
+
+// Every file's answer, in order: a prediction, or the error of the request refused for it.
+async function classifyAll(files) {
+  const outcomes = [];
+  let last = null;
+  for (let start = 0; start < files.length; start += CHUNK) {
+    const chunk = files.slice(start, start + CHUNK);
+    let { response, body } = await post(chunk);
+    last = { response, body };
+    if (!response.ok && chunk.length > 1 && PER_FILE.has(response.status)) {
+      for (const file of chunk) {
+        ({ response, body } = await post([file]));
+        outcomes.push(response.ok ? { prediction: body.predictions[0] } : { error: explain(response, body) });
+        if (response.ok) last = { response, body };
+      }
+      continue;
+    }
+    if (!response.ok) return { failed: { response, body } };
+    for (const prediction of body.predictions) outcomes.push({ prediction });
+  }
+  return { outcomes, last };
+}
+
 async function classify(files) {
   if (!files.length) return;
   $("error").hidden = true;
   $("results").replaceChildren();
   $("status").textContent = `Classifying ${files.length} image${files.length > 1 ? "s" : ""}…`;
-  const form = new FormData();
-  for (const file of files) form.append("files", file, file.name);
-  const headers = apiKey() ? { [keyHeader]: apiKey() } : {};
   const started = performance.now();
-  let response, body;
+  let result;
   try {
-    response = await fetch(`/predict?top_k=${TOP_K}`, { method: "POST", body: form, headers });
-    body = await response.json().catch(() => null);
+    result = await classifyAll(files);
   } catch (error) {
     $("status").textContent = "";
-    showError(`The server could not be reached: ${error}`);
+    showError(`The server could not be used: ${error.message || error}`);
     return;
+  } finally {
+    $("files").value = ""; // so that choosing the same files again classifies them again
   }
   const elapsed = performance.now() - started;
-  if (!response.ok) {
+  if (result.failed) {
+    const { response, body } = result.failed;
     $("status").textContent = "";
     if (response.status === 401 || response.status === 403) askForKey(response, files);
     showError(explain(response, body));
     return;
   }
-  $("status").textContent = `${body.model.name} ${body.model.version} answered in ${elapsed.toFixed(0)} ms ` +
-    `(request ${response.headers.get("X-Request-ID")}).`;
-  body.predictions.forEach((prediction, index) => $("results").append(card(files[index], prediction)));
+  const failures = result.outcomes.filter((outcome) => outcome.error).length;
+  const model = result.last && result.last.body ? result.last.body.model : null;
+  $("status").textContent = (model ? `${model.name} ${model.version} answered` : "Answered") +
+    ` in ${elapsed.toFixed(0)} ms` + (failures ? `; ${failures} of ${files.length} files were refused.` : ".") +
+    (result.last && result.last.response.ok ? ` (last request ${result.last.response.headers.get("X-Request-ID")})` : "");
+  result.outcomes.forEach((outcome, index) => $("results").append(
+    outcome.error ? refusal(files[index], outcome.error) : card(files[index], outcome.prediction)));
+}
+
+function refusal(file, message) {
+  const item = document.createElement("li");
+  item.className = "refused";
+  const title = document.createElement("h2");
+  title.textContent = file.name;
+  const text = document.createElement("p");
+  text.className = "reason";
+  text.textContent = message;
+  item.append(title, text);
+  return item;
 }
 
 function card(file, prediction) {
@@ -105,8 +159,8 @@ function card(file, prediction) {
 function askForKey(response, files) {
   const challenge = response.headers.get("WWW-Authenticate") || "";
   const named = /header="([^"]+)"/.exec(challenge);
-  if (named) keyHeader = named[1];
-  $("key-header").textContent = keyHeader;
+  if (named) sessionStorage.setItem("apiKeyHeader", named[1]);
+  $("key-header").textContent = keyHeader();
   $("key").hidden = false;
   $("key").onsubmit = (event) => {
     event.preventDefault();

@@ -254,3 +254,12 @@ def test_a_content_length_of_thousands_of_digits_is_too_large_not_a_fault() -> N
     scope = http_scope() | {"headers": [(b"content-length", b"0" * 5000 + b"1")]}
     refusal = budget.refusal(scope)
     assert refusal is not None and refusal.error == "body_too_large"
+
+
+def test_with_api_keys_the_docs_stay_open_and_offer_the_key(keyed: TestClient) -> None:
+    for path in ("/", "/web/app.js", "/docs", "/redoc", "/openapi.json", "/static-offline-docs/swagger-ui.css"):
+        assert keyed.get(path).status_code == 200, path
+    schema = keyed.get("/openapi.json").json()
+    assert schema["components"]["securitySchemes"]["ApiKey"] == {"type": "apiKey", "in": "header", "name": "X-API-Key"}
+    assert schema["security"] == [{"ApiKey": []}]
+    assert keyed.get("/web/../predict").status_code in (401, 404)
