@@ -4,17 +4,15 @@ model never runs them."""
 
 import re
 import socket
-import time
 from pathlib import Path
 
 import httpx2 as httpx
 import numpy as np
 import pytest
 from onnx import TensorProto, helper
-from prometheus_client.parser import text_string_to_metric_families
 
 from tests.conftest import encode, noisy_image, save_classifier
-from tests.test_end_to_end import running_server
+from tests.helpers import metric, multipart, running_server, wait_for
 
 IMAGES = 16
 SETTINGS = {
@@ -64,32 +62,10 @@ def pngs(count: int, seed: int) -> list[tuple[str, tuple[str, bytes, str]]]:
     ]
 
 
-def metric(url: str, name: str, **labels: str) -> float:
-    """One sample of the server's metrics (0 when absent)."""
-    for family in text_string_to_metric_families(httpx.get(f"{url}/metrics", timeout=10).text):
-        for sample in family.samples:
-            if sample.name == name and all(sample.labels.get(key) == value for key, value in labels.items()):
-                return sample.value
-    return 0.0
-
-
-def wait_for(condition: object, what: str, seconds: float = 30) -> None:
-    """Poll `condition` until it is true; the deadline only guards against a hang, it is not a timing margin."""
-    deadline = time.monotonic() + seconds
-    while not condition():  # type: ignore[operator]
-        assert time.monotonic() < deadline, f"gave up waiting for {what}"
-        time.sleep(0.02)
-
-
 def images_run(log: Path) -> int:
     stopped = re.search(r"event=batcher_stopped batches=\d+ images=(\d+)", log.read_text())
     assert stopped, log.read_text()
     return int(stopped[1])
-
-
-def multipart(files: list[tuple[str, tuple[str, bytes, str]]]) -> tuple[bytes, str]:
-    request = httpx.Request("POST", "http://x/predict", files=files)
-    return request.read(), request.headers["content-type"]
 
 
 @pytest.mark.parametrize("ending", ["request_timeout", "client_disconnect"])

@@ -12,7 +12,7 @@ from pathlib import Path
 import httpx2 as httpx
 
 from tests.conftest import REPO
-from tests.test_end_to_end import running_server
+from tests.helpers import running_server
 
 SAMPLE = REPO / "tests" / "data" / "cifar10-sample"
 

@@ -20,7 +20,7 @@ import yaml
 from service.__main__ import UVICORN_GRACE_S
 from service.config import ENV_PREFIX, Settings
 from tests.conftest import REPO
-from tests.test_end_to_end import free_port
+from tests.helpers import free_port
 
 DOCKERFILE = REPO / "Dockerfile"
 COMPOSE_FILE = REPO / "docker-compose.yml"

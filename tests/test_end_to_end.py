@@ -5,77 +5,18 @@ import json
 import os
 import re
 import signal
-import socket
-import subprocess
-import sys
 import time
 from collections import Counter
 from collections.abc import Iterator
-from contextlib import contextmanager
 from pathlib import Path
 
 import httpx2 as httpx
 import pytest
 
-from tests.conftest import COLOURS, REPO, encode, noisy_image
+from tests.conftest import COLOURS, encode, noisy_image
+from tests.helpers import running_server, running_server_process
 
 pytestmark = pytest.mark.slow
-
-
-def free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return int(probe.getsockname()[1])
-
-
-@contextmanager
-def running_server(model: Path, log: Path, **settings: str) -> Iterator[str]:
-    """`python -m service` on a free loopback port, until the block ends; yields its base URL once ready."""
-    with running_server_process(model, log, **settings) as (url, _):
-        yield url
-
-
-@contextmanager
-def running_server_process(
-    model: Path, log: Path, environment: dict[str, str] | None = None, **settings: str
-) -> Iterator[tuple[str, subprocess.Popen[bytes]]]:
-    """As `running_server`, yielding the server's process too; `environment` adds other variables."""
-    port = free_port()
-    env = (
-        os.environ
-        | (environment or {})
-        | {
-            "CLASSIFIER_MODEL_PATH": str(model),
-            "CLASSIFIER_HOST": "127.0.0.1",
-            "CLASSIFIER_PORT": str(port),
-        }
-    )
-    env |= {f"CLASSIFIER_{name.upper()}": value for name, value in settings.items()}
-    with log.open("wb") as output:
-        process = subprocess.Popen(
-            [sys.executable, "-m", "service"], cwd=REPO, env=env, stdout=output, stderr=subprocess.STDOUT
-        )
-    url = f"http://127.0.0.1:{port}"
-    try:
-        deadline = time.monotonic() + 60
-        while time.monotonic() < deadline:
-            assert process.poll() is None, log.read_text()
-            try:
-                if httpx.get(f"{url}/ready", timeout=1).status_code == 200:
-                    break
-            except httpx.TransportError:
-                pass
-            time.sleep(0.2)
-        else:
-            pytest.fail("the server did not become ready within 60 s")
-        yield url, process
-    finally:
-        process.terminate()
-        try:
-            process.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait()
 
 
 @pytest.fixture

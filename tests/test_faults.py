@@ -20,8 +20,7 @@ from service.app import create_app
 from service.config import Settings
 from service.inference import OnnxModel
 from tests.conftest import REPO, encode, noisy_image, save_classifier
-from tests.service.test_inference import write_model
-from tests.test_end_to_end import free_port, running_server
+from tests.helpers import free_port, rss_mb, running_server, write_model
 
 
 def start_and_wait(model: Path, **settings: str) -> subprocess.CompletedProcess[str]:
@@ -121,13 +120,6 @@ def test_gpu_required_but_absent_exits_with_a_message(bundled_model: Path) -> No
     result = start_and_wait(bundled_model, require_gpu="true")
     assert result.returncode != 0
     assert "a GPU is required" in result.stderr
-
-
-def rss_mb(pid: int) -> float:
-    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        if line.startswith("VmRSS:"):
-            return int(line.split()[1]) / 1024
-    raise AssertionError("no VmRSS")
 
 
 def server_pid(log: Path) -> int:

@@ -14,8 +14,7 @@ import pytest
 from PIL import Image
 
 from tests.conftest import encode, noisy_image
-from tests.service.test_imaging import png_declaring
-from tests.test_end_to_end import running_server
+from tests.helpers import png_declaring, running_server
 
 RED = (230, 30, 30)
 LIMITS = {

@@ -12,7 +12,7 @@ import yaml
 from PIL import Image
 
 from tests.conftest import REPO, encode, noisy_image
-from tests.test_end_to_end import running_server_process
+from tests.helpers import running_server_process
 
 SIDE = 5000
 CONCURRENT = 32

@@ -16,7 +16,7 @@ from PIL import Image
 from tritonclient.utils import InferenceServerException
 
 from tests.conftest import encode
-from tests.test_end_to_end import running_server
+from tests.helpers import running_server
 
 SAMPLE = sorted((Path(__file__).parent / "data" / "cifar10-sample").rglob("*.jpg"))[:5]
 MODEL = "cifar10-resnet9"

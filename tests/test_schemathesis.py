@@ -8,7 +8,7 @@ import schemathesis
 from hypothesis import HealthCheck, given, settings
 from schemathesis.specs.openapi.checks import positive_data_acceptance
 
-from tests.test_end_to_end import running_server
+from tests.helpers import running_server
 
 # /predict is where the input space is; the GET endpoints take no input and yield a handful of cases each.
 PREDICT_CASES = 500

@@ -16,8 +16,7 @@ import httpx2 as httpx
 import pytest
 
 from tests.conftest import REPO, encode, noisy_image, read_response
-from tests.test_cancellation import metric, multipart
-from tests.test_end_to_end import free_port
+from tests.helpers import free_port, metric, multipart
 
 REQUESTS = 48
 IMAGES_PER_REQUEST = 64

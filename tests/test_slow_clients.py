@@ -9,8 +9,7 @@ from pathlib import Path
 import httpx2 as httpx
 
 from tests.conftest import encode, noisy_image, read_response
-from tests.test_cancellation import metric, wait_for
-from tests.test_end_to_end import running_server
+from tests.helpers import metric, running_server, wait_for
 
 TRICKLERS = 64  # the default CLASSIFIER_MAX_CONCURRENT_REQUESTS
 PART_HEAD = b'--b\r\nContent-Disposition: form-data; name="files"; filename="big.png"\r\n\r\n'

@@ -10,7 +10,7 @@ import httpx2 as httpx
 import pytest
 
 from tests.conftest import REPO
-from tests.test_end_to_end import running_server
+from tests.helpers import running_server
 
 CHROMIUM, DRIVER = shutil.which("chromium"), shutil.which("chromedriver")
 pytestmark = pytest.mark.skipif(

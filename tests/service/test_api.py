@@ -12,7 +12,7 @@ from service.app import create_app
 from service.config import Settings
 from service.inference import OnnxModel
 from tests.conftest import encode, noisy_image
-from tests.service.test_imaging import png_declaring
+from tests.helpers import png_declaring
 
 RED = (230, 30, 30)
 

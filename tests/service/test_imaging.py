@@ -13,6 +13,7 @@ from PIL import Image
 from service.errors import EmptyFile, ImageTooLarge, InvalidImage
 from service.imaging import MAX_JPEG_SCANS, decode_image, jpeg_scans, open_image
 from tests.conftest import encode, noisy_image
+from tests.helpers import png_declaring
 
 SIZE = (32, 32)
 RED = (230, 30, 30)
@@ -113,16 +114,6 @@ def test_large_jpeg_is_decoded_at_reduced_scale_and_still_correct() -> None:
     array = decode(encode(Image.new("RGB", (4000, 3000), RED), "JPEG", quality=90), max_pixels=12_000_000)
     assert array.shape == (32, 32, 3)
     assert_colour(array, RED)
-
-
-def png_declaring(width: int, height: int) -> bytes:
-    """A valid small PNG whose header claims `width` x `height` (a decompression bomb's calling card)."""
-    data = bytearray(encode(Image.new("L", (1, 1)), "PNG"))
-    ihdr = 8 + 8  # signature, then the IHDR chunk's length and type
-    data[ihdr : ihdr + 8] = struct.pack(">II", width, height)
-    crc = zlib.crc32(bytes(data[ihdr - 4 : ihdr + 13]))
-    data[ihdr + 13 : ihdr + 17] = struct.pack(">I", crc)
-    return bytes(data)
 
 
 def test_decompression_bomb_is_refused_before_decoding() -> None:

@@ -1,20 +1,19 @@
 """The ONNX Runtime model: metadata, providers, and refusal of files it cannot serve."""
 
-import json
 import logging
 import subprocess
 import sys
 from pathlib import Path
 
 import numpy as np
-import onnx
 import pytest
-from onnx import TensorProto, helper
+from onnx import TensorProto
 
 from service import inference
 from service.errors import ModelLoadError, ProviderUnavailable
 from service.inference import CPU, CUDA, OnnxModel, choose_providers, top_k
 from tests.conftest import REPO
+from tests.helpers import write_model
 
 
 def test_bundled_model_metadata(bundled_model: Path) -> None:
@@ -38,26 +37,6 @@ def test_top_k_orders_and_caps() -> None:
     probabilities = np.array([[0.1, 0.7, 0.2], [0.5, 0.2, 0.3]], dtype=np.float32)
     ranked = top_k(probabilities, ("a", "b", "c"), 5)
     assert [[label for label, _ in row] for row in ranked] == [["b", "c", "a"], ["a", "c", "b"]]
-
-
-def write_model(path: Path, input_type: int, shape: list, labels: list[str] | None, classes: int = 3) -> Path:
-    """A minimal ONNX model: Cast -> mean over the middle axes -> MatMul to `classes` -> Softmax."""
-    image = helper.make_tensor_value_info("image", input_type, shape)
-    output = helper.make_tensor_value_info("probabilities", TensorProto.FLOAT, ["batch", classes])
-    channels = shape[-1]
-    weights = helper.make_tensor("w", TensorProto.FLOAT, [channels, classes], np.ones(channels * classes).tolist())
-    nodes = [
-        helper.make_node("Cast", ["image"], ["float"], to=TensorProto.FLOAT),
-        helper.make_node("ReduceMean", ["float"], ["mean"], axes=list(range(1, len(shape) - 1)), keepdims=0),
-        helper.make_node("MatMul", ["mean", "w"], ["logits"]),
-        helper.make_node("Softmax", ["logits"], ["probabilities"]),
-    ]
-    graph = helper.make_graph(nodes, "tiny", [image], [output], initializer=[weights])
-    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
-    if labels is not None:
-        helper.set_model_props(model, {"class_names": json.dumps(labels), "model_name": "tiny"})
-    onnx.save(model, path)
-    return path
 
 
 def test_a_minimal_valid_model_loads(tmp_path: Path) -> None:
