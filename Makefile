@@ -30,7 +30,7 @@ serve: $(VENV)/.serve-installed
 test: $(VENV)/.dev-installed browser
 	$(BIN)/python -m pytest
 
-# The browser tests (tests/test_web_page.py) need Chromium and its driver: installed here from Debian where apt-get
+# The browser tests (tests/system/test_web_page.py) need Chromium and its driver: installed here from Debian where apt-get
 # can (as root); elsewhere those tests are skipped with the reason.
 browser:
 	@command -v chromedriver >/dev/null || { [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null && \

@@ -1,6 +1,6 @@
 """The client's retry policy against refusals from what may sit in front of the service (a rate limiter, a proxy):
 httpx's MockTransport stands in for those, which cannot run here. The client against the real server is tested
-in tests/test_client.py."""
+in tests/system/test_client.py."""
 
 from pathlib import Path
 

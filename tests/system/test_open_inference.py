@@ -15,10 +15,10 @@ import tritonclient.http as triton
 from PIL import Image
 from tritonclient.utils import InferenceServerException
 
-from tests.conftest import encode
+from tests.conftest import REPO, encode
 from tests.helpers import running_server
 
-SAMPLE = sorted((Path(__file__).parent / "data" / "cifar10-sample").rglob("*.jpg"))[:5]
+SAMPLE = sorted((REPO / "tests" / "data" / "cifar10-sample").rglob("*.jpg"))[:5]
 MODEL = "cifar10-resnet9"
 
 
