@@ -1,10 +1,11 @@
 """HTTP routes: read the request, call the core (imaging, inference), return a schema."""
 
-from collections.abc import Callable, Coroutine
+from collections.abc import AsyncIterator, Callable, Coroutine
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Annotated, Any
 
+import numpy as np
 from fastapi import APIRouter, Depends, Request
 from fastapi.responses import FileResponse, JSONResponse, Response
 from fastapi.routing import APIRoute
@@ -18,7 +19,7 @@ from service.imaging import RESAMPLING_FILTER
 from service.inference import OnnxModel, top_k
 from service.lifecycle import DrainState
 from service.limits import Admission, header
-from service.pipeline import ClientGone, Pipeline
+from service.pipeline import Classified, ClientGone, Pipeline
 from service.schemas import (
     ErrorResponse,
     HealthResponse,
@@ -143,24 +144,16 @@ async def predict(request: Request) -> Response:
     k = _top_k(request) or settings.top_k
     pipeline = state.serving_pipeline()
     content_type = header(request.scope, b"content-type")
-    try:
-        uploads = await read_uploads(
-            content_type.decode("latin-1") if content_type is not None else None,
-            request.stream(),
-            max_files=settings.max_images_per_request,
-            max_file_bytes=settings.max_image_bytes,
-        )
-    except ClientDisconnect:
-        raise ClientDisconnected("the client disconnected during its upload") from None
-    names = [upload.filename for upload in uploads]
-    telemetry: dict[str, Any] = request.scope["state"]["telemetry"]
-    telemetry["images"] = len(uploads)
-    files = [(upload.filename, upload.data) for upload in uploads]
+    uploads = await read_uploads(
+        content_type.decode("latin-1") if content_type is not None else None,
+        upload(request),
+        max_files=settings.max_images_per_request,
+        max_file_bytes=settings.max_image_bytes,
+    )
+    names = [part.filename for part in uploads]
+    files = [(part.filename, part.data) for part in uploads]
     del uploads
-    classified = await pipeline.classify_files(files, client_gone(request.receive))
-    probabilities, timing = classified.probabilities, classified.timing
-    telemetry.update(queue_wait_s=timing.queue_wait_s, inference_s=timing.inference_s)
-    request.app.state.metrics.images_per_request.observe(len(names))
+    probabilities = (await classify(request, pipeline, files)).probabilities
     info = pipeline.info
     ranked = top_k(probabilities, info.labels, k)
     return JsonResponse(
@@ -212,6 +205,30 @@ def client_gone(receive: Receive) -> ClientGone:
             pass
 
     return gone
+
+
+async def upload(request: Request) -> AsyncIterator[bytes]:
+    """The request's body as it arrives; ClientDisconnected (499) if the client goes during its upload."""
+    try:
+        async for chunk in request.stream():
+            yield chunk
+    except ClientDisconnect:
+        raise ClientDisconnected("the client disconnected during its upload") from None
+
+
+async def classify(request: Request, pipeline: Pipeline, images: list[tuple[str, bytes]] | np.ndarray) -> Classified:
+    """A request's images through the pipeline (encoded files decoded, pixels as they are), cancelled if the client
+    goes, and counted in its access-log line and the metrics. Every front end's requests go through here."""
+    telemetry: dict[str, Any] = request.scope["state"]["telemetry"]
+    count = telemetry["images"] = len(images)
+    gone = client_gone(request.receive)
+    if isinstance(images, np.ndarray):
+        classified = await pipeline.classify_pixels(images, gone)
+    else:
+        classified = await pipeline.classify_files(images, gone)
+    telemetry.update(queue_wait_s=classified.timing.queue_wait_s, inference_s=classified.timing.inference_s)
+    request.app.state.metrics.images_per_request.observe(count)
+    return classified
 
 
 WEB = Path(__file__).parent / "web"

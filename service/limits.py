@@ -25,6 +25,9 @@ from service.errors import (
 )
 from service.lifecycle import DrainState
 
+MAX_BYTE_COUNT_DIGITS = 18
+"""A byte count in a header longer than this is more than any limit (and int() refuses thousands of digits)."""
+
 
 def header(scope: Scope, name: bytes) -> bytes | None:
     """The first value of the request header `name` (lower-case bytes), if present."""
@@ -94,7 +97,7 @@ class BodyBudget:
         declared = header(scope, b"content-length")
         if declared is None or not declared.isdigit():
             return None
-        if len(declared) > 18:  # more than any budget (and int() refuses thousands of digits)
+        if len(declared) > MAX_BYTE_COUNT_DIGITS:
             return self.too_large()
         length = int(declared)
         if length > self.max_bytes:

@@ -23,11 +23,9 @@ import numpy as np
 import orjson
 from fastapi import APIRouter, Request
 from fastapi.responses import Response
-from starlette.requests import ClientDisconnect
 
-from service.api import PlainRoute, client_gone
+from service.api import PlainRoute, classify, upload
 from service.errors import (
-    ClientDisconnected,
     EmptyFile,
     FileTooLarge,
     InvalidRequest,
@@ -40,8 +38,7 @@ from service.errors import (
 )
 from service.gateway import JsonResponse, http_headers, http_status
 from service.inference import ModelInfo, ranked
-from service.limits import header
-from service.pipeline import Pipeline
+from service.limits import MAX_BYTE_COUNT_DIGITS, header
 from service.schemas import ModelReadyResponse, ProtocolErrorResponse, ServerLiveResponse, ServerReadyResponse
 from service.uploads import INLINE_BODY_BYTES
 
@@ -56,7 +53,6 @@ MAX_JSON_BYTES = 2 * 1024 * 1024
 list, an entry per number); the largest UINT8 request, 64 images of 32x32x3 nested as the shape is, is about
 1.2 MB. Send larger inputs as binary data, as the official clients do by default."""
 
-_MAX_DIGITS = 18  # a byte count longer than this is no byte count (and int() of thousands of digits raises)
 
 _PARSER = ThreadPoolExecutor(max_workers=1, thread_name_prefix="v2-parse")
 """Large requests are read on this one thread: one at a time, so that their parsing memory does not add up."""
@@ -84,7 +80,6 @@ class InferRequest:
     files: list[tuple[str, bytes]] = field(default_factory=list)
     binary_output: bool = False
     classification: int = 0
-    count: int = 0
 
 
 def read_request(body: bytes, header_length: int | None, info: ModelInfo, max_images: int, max_file_bytes: int
@@ -134,6 +129,11 @@ def read_request(body: bytes, header_length: int | None, info: ModelInfo, max_im
     return result
 
 
+def _is_count(value: Any) -> bool:
+    """A non-negative JSON integer (not a boolean, which Python counts as an int)."""
+    return type(value) is int and value >= 0
+
+
 def _object(value: Any, what: str) -> dict[str, Any]:
     if value is None:
         return {}
@@ -145,14 +145,14 @@ def _object(value: Any, what: str) -> dict[str, Any]:
 def _read_input(tensor: dict[str, Any], binary: bytes, info: ModelInfo, max_images: int, max_file_bytes: int,
                 result: InferRequest) -> None:  # fmt: skip
     name, datatype, shape = tensor["name"], tensor.get("datatype"), tensor.get("shape")
-    if not isinstance(shape, list) or not all(isinstance(n, int) and not isinstance(n, bool) and n >= 0 for n in shape):
+    if not isinstance(shape, list) or not all(_is_count(n) for n in shape):
         raise InvalidRequest(f"input {name!r}: `shape` must be a list of non-negative integers, got {shape!r}")
     parameters = _object(tensor.get("parameters"), f"inputs[{name}].parameters")
     if "shared_memory_region" in parameters:
         raise InvalidRequest(f"input {name!r}: shared memory is not supported; send the data in the request")
     size = parameters.get("binary_data_size")
     if size is not None:
-        if not isinstance(size, int) or isinstance(size, bool) or size < 0:
+        if not _is_count(size):
             raise InvalidRequest(f"input {name!r}: `binary_data_size` must be a non-negative integer")
         if size != len(binary):
             raise InvalidRequest(
@@ -168,7 +168,6 @@ def _read_input(tensor: dict[str, Any], binary: bytes, info: ModelInfo, max_imag
         raise InvalidRequest(f"input {name!r}: `shape` must start with the number of images (at least 1)")
     if shape[0] > max_images:
         raise TooManyImages(f"input {name!r}: {shape[0]} images in one request; the limit is {max_images}")
-    result.count = shape[0]
     if datatype == "UINT8":
         result.pixels = _pixels(tensor, binary if size is not None else None, shape, info)
     elif datatype == "BYTES":
@@ -210,7 +209,7 @@ def _pixels(tensor: dict[str, Any], binary: bytes | None, shape: list[int], info
 
 def _uint8_values(data: Any, count: int, name: str) -> list[int]:
     """The integers of `data` (a list, flat or nested in any way), in order, checked as they are read: each an int
-    within 0-255, `count` of them, and at most `count` nested lists besides. Reading stops at the first thing
+    within 0-255, `count` of them, and at most twice as many nested lists besides. Reading stops at the first thing
     wrong, so a hostile list costs no more than a valid one (numpy would first build whatever array it
     describes: a list of long strings becomes gigabytes)."""
     if not isinstance(data, list):
@@ -287,7 +286,7 @@ def _read_outputs(outputs: Any, info: ModelInfo, result: InferRequest) -> None:
         if "binary_data" in parameters:  # else the request's binary_data_output holds
             result.binary_output = parameters["binary_data"] is True
         classes = parameters.get("classification", 0)
-        if not isinstance(classes, int) or isinstance(classes, bool) or classes < 0:
+        if not _is_count(classes):
             raise InvalidRequest("`classification` must be a non-negative integer")
         result.classification = min(classes, len(info.labels))
 
@@ -326,11 +325,6 @@ def response(request: InferRequest, probabilities: np.ndarray, info: ModelInfo) 
 # ---- routes ----
 
 router = APIRouter(prefix=PREFIX, tags=["Open Inference Protocol (v2)"])
-
-
-def _pipeline(request: Request) -> Pipeline:
-    pipeline: Pipeline = request.app.state.serving.serving_pipeline()
-    return pipeline
 
 
 def _model(request: Request, name: str, version: str | None) -> ModelInfo:
@@ -440,19 +434,16 @@ async def infer(request: Request) -> Response:
     """Classify a tensor of images: UINT8 pixels or BYTES image files, in JSON or binary tensor data."""
     params = request.path_params
     info = _model(request, params["model_name"], params.get("model_version"))
-    pipeline = _pipeline(request)
+    pipeline = request.app.state.serving.serving_pipeline()
     if header(request.scope, b"content-encoding") not in (None, b"identity"):
         raise UnsupportedEncoding("compressed request bodies are not supported; send the request uncompressed")
     declared = header(request.scope, HEADER_LENGTH.lower().encode())
     header_length = None
     if declared is not None:
-        if not declared.isdigit() or len(declared) > _MAX_DIGITS:
+        if not declared.isdigit() or len(declared) > MAX_BYTE_COUNT_DIGITS:
             raise InvalidRequest(f"{HEADER_LENGTH} must be a number of bytes")
         header_length = int(declared)
-    try:
-        body = b"".join([chunk async for chunk in request.stream()])
-    except ClientDisconnect:
-        raise ClientDisconnected("the client disconnected during its upload") from None
+    body = b"".join([chunk async for chunk in upload(request)])
     settings = request.app.state.settings
     arguments = (body, header_length, info, settings.max_images_per_request, settings.max_image_bytes)
     # JSON costs far more to read than to send (an 8 MiB list of numbers: 0.35 s): past a small body, on a thread.
@@ -462,15 +453,8 @@ async def infer(request: Request) -> Response:
         else await asyncio.get_running_loop().run_in_executor(_PARSER, read_request, *arguments)
     )
     del body
-    request.scope["state"]["telemetry"]["images"] = parsed.count
-    gone = client_gone(request.receive)
-    if parsed.pixels is not None:
-        classified = await pipeline.classify_pixels(parsed.pixels, gone)
-    else:
-        classified = await pipeline.classify_files(parsed.files, gone)
-    timing = classified.timing
-    request.scope["state"]["telemetry"].update(queue_wait_s=timing.queue_wait_s, inference_s=timing.inference_s)
-    request.app.state.metrics.images_per_request.observe(parsed.count)
+    images = parsed.pixels if parsed.pixels is not None else parsed.files
+    classified = await classify(request, pipeline, images)
     return response(parsed, classified.probabilities, info)
 
 
