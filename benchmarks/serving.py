@@ -38,7 +38,7 @@ from pathlib import Path
 
 import numpy as np
 
-from tests.helpers import free_port, rss_mb  # shared with the tests
+from tests.helpers import free_port, rss_mb, server_process  # shared with the tests
 
 REPO = Path(__file__).resolve().parent.parent
 RESULTS = REPO / "benchmarks" / "results"
@@ -115,38 +115,11 @@ def sample_images(count: int) -> list[bytes]:
     return [files[i % len(files)].read_bytes() for i in range(count)]
 
 
-def wait_ready(url: str, process: subprocess.Popen[bytes], timeout: float = 120) -> None:
-    import urllib.request
-
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if process.poll() is not None:
-            raise RuntimeError(f"server exited with {process.returncode}")
-        try:
-            with urllib.request.urlopen(f"{url}/ready", timeout=1) as response:
-                if response.status == 200:
-                    return
-        except OSError:
-            pass
-        time.sleep(0.2)
-    raise RuntimeError("server not ready in time")
-
-
 @contextmanager
 def server(command: list[str], env: dict[str, str], port: int, log: Path) -> Iterator[tuple[str, int]]:
     """Start a server process; yield (url, pid) once ready; stop it."""
-    with log.open("wb") as output:
-        process = subprocess.Popen(command, cwd=REPO, env=os.environ | env, stdout=output, stderr=subprocess.STDOUT)
-    url = f"http://127.0.0.1:{port}"
-    try:
-        wait_ready(url, process)
+    with server_process(command, os.environ | env, port, log, ready_within_s=120) as (url, process):
         yield url, process.pid
-    finally:
-        process.terminate()
-        try:
-            process.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            process.kill()
 
 
 @contextmanager

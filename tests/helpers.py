@@ -16,7 +16,6 @@ from pathlib import Path
 import httpx2 as httpx
 import numpy as np
 import onnx
-import pytest
 from onnx import TensorProto, helper
 from PIL import Image
 from prometheus_client.parser import text_string_to_metric_families
@@ -53,23 +52,30 @@ def running_server_process(
         }
     )
     env |= {f"CLASSIFIER_{name.upper()}": value for name, value in settings.items()}
+    with server_process([sys.executable, "-m", "service"], env, port, log) as running:
+        yield running
+
+
+@contextmanager
+def server_process(
+    command: list[str], env: dict[str, str], port: int, log: Path, ready_within_s: float = 60
+) -> Iterator[tuple[str, subprocess.Popen[bytes]]]:
+    """`command` run from the repository, its output in `log`, until the block ends: yields its URL on `port` and
+    the process once its /ready answers 200. Starts the servers of the tests and of the benchmarks alike."""
     with log.open("wb") as output:
-        process = subprocess.Popen(
-            [sys.executable, "-m", "service"], cwd=REPO, env=env, stdout=output, stderr=subprocess.STDOUT
-        )
+        process = subprocess.Popen(command, cwd=REPO, env=env, stdout=output, stderr=subprocess.STDOUT)
     url = f"http://127.0.0.1:{port}"
     try:
-        deadline = time.monotonic() + 60
-        while time.monotonic() < deadline:
+        deadline = time.monotonic() + ready_within_s
+        while True:
             assert process.poll() is None, log.read_text()
             try:
                 if httpx.get(f"{url}/ready", timeout=1).status_code == 200:
                     break
             except httpx.TransportError:
                 pass
+            assert time.monotonic() < deadline, f"the server did not become ready within {ready_within_s:g} s"
             time.sleep(0.2)
-        else:
-            pytest.fail("the server did not become ready within 60 s")
         yield url, process
     finally:
         process.terminate()
