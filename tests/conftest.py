@@ -85,8 +85,9 @@ def bundled_model() -> Path:
 @pytest.fixture(scope="session")
 def tiny_run(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
     """A real training run (baseline, a few epochs on the three-colour folder), exported to ONNX."""
+    from training.config import TrainConfig
     from training.export import export_run
-    from training.train import TrainConfig, train
+    from training.train import train
 
     root = tmp_path_factory.mktemp("tiny")
     data = make_image_folder(root / "data")

@@ -10,7 +10,9 @@ from typing import Any
 
 import numpy as np
 
-from training.train import CONFIG_FILE, FINAL_MODEL, HISTORY_JSON
+from training.config import RECIPE
+from training.evaluation import evaluate_model, onnx_model, onnx_predictor
+from training.run import RunDirectory
 
 CARD_MARKDOWN = "MODEL_CARD.md"
 CARD_JSON = "model_card.json"
@@ -20,24 +22,17 @@ def measure_latency(
     onnx_path: Path, batch_sizes: tuple[int, ...] = (1, 8, 32, 64, 128), seconds: float = 3.0
 ) -> dict[str, Any]:
     """ONNX Runtime on one CPU thread: median ms per image at each batch size (the issue's yardstick)."""
-    import onnxruntime as ort
-
-    options = ort.SessionOptions()
-    options.intra_op_num_threads = 1
-    options.inter_op_num_threads = 1
-    session = ort.InferenceSession(str(onnx_path), options, providers=["CPUExecutionProvider"])
-    name = session.get_inputs()[0].name
-    height, width = session.get_inputs()[0].shape[1:3]
+    model = onnx_model(onnx_path, threads=1)
     per_image: dict[int, float] = {}
     for batch in batch_sizes:
-        images = np.random.default_rng(0).integers(0, 256, (batch, height, width, 3), dtype=np.uint8)
+        images = np.random.default_rng(0).integers(0, 256, (batch, model.info.height, model.info.width, 3), np.uint8)
         for _ in range(5):
-            session.run(None, {name: images})
+            model.predict(images)
         times = []
         deadline = time.monotonic() + seconds
         while time.monotonic() < deadline or len(times) < 10:
             started = time.perf_counter()
-            session.run(None, {name: images})
+            model.predict(images)
             times.append(time.perf_counter() - started)
         per_image[batch] = round(statistics.median(times) * 1000 / batch, 4)
     best = min(per_image, key=lambda batch: per_image[batch])
@@ -50,31 +45,26 @@ def measure_latency(
     }
 
 
-RECIPE_KEYS = ("architecture", "epochs", "batch_size", "optimizer", "learning_rate", "momentum", "weight_decay",
-               "schedule", "warmup_epochs", "label_smoothing", "augment", "cutout", "seed", "validation_fraction",
-               "init_from")  # fmt: skip
-
-
 def training_stages(run_dir: Path) -> list[dict[str, Any]]:
     """The run and the runs it started from (`init_from`, when that model sits in a run dir), oldest first."""
     stages: list[dict[str, Any]] = []
-    current: Path | None = run_dir
+    current: RunDirectory | None = RunDirectory(run_dir)
     while current is not None:
-        record = json.loads((current / CONFIG_FILE).read_text())
-        history = json.loads((current / HISTORY_JSON).read_text())
+        config = current.read_record().config
+        history = current.history()
         stages.insert(
             0,
             {
-                "run_dir": str(current),
-                "recipe": {key: record.get(key) for key in RECIPE_KEYS},
+                "run_dir": str(current.path),
+                "recipe": config.recipe,
                 "epochs": len(history),
                 "hours": round(sum(row.get("epoch_seconds", 0.0) for row in history) / 3600, 2),
                 "final_validation_accuracy": history[-1].get("val_accuracy") if history else None,
                 "history": history,
             },
         )
-        parent = Path(record["init_from"]).parent if record.get("init_from") else None
-        current = parent if parent is not None and (parent / HISTORY_JSON).is_file() else None
+        parent = RunDirectory(Path(config.init_from).parent) if config.init_from else None
+        current = parent if parent is not None and parent.history_json.is_file() else None
     return stages
 
 
@@ -92,18 +82,16 @@ def build_card(
     """Gather the card's facts from the run directory and the exported model; the accuracy figures are the
     exported file's own, measured on the run's validation split."""
     import keras
-    import onnxruntime as ort
 
-    from training.evaluation import evaluate_model, onnx_predictor
-    from training.export import run_splits
     from training.models import count_flops, with_flip_averaging
 
-    record = json.loads((run_dir / CONFIG_FILE).read_text())
-    metrics = evaluate_model(onnx_predictor(onnx_path), run_splits(record).validation)
+    run = RunDirectory(run_dir)
+    record = run.read_record()
+    exported = onnx_model(onnx_path)
+    metrics = evaluate_model(onnx_predictor(exported), run.load_splits().validation)
     stages = training_stages(run_dir)
-    model = keras.saving.load_model(run_dir / FINAL_MODEL, compile=False)
-    metadata = ort.InferenceSession(str(onnx_path), providers=["CPUExecutionProvider"]).get_modelmeta()
-    properties = dict(metadata.custom_metadata_map)
+    model = keras.saving.load_model(run.final_model, compile=False)
+    properties = exported.info.metadata
     onnx_bytes = onnx_path.read_bytes()
     flip_averaging = properties.get("test_time_augmentation")
     return {
@@ -112,15 +100,16 @@ def build_card(
         "file": onnx_path.name,
         "file_bytes": len(onnx_bytes),
         "sha256": hashlib.sha256(onnx_bytes).hexdigest(),
-        "input": "image: uint8 [batch, 32, 32, 3], raw RGB (the model normalises)",
+        "input": f"image: uint8 [batch, {exported.info.height}, {exported.info.width}, 3], raw RGB (the model "
+        "normalises)",
         "output": "probabilities: float32 [batch, classes]",
-        "classes": record["class_names"],
+        "classes": record.class_names,
         "data": {
-            "source": record.get("source"),
+            "source": record.source,
             "validation_examples": metrics["examples"],
-            "validation_split": f"stratified, seed {record['seed']}, fraction {record['validation_fraction']}",
+            "validation_split": f"stratified, seed {record.config.seed}, fraction {record.config.validation_fraction}",
         },
-        "architecture": record["architecture"],
+        "architecture": record.config.architecture,
         "parameters": int(model.count_params()),
         "flops_per_image": count_flops(with_flip_averaging(model) if flip_averaging else model),
         "serving_graph": {
@@ -155,7 +144,7 @@ def render_markdown(card: dict[str, Any]) -> str:
     )
     stages = card["training"]["stages"]
     recipe = "\n".join(
-        f"| {key} | " + " | ".join(str(stage["recipe"][key]) for stage in stages) + " |" for key in RECIPE_KEYS
+        f"| {key} | " + " | ".join(str(stage["recipe"][key]) for stage in stages) + " |" for key in RECIPE
     )
     stage_header = " | ".join(f"stage {number}" for number in range(1, len(stages) + 1))
     stage_results = "\n".join(

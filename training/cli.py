@@ -1,22 +1,27 @@
 """Command line: `python -m training {train,evaluate,export} ...`."""
 
 import argparse
+import dataclasses
 import json
 import logging
 import os
 import sys
+import typing
 from pathlib import Path
+from typing import Any
+
+from service.errors import ModelLoadError
+from training.config import FIELDS, TrainConfig
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")  # TensorFlow's C++ start-up chatter, before it is imported
 
 
 PRESETS_DIR = Path(__file__).resolve().parent / "presets"
-# CLI flag -> TrainConfig field, for the flags a preset may also set.
-_TRAIN_FIELDS = (
-    "data", "architecture", "epochs", "batch_size", "learning_rate", "optimizer", "momentum", "weight_decay",
-    "schedule", "warmup_epochs", "label_smoothing", "cutout", "seed", "validation_fraction", "skip_invalid", "name",
-    "init_from",
-)  # fmt: skip
+# TrainConfig fields without a flag of their own: --run-dir is given apart (it is required, and `export` and
+# `card` take it too); the input size is fixed by the data's loader.
+_NOT_FLAGS = ("run_dir", "image_size")
+# The fields that pick a run's data and its split, which `evaluate` takes too.
+_SPLIT_FIELDS = ("seed", "validation_fraction", "skip_invalid")
 
 
 def load_preset(name: str) -> dict[str, object]:
@@ -31,18 +36,17 @@ def load_preset(name: str) -> dict[str, object]:
 
 def _train(args: argparse.Namespace) -> None:
     from training.models import ARCHITECTURES
-    from training.train import IncompatibleWeightsError, TrainConfig, train
+    from training.train import IncompatibleWeightsError, train
 
     if args.resume:
         train(TrainConfig(data="", run_dir=args.run_dir), resume=True)
         return
     fields: dict[str, object] = load_preset(args.preset) if args.preset else {}
     fields.pop("description", None)
-    fields |= {name: getattr(args, name) for name in _TRAIN_FIELDS if getattr(args, name) not in (None, False)}
-    if args.no_augment:
-        fields["augment"] = False
-    if args.classes:
-        fields["classes"] = args.classes.split(",")
+    # A flag given on the command line overrides the preset; one not given is None and leaves it be.
+    fields |= {
+        name: getattr(args, name) for name in FIELDS if name not in _NOT_FLAGS and getattr(args, name) is not None
+    }
     if "data" not in fields:
         raise SystemExit("error: --data is required unless --resume (or a preset gives it)")
     architecture = fields.get("architecture", "baseline")
@@ -57,23 +61,26 @@ def _train(args: argparse.Namespace) -> None:
 
 def _evaluate(args: argparse.Namespace) -> None:
     from training.data import load_splits
-    from training.evaluation import evaluate_model, keras_predictor, onnx_predictor, write_report
+    from training.evaluation import evaluate_model, keras_predictor, onnx_model, onnx_predictor, write_report
 
     model_path = Path(args.model)
     if not model_path.exists():
         raise SystemExit(f"error: model {model_path} does not exist")
+    if model_path.suffix == ".onnx":
+        model = onnx_model(model_path)
+        predict, image_size = onnx_predictor(model), (model.info.height, model.info.width)
+    else:
+        import keras
+
+        network = keras.saving.load_model(model_path)
+        predict, image_size = keras_predictor(network), tuple(network.input_shape[1:3])
     splits = load_splits(
         args.data,
+        image_size=image_size,
         validation_fraction=args.validation_fraction,
         seed=args.seed,
         skip_invalid=args.skip_invalid,
     )
-    if model_path.suffix == ".onnx":
-        predict = onnx_predictor(model_path)
-    else:
-        import keras
-
-        predict = keras_predictor(keras.saving.load_model(model_path))
     metrics = evaluate_model(predict, splits.validation)
     out_dir = Path(args.out) if args.out else model_path.parent / f"evaluation-{model_path.stem}"
     write_report(metrics, out_dir)
@@ -129,36 +136,19 @@ def build_parser() -> argparse.ArgumentParser:
     commands = parser.add_subparsers(dest="command", required=True, metavar="{train,evaluate,export,card}")
 
     train = commands.add_parser("train", help="train a model into a run directory")
-    train.add_argument(
-        "--data",
-        help="'cifar10' (Keras download), a cifar-10-python.tar.gz or cifar-10-batches-py/, "
-        "or a folder ROOT/<class>/*.{png,jpg,jpeg,webp,bmp}",
-    )
-    train.add_argument("--run-dir", required=True, help="where checkpoints, history and reports go")
+    train.add_argument("--run-dir", required=True, help=FIELDS["run_dir"].metadata["help"])
     train.add_argument("--resume", action="store_true", help="continue the run in --run-dir from its last epoch")
     train.add_argument("--preset", help="a recipe from training/presets/ (flags given here override it)")
-    train.add_argument("--architecture", help="network by name (default: baseline)")
-    train.add_argument("--epochs", type=int, help="default 10")
-    train.add_argument("--batch-size", type=int, help="default 64")
-    train.add_argument("--learning-rate", type=float, help="peak rate; default 1e-3")
-    train.add_argument("--optimizer", choices=["adam", "sgd"], help="default adam; sgd is Nesterov")
-    train.add_argument("--momentum", type=float, help="SGD momentum; default 0.9")
-    train.add_argument("--weight-decay", type=float, help="decoupled weight decay; default 0")
-    train.add_argument("--schedule", choices=["constant", "cosine"], help="default constant")
-    train.add_argument("--warmup-epochs", type=float, help="linear warm-up before the cosine decay; default 0")
-    train.add_argument("--label-smoothing", type=float, help="default 0")
-    train.add_argument("--cutout", type=int, help="side of the cutout square in pixels; default 0 (off)")
-    train.add_argument("--no-augment", action="store_true", help="turn off flip, pad-and-crop and cutout")
-    train.add_argument("--classes", help="comma-separated class list for an image folder (default: sorted names)")
-    train.add_argument("--name", help="model name written into the exported ONNX (default: the architecture)")
-    train.add_argument("--init-from", help="a .keras model of the same architecture to start from (a second stage)")
-    _add_split_arguments(train, defaults=False)
+    for name, item in FIELDS.items():
+        if name not in _NOT_FLAGS:
+            _add_setting(train, item, with_default=False)
 
     evaluate = commands.add_parser("evaluate", help="evaluate a .keras or .onnx model on a validation split")
     evaluate.add_argument("--model", required=True, help="a .keras or .onnx file")
     evaluate.add_argument("--data", required=True, help="as for train")
     evaluate.add_argument("--out", help="report folder (default: next to the model)")
-    _add_split_arguments(evaluate)
+    for name in _SPLIT_FIELDS:
+        _add_setting(evaluate, FIELDS[name], with_default=True)
 
     export = commands.add_parser("export", help="export a trained run to ONNX, gated on Keras/ORT parity")
     export.add_argument("--run-dir", required=True, help="a finished training run")
@@ -193,15 +183,33 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def _add_split_arguments(parser: argparse.ArgumentParser, defaults: bool = True) -> None:
-    parser.add_argument("--seed", type=int, default=0 if defaults else None, help="default 0")
-    parser.add_argument(
-        "--validation-fraction",
-        type=float,
-        default=0.1 if defaults else None,
-        help="held out of an image folder, stratified; default 0.1",
-    )
-    parser.add_argument("--skip-invalid", action="store_true", help="skip undecodable images instead of failing")
+def _add_setting(parser: argparse.ArgumentParser, item: dataclasses.Field[Any], *, with_default: bool) -> None:
+    """The flag of a TrainConfig field: --field-name, typed, its choices and its help from the field. Without
+    `with_default` a flag not given is None, so that a preset's value stands."""
+    default, help = item.default, item.metadata["help"]
+    flag = "--" + item.name.replace("_", "-")
+    if default is True:  # on unless turned off
+        parser.add_argument(f"--no-{item.name.replace('_', '-')}", dest=item.name, action="store_false",
+                            default=True if with_default else None, help=f"turn off: {help}")  # fmt: skip
+    elif default is False:
+        parser.add_argument(flag, action="store_true", default=False if with_default else None, help=help)
+    else:
+        shown = "" if default in (None, dataclasses.MISSING) else f" (default: {default})"
+        parser.add_argument(
+            flag,
+            type=_flag_type(item),
+            choices=item.metadata["choices"] or None,
+            default=default if with_default else None,
+            help=help + shown,
+        )
+
+
+def _flag_type(item: dataclasses.Field[Any]) -> Any:
+    """How a flag's text becomes the field's value: a comma-separated list, or the field's own type."""
+    kinds = typing.get_args(item.type) or (item.type,)  # `str | None` is (str, NoneType)
+    if list[str] in kinds:
+        return lambda text: text.split(",")
+    return next((kind for kind in (int, float) if kind in kinds), str)
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -213,6 +221,6 @@ def main(argv: list[str] | None = None) -> None:
     handlers = {"train": _train, "evaluate": _evaluate, "export": _export, "card": _card}
     try:
         handlers[args.command](args)
-    except (DataError, FileNotFoundError) as error:
+    except (DataError, FileNotFoundError, ModelLoadError) as error:
         print(f"error: {error}", file=sys.stderr)
         raise SystemExit(2) from None

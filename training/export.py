@@ -11,10 +11,10 @@ from typing import Any
 
 import numpy as np
 
-from training.data import DataError, Splits, load_splits
-from training.evaluation import METRICS_FILE, Predictor, compute_metrics, keras_predictor, onnx_predictor
+from training.data import DataError, Splits
+from training.evaluation import Predictor, compute_metrics, keras_predictor, onnx_model, onnx_predictor
 from training.models import INPUT_NAME, OUTPUT_NAME
-from training.train import CONFIG_FILE, FINAL_MODEL, PARITY_COUNT, PARITY_IMAGES
+from training.run import RunDirectory
 
 log = logging.getLogger(__name__)
 
@@ -66,11 +66,13 @@ def export_run(
 
     if opset < MIN_OPSET:
         raise ExportError(f"opset {opset} is below the minimum {MIN_OPSET}")
+    run = RunDirectory(run_dir)
     try:
-        record = json.loads((run_dir / CONFIG_FILE).read_text())
-    except (OSError, ValueError) as error:
-        raise ExportError(f"{run_dir} is not a training run ({CONFIG_FILE}: {error})") from error
-    model_path = Path(model_file) if model_file else run_dir / FINAL_MODEL
+        record = run.read_record()
+    except (OSError, ValueError, KeyError, TypeError) as error:
+        raise ExportError(f"{run_dir} is not a training run ({run.record_file.name}: {error})") from error
+    config = record.config
+    model_path = Path(model_file) if model_file else run.final_model
     if not model_path.is_file():
         raise ExportError(f"cannot load Keras model {model_path}: the file does not exist")
     try:
@@ -80,15 +82,15 @@ def export_run(
     if flip_averaging:
         model = with_flip_averaging(model)
 
-    metrics_path = run_dir / METRICS_FILE
-    metrics = json.loads(metrics_path.read_text()) if metrics_path.exists() else {}
+    metrics = run.metrics()
+    image_size = tuple(model.input_shape[1:3])
     metadata = {
-        "model_name": name or record.get("name") or record["architecture"],
+        "model_name": name or config.name or config.architecture,
         "model_version": version,
-        "class_names": json.dumps(record["class_names"]),
-        "image_size": json.dumps(list(record["image_size"])),
-        "architecture": record["architecture"],
-        "trained_on": record.get("source", record["data"]),
+        "class_names": json.dumps(record.class_names),
+        "image_size": json.dumps(list(image_size)),
+        "architecture": config.architecture,
+        "trained_on": record.source,
         "eval_accuracy": str(metrics.get("accuracy", "")),
         "eval_examples": str(metrics.get("examples", "")),
         "exported_at": datetime.now(UTC).isoformat(timespec="seconds"),
@@ -96,16 +98,16 @@ def export_run(
     }
     if flip_averaging:
         metadata["test_time_augmentation"] = "horizontal flip: the probabilities of the image and its mirror averaged"
-    images = parity_images(run_dir / PARITY_IMAGES, tuple(record["image_size"]))
+    images = run.load_parity_images(image_size)
     output.parent.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(dir=output.parent, prefix=f".{output.name}.") as scratch:
         exported = export_model(
             model, Path(scratch) / "float.onnx", metadata=metadata, images=images, opset=opset, tolerance=tolerance
         )
         if flip_averaging or quantize:
-            splits = run_splits(record)
+            splits = run_splits(run)
             validation = splits.validation
-            probabilities = onnx_predictor(exported)(validation.images)
+            probabilities = onnx_predictor(onnx_model(exported))(validation.images)
             if quantize:
                 exported, probabilities, quantized = quantize_checked(
                     exported,
@@ -128,19 +130,13 @@ def export_run(
     return output
 
 
-def run_splits(record: dict[str, Any]) -> Splits:
-    """The training run's data, split as it was for training."""
+def run_splits(run: RunDirectory) -> Splits:
+    """The training run's data, split as it was for training; an ExportError if it cannot be read."""
     try:
-        return load_splits(
-            record["data"],
-            image_size=tuple(record["image_size"]),
-            validation_fraction=record["validation_fraction"],
-            seed=record["seed"],
-            class_names=record["class_names"],
-            skip_invalid=record.get("skip_invalid", False),
-        )
+        return run.load_splits()
     except (DataError, FileNotFoundError) as error:
-        raise ExportError(f"the run's data {record['data']!r} is needed to calibrate or evaluate: {error}") from error
+        data = run.read_record().config.data
+        raise ExportError(f"the run's data {data!r} is needed to calibrate or evaluate: {error}") from error
 
 
 def quantize_checked(
@@ -159,7 +155,7 @@ def quantize_checked(
     chosen = np.random.default_rng(0).choice(len(splits.train), count, replace=False)
     int8_path = float_path.with_name("int8.onnx")
     quantize_int8(float_path, int8_path, splits.train.images[np.sort(chosen)])
-    int8_probabilities = onnx_predictor(int8_path)(splits.validation.images)
+    int8_probabilities = onnx_predictor(onnx_model(int8_path))(splits.validation.images)
     float_top, int8_top = float_probabilities.argmax(axis=1), int8_probabilities.argmax(axis=1)
     float_accuracy = float(np.mean(float_top == splits.validation.labels))
     int8_accuracy = float(np.mean(int8_top == splits.validation.labels))
@@ -259,16 +255,6 @@ def export_model(
     return output
 
 
-def parity_images(path: Path, image_size: tuple[int, int], count: int = PARITY_COUNT) -> np.ndarray:
-    """The run's saved validation images, topped up with seeded random images to `count`."""
-    images = np.load(path) if path.exists() else np.zeros((0, *image_size, 3), dtype=np.uint8)
-    if len(images) < count:
-        rng = np.random.default_rng(0)
-        extra = rng.integers(0, 256, size=(count - len(images), *image_size, 3), dtype=np.uint8)
-        images = np.concatenate([images, extra])
-    return images[:count]
-
-
 def check_parity(keras_predict: Predictor, onnx_path: Path, images: np.ndarray, tolerance: float) -> ParityReport:
     """Compare Keras and ONNX Runtime on `images`: probabilities within `tolerance` and the same argmax.
 
@@ -277,7 +263,7 @@ def check_parity(keras_predict: Predictor, onnx_path: Path, images: np.ndarray, 
     """
     expected = keras_predict(images)
     try:
-        actual = onnx_predictor(onnx_path)(images)
+        actual = onnx_predictor(onnx_model(onnx_path))(images)
     except Exception as error:  # ONNX Runtime raises its own exception types for an invalid graph
         raise ParityError(f"ONNX Runtime could not run {onnx_path.name}: {error}") from error
     if actual.shape != expected.shape:

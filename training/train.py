@@ -1,69 +1,21 @@
 """Training: seeded, augmented, checkpointed every epoch and resumable, into a run directory."""
 
-import csv
-import dataclasses
-import json
 import logging
-import shutil
 import sys
 import time
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import keras
-import numpy as np
 import tensorflow as tf
 
-from training.data import Dataset, load_splits
+from training.config import TrainConfig
+from training.data import Dataset
 from training.evaluation import evaluate_model, keras_predictor, plot_history, write_report
 from training.models import build_model
+from training.run import RunDirectory, RunRecord, splits_for
 
 log = logging.getLogger(__name__)
-
-CONFIG_FILE = "run.json"
-HISTORY_CSV = "history.csv"
-HISTORY_JSON = "history.json"
-LAST_CHECKPOINT = "last.keras"
-FINAL_MODEL = "model.keras"
-BACKUP_DIR = "backup"
-PARITY_IMAGES = "parity_images.npy"
-PARITY_COUNT = 256
-
-
-@dataclass
-class TrainConfig:
-    """Everything that decides a training run; saved as run.json so `--resume` needs only the run dir."""
-
-    data: str
-    run_dir: str
-    architecture: str = "baseline"
-    epochs: int = 10
-    batch_size: int = 64
-    learning_rate: float = 1e-3
-    optimizer: str = "adam"
-    momentum: float = 0.9
-    weight_decay: float = 0.0
-    schedule: str = "constant"
-    warmup_epochs: float = 0.0
-    label_smoothing: float = 0.0
-    augment: bool = True
-    cutout: int = 0
-    seed: int = 0
-    validation_fraction: float = 0.1
-    image_size: tuple[int, int] = (32, 32)
-    classes: list[str] | None = None
-    skip_invalid: bool = False
-    name: str | None = None
-    init_from: str | None = None
-    """A .keras model of the same architecture whose weights start this run (a second training stage)."""
-
-    @classmethod
-    def load(cls, run_dir: Path) -> "TrainConfig":
-        """Read the config a run was started with."""
-        raw = json.loads((run_dir / CONFIG_FILE).read_text())
-        raw["image_size"] = tuple(raw["image_size"])
-        return cls(**{key: value for key, value in raw.items() if key in {f.name for f in dataclasses.fields(cls)}})
 
 
 def augment_image(image: tf.Tensor, padding: int = 4, cutout: int = 0) -> tf.Tensor:
@@ -134,28 +86,17 @@ class EpochTimer(keras.callbacks.Callback):
 
 def train(config: TrainConfig, *, resume: bool = False) -> Path:
     """Train per `config` into its run dir; with `resume`, continue from the last completed epoch."""
-    run_dir = Path(config.run_dir)
+    run = RunDirectory(config.run_dir)
     if resume:
-        if not (run_dir / CONFIG_FILE).exists():
-            raise FileNotFoundError(f"cannot resume: {run_dir / CONFIG_FILE} does not exist")
-        config = TrainConfig.load(run_dir)
-        config.run_dir = str(run_dir)
+        if not run.exists():
+            raise FileNotFoundError(f"cannot resume: {run.record_file} does not exist")
+        config = run.read_record().config
+        config.run_dir = str(run.path)
     else:
-        # A fresh run must not pick up another run's epoch counter or history.
-        for stale in (BACKUP_DIR, HISTORY_CSV):
-            path = run_dir / stale
-            shutil.rmtree(path) if path.is_dir() else path.unlink(missing_ok=True)
-    run_dir.mkdir(parents=True, exist_ok=True)
+        run.clear_progress()  # a fresh run must not pick up another run's epoch counter or history
     keras.utils.set_random_seed(config.seed)
 
-    splits = load_splits(
-        config.data,
-        image_size=config.image_size,
-        validation_fraction=config.validation_fraction,
-        seed=config.seed,
-        class_names=config.classes,
-        skip_invalid=config.skip_invalid,
-    )
+    splits = splits_for(config)
     class_names = splits.train.class_names
     log.info(
         "data source=%r train=%d validation=%d classes=%d skipped=%d",
@@ -165,9 +106,8 @@ def train(config: TrainConfig, *, resume: bool = False) -> Path:
         len(class_names),
         len(splits.skipped_files),
     )
-    run_record = dataclasses.asdict(config) | {"class_names": class_names, "source": splits.source}
-    (run_dir / CONFIG_FILE).write_text(json.dumps(run_record, indent=2))
-    np.save(run_dir / PARITY_IMAGES, splits.validation.images[:PARITY_COUNT])
+    run.write_record(RunRecord(config, class_names, splits.source))
+    run.save_parity_images(splits.validation.images)
 
     height, width = config.image_size
     model = build_model(config.architecture, (height, width, 3), len(class_names))
@@ -190,9 +130,9 @@ def train(config: TrainConfig, *, resume: bool = False) -> Path:
     validation_data = make_dataset(splits.validation, batch_size=256, training=False, augment=False, seed=config.seed)
     callbacks = [
         EpochTimer(),
-        keras.callbacks.BackupAndRestore(str(run_dir / BACKUP_DIR), save_freq="epoch", delete_checkpoint=False),
-        keras.callbacks.ModelCheckpoint(str(run_dir / LAST_CHECKPOINT), save_freq="epoch"),
-        keras.callbacks.CSVLogger(str(run_dir / HISTORY_CSV), append=True),
+        keras.callbacks.BackupAndRestore(str(run.backup_dir), save_freq="epoch", delete_checkpoint=False),
+        keras.callbacks.ModelCheckpoint(str(run.last_checkpoint), save_freq="epoch"),
+        keras.callbacks.CSVLogger(str(run.history_csv), append=True),
     ]
     model.fit(
         train_data,
@@ -202,15 +142,15 @@ def train(config: TrainConfig, *, resume: bool = False) -> Path:
         shuffle=False,  # the pipeline shuffles, seeded
         verbose=1 if sys.stdout.isatty() else 2,  # a progress bar on a terminal, a line per epoch in a log
     )
-    model.save(run_dir / FINAL_MODEL)
+    model.save(run.final_model)
 
-    history = read_history(run_dir / HISTORY_CSV)
-    (run_dir / HISTORY_JSON).write_text(json.dumps(history, indent=2))
-    plot_history(history, run_dir / "training_curves.png")
+    history = run.read_history()
+    run.write_history(history)
+    plot_history(history, run.curves)
     metrics = evaluate_model(keras_predictor(model), splits.validation)
-    write_report(metrics, run_dir)
-    log.info("trained run_dir=%s validation_accuracy=%.4f", run_dir, metrics["accuracy"])
-    return run_dir
+    write_report(metrics, run.path)
+    log.info("trained run_dir=%s validation_accuracy=%.4f", run.path, metrics["accuracy"])
+    return run.path
 
 
 class IncompatibleWeightsError(ValueError):
@@ -227,13 +167,3 @@ def load_initial_weights(model: keras.Model, path: Path) -> None:
         message = f"cannot start from {path}: its weights do not fit this architecture ({error})"
         raise IncompatibleWeightsError(message) from error
     log.info("initial weights path=%s", path)
-
-
-def read_history(path: Path) -> list[dict[str, float]]:
-    """Rows of the CSV history, one per epoch; an epoch logged twice (a resumed run) keeps its last row."""
-    rows: dict[int, dict[str, float]] = {}
-    with path.open() as handle:
-        for row in csv.DictReader(handle):
-            epoch = int(row["epoch"])
-            rows[epoch] = {key: float(value) for key, value in row.items() if value != ""}
-    return [rows[epoch] for epoch in sorted(rows)]

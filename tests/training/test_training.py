@@ -11,10 +11,12 @@ import onnx
 import pytest
 
 from tests.conftest import REPO, make_image_folder
-from training.evaluation import compute_metrics, onnx_predictor
+from training.config import TrainConfig
+from training.evaluation import compute_metrics, onnx_model, onnx_predictor
 from training.export import ExportError, ParityError, check_parity, export_run
 from training.models import ARCHITECTURES, build_model
-from training.train import TrainConfig, read_history, train
+from training.run import RunDirectory
+from training.train import train
 
 pytestmark = pytest.mark.slow
 
@@ -55,12 +57,12 @@ def test_resume_continues_from_the_last_completed_epoch(tmp_path: Path) -> None:
         data=str(data), run_dir=str(tmp_path / "run"), epochs=1, batch_size=8, validation_fraction=0.25
     )
     run_dir = train(config)
-    assert [row["epoch"] for row in read_history(run_dir / "history.csv")] == [0]
+    assert [row["epoch"] for row in RunDirectory(run_dir).read_history()] == [0]
     # Raise the epoch count in the saved config (as if the first run had been stopped after epoch 1).
     record = json.loads((run_dir / "run.json").read_text())
     (run_dir / "run.json").write_text(json.dumps(record | {"epochs": 3}))
     train(TrainConfig(data="", run_dir=str(run_dir)), resume=True)
-    assert [row["epoch"] for row in read_history(run_dir / "history.csv")] == [0, 1, 2]
+    assert [row["epoch"] for row in RunDirectory(run_dir).read_history()] == [0, 1, 2]
 
 
 def test_compute_metrics_by_hand() -> None:
@@ -97,7 +99,7 @@ def test_export_writes_metadata_and_matches_keras(tiny_run: Path) -> None:
     images = np.load(tiny_run / "parity_images.npy")
     keras_model = keras.saving.load_model(tiny_run / "model.keras")
     expected = keras_model.predict(images, verbose=0)
-    actual = onnx_predictor(tiny_run / "model.onnx")(images)
+    actual = onnx_predictor(onnx_model(tiny_run / "model.onnx"))(images)
     assert np.abs(expected - actual).max() <= 1e-4
     # The export's Keras copy would have landed on the run's own model.keras: that model is kept as trained.
     assert keras_model.optimizer is not None
@@ -110,7 +112,8 @@ def test_export_writes_a_weights_only_keras_copy_beside_the_onnx(tiny_run: Path,
     copy = keras.saving.load_model(tmp_path / "copy.keras")
     assert getattr(copy, "optimizer", None) is None
     images = np.load(tiny_run / "parity_images.npy")
-    assert np.abs(copy.predict(images, verbose=0) - onnx_predictor(tmp_path / "copy.onnx")(images)).max() <= 1e-4
+    exported = onnx_predictor(onnx_model(tmp_path / "copy.onnx"))
+    assert np.abs(copy.predict(images, verbose=0) - exported(images)).max() <= 1e-4
 
 
 def test_tampered_onnx_fails_the_parity_gate(tiny_run: Path, tmp_path: Path) -> None:
@@ -161,6 +164,26 @@ def test_cli_export_of_a_broken_model_exits_non_zero(tiny_run: Path, tmp_path: P
     assert result.returncode != 0
     assert "export failed" in result.stderr
     assert not (tmp_path / "x.onnx").exists()
+
+
+def test_export_and_card_do_not_import_the_trainer(tiny_run: Path, tmp_path: Path) -> None:
+    # They find the run's files through training/run.py; the trainer (tf.data, callbacks) is not theirs to load.
+    output = tmp_path / "model.onnx"
+    export = subprocess.run(
+        [sys.executable, "-X", "importtime", "-m", "training", "export", "--run-dir", str(tiny_run), "--output",
+         str(output)],
+        cwd=REPO, capture_output=True, text=True, timeout=300,
+    )  # fmt: skip
+    assert export.returncode == 0, export.stderr[-2000:]
+    lines = export.stderr.splitlines()
+    imported = {line.rsplit("|", 1)[-1].strip() for line in lines if line.startswith("import time")}
+    assert {"training.export", "training.run", "tf2onnx"} <= imported
+    assert "training.train" not in imported
+    card = subprocess.run(
+        [sys.executable, "-c", "import sys, training.card, training.cli; print('training.train' in sys.modules)"],
+        cwd=REPO, capture_output=True, text=True, timeout=300,
+    )  # fmt: skip
+    assert card.stdout.strip() == "False", card.stderr
 
 
 def test_cli_evaluate_an_onnx_model(tiny_run: Path, tmp_path: Path) -> None:
@@ -329,8 +352,6 @@ def test_int8_flip_averaged_export_states_what_it_is_and_its_own_accuracy(int8_e
     import keras
     import onnxruntime as ort
 
-    from training.export import run_splits
-
     metadata = ort.InferenceSession(str(int8_export), providers=["CPUExecutionProvider"]).get_modelmeta()
     properties = metadata.custom_metadata_map
     assert properties["quantization"].startswith("int8") and "flip" in properties["test_time_augmentation"]
@@ -339,12 +360,12 @@ def test_int8_flip_averaged_export_states_what_it_is_and_its_own_accuracy(int8_e
     op_types = {node.op_type for node in onnx.load(int8_export).graph.node}
     assert {"QuantizeLinear", "DequantizeLinear", "Conv"} <= op_types
 
-    validation = run_splits(json.loads((tiny_run / "run.json").read_text())).validation
-    probabilities = onnx_predictor(int8_export)(validation.images)
+    validation = RunDirectory(tiny_run).load_splits().validation
+    probabilities = onnx_predictor(onnx_model(int8_export))(validation.images)
     accuracy = float(np.mean(probabilities.argmax(axis=1) == validation.labels))
     assert float(properties["eval_accuracy"]) == pytest.approx(accuracy, abs=1e-4)
     assert properties["eval_examples"] == str(len(validation))
-    mirrored = onnx_predictor(int8_export)(np.ascontiguousarray(validation.images[:, :, ::-1]))
+    mirrored = onnx_predictor(onnx_model(int8_export))(np.ascontiguousarray(validation.images[:, :, ::-1]))
     assert np.abs(mirrored - probabilities).max() <= 1e-6
 
     # The Keras copy beside it is the float flip-averaged model, without optimizer state.
@@ -377,3 +398,24 @@ def test_model_card_of_an_int8_flip_averaged_export(tiny_run: Path, int8_export:
     )["flops_per_image"]
     assert card["flops_per_image"] == 2 * network_flops
     assert "int8 static QDQ" in markdown.read_text() and "horizontal flip" in markdown.read_text()
+
+
+def test_a_model_of_another_input_size_is_exported_evaluated_and_carded_at_its_size(tmp_path: Path) -> None:
+    from training.card import build_card
+
+    data = make_image_folder(tmp_path / "data", per_class=4, size=(40, 40))
+    config = TrainConfig(
+        data=str(data), run_dir=str(tmp_path / "run"), epochs=1, batch_size=8, validation_fraction=0.25,
+        image_size=(24, 24),
+    )  # fmt: skip
+    run_dir = train(config)
+    export_run(run_dir, run_dir / "model.onnx")
+    assert onnx_model(run_dir / "model.onnx").info.height == 24
+    card = build_card(run_dir, run_dir / "model.onnx", reproduce="x", trained_on_machine="x", latency_seconds=0.05)
+    assert card["input"].startswith("image: uint8 [batch, 24, 24, 3]")
+    # evaluate reads the input size from the model, not from a default of 32x32
+    for model in ("model.onnx", "model.keras"):
+        report = tmp_path / model
+        result = run_cli("evaluate", "--model", str(run_dir / model), "--data", str(data), "--out", str(report))
+        assert result.returncode == 0, result.stderr[-2000:]
+        assert json.loads((report / "metrics.json").read_text())["examples"] == 3

@@ -1,0 +1,66 @@
+"""A training run's settings: one field each, with its default and its help. The command line's flags and the model
+card's recipe table are made from these fields, so a setting is named, defaulted and explained once."""
+
+import dataclasses
+from dataclasses import MISSING, dataclass, field
+from typing import Any
+
+
+def setting(default: Any = MISSING, *, help: str, recipe: bool = True, choices: tuple[str, ...] = ()) -> Any:
+    """A TrainConfig field (required without a default): `help` is its flag's help; `recipe` settings are listed on
+    the model card."""
+    return field(default=default, metadata={"help": help, "recipe": recipe, "choices": choices})
+
+
+@dataclass
+class TrainConfig:
+    """Everything that decides a training run; saved as run.json so `--resume` needs only the run dir."""
+
+    data: str = setting(
+        help="'cifar10' (Keras download), a cifar-10-python.tar.gz or cifar-10-batches-py/, "
+        "or a folder ROOT/<class>/*.{png,jpg,jpeg,webp,bmp}",
+        recipe=False,
+    )
+    run_dir: str = setting(help="where checkpoints, history and reports go", recipe=False)
+    architecture: str = setting("baseline", help="network by name, from training/models.py")
+    epochs: int = setting(10, help="passes over the training split")
+    batch_size: int = setting(64, help="images per training step")
+    optimizer: str = setting("adam", help="sgd is Nesterov", choices=("adam", "sgd"))
+    learning_rate: float = setting(1e-3, help="peak rate")
+    momentum: float = setting(0.9, help="SGD momentum")
+    weight_decay: float = setting(0.0, help="decoupled weight decay")
+    schedule: str = setting("constant", help="learning-rate schedule", choices=("constant", "cosine"))
+    warmup_epochs: float = setting(0.0, help="linear warm-up before the cosine decay")
+    label_smoothing: float = setting(0.0, help="label smoothing of the cross-entropy")
+    augment: bool = setting(True, help="flip, pad-and-crop and cutout while training")
+    cutout: int = setting(0, help="side of the cutout square in pixels; 0 is off")
+    seed: int = setting(0, help="seeds the split, the shuffling and the weights")
+    validation_fraction: float = setting(0.1, help="held out of an image folder, stratified")
+    image_size: tuple[int, int] = setting((32, 32), help="the model's input height and width", recipe=False)
+    classes: list[str] | None = setting(
+        None, help="comma-separated class list for an image folder (default: the sorted folder names)", recipe=False
+    )
+    skip_invalid: bool = setting(False, help="skip undecodable images instead of failing", recipe=False)
+    name: str | None = setting(
+        None, help="model name written into the exported ONNX (default: the architecture)", recipe=False
+    )
+    init_from: str | None = setting(
+        None, help="a .keras model of the same architecture whose weights start this run (a second stage)"
+    )
+
+    @classmethod
+    def from_record(cls, record: dict[str, Any]) -> "TrainConfig":
+        """The config in a run's saved record (which also holds what the run found, such as its class names)."""
+        known = {key: value for key, value in record.items() if key in FIELDS}
+        if "image_size" in known:
+            known["image_size"] = tuple(known["image_size"])
+        return cls(**known)
+
+    @property
+    def recipe(self) -> dict[str, Any]:
+        """The settings that decide how the network was trained, as the model card lists them."""
+        return {name: getattr(self, name) for name in RECIPE}
+
+
+FIELDS = {item.name: item for item in dataclasses.fields(TrainConfig)}
+RECIPE = tuple(name for name, item in FIELDS.items() if item.metadata["recipe"])
