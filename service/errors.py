@@ -9,6 +9,12 @@ class ServiceError(Exception):
     error = "internal_error"
     refusal: str | None = None
 
+    def __init_subclass__(cls, *, error: str | None = None, refusal: str | None = None) -> None:
+        """`class QueueFull(RetryLater, error="overloaded", refusal="queue_full")`: the codes beside the name."""
+        super().__init_subclass__()
+        cls.error = error or cls.error
+        cls.refusal = refusal or cls.refusal
+
     def __init__(self, detail: str) -> None:
         super().__init__(detail)
         self.detail = detail
@@ -22,157 +28,101 @@ class RetryLater(ServiceError):
         self.retry_after_s = retry_after_s
 
 
-class InvalidRequest(ServiceError):
+class InvalidRequest(ServiceError, error="invalid_request"):
     """The request is not what the endpoint takes: no files, a form field instead of a file, a wrong body type."""
 
-    error = "invalid_request"
 
-
-class MalformedBody(ServiceError):
+class MalformedBody(ServiceError, error="bad_request"):
     """The body says multipart/form-data but cannot be parsed as such."""
 
-    error = "bad_request"
 
-
-class Unauthorized(ServiceError):
+class Unauthorized(ServiceError, error="unauthorized"):
     """No API key where one is required; `header` names where it goes."""
-
-    error = "unauthorized"
 
     def __init__(self, detail: str, header: str) -> None:
         super().__init__(detail)
         self.header = header
 
 
-class Forbidden(ServiceError):
+class Forbidden(ServiceError, error="forbidden"):
     """An API key that is not one of the configured keys."""
 
-    error = "forbidden"
 
-
-class InvalidImage(ServiceError):
+class InvalidImage(ServiceError, error="invalid_image"):
     """The upload is not an image Pillow can decode, or it is truncated or corrupt."""
 
-    error = "invalid_image"
 
-
-class EmptyFile(ServiceError):
+class EmptyFile(ServiceError, error="empty_file"):
     """A zero-byte upload."""
 
-    error = "empty_file"
 
-
-class TooManyImages(ServiceError):
+class TooManyImages(ServiceError, error="too_many_images"):
     """More files in one request than `max_images_per_request`."""
 
-    error = "too_many_images"
 
-
-class FileTooLarge(ServiceError):
+class FileTooLarge(ServiceError, error="file_too_large"):
     """One file over `max_image_bytes`."""
 
-    error = "file_too_large"
 
-
-class ImageTooLarge(ServiceError):
+class ImageTooLarge(ServiceError, error="image_too_large"):
     """Width x height over `max_image_pixels`, or an estimated decode over `max_decode_bytes`: decompression
     bombs end here, before decoding."""
 
-    error = "image_too_large"
 
-
-class UnsupportedEncoding(ServiceError):
+class UnsupportedEncoding(ServiceError, error="unsupported_encoding"):
     """A request body with a Content-Encoding (gzip, deflate) this service does not decompress."""
 
-    error = "unsupported_encoding"
 
-
-class UnknownModel(ServiceError):
+class UnknownModel(ServiceError, error="not_found"):
     """A model name or version this server does not serve."""
 
-    error = "not_found"
 
-
-class NotReady(ServiceError):
+class NotReady(ServiceError, error="not_ready", refusal="not_ready"):
     """The model is not loaded (yet)."""
 
-    error = "not_ready"
-    refusal = "not_ready"
 
-
-class Overloaded(RetryLater):
+class Overloaded(RetryLater, error="overloaded", refusal="overloaded"):
     """Already `max_concurrent_requests` requests past their upload: refused at once, with Retry-After."""
 
-    error = "overloaded"
-    refusal = "overloaded"
 
-
-class QueueFull(RetryLater):
+class QueueFull(RetryLater, error="overloaded", refusal="queue_full"):
     """The batch queue has no room for this request's images: refused at once, with Retry-After."""
 
-    error = "overloaded"
-    refusal = "queue_full"
 
-
-class QueueTimeout(ServiceError):
+class QueueTimeout(ServiceError, error="timeout", refusal="timeout"):
     """An image waited in the queue past its deadline."""
 
-    error = "timeout"
-    refusal = "timeout"
 
-
-class RequestTimedOut(ServiceError):
+class RequestTimedOut(ServiceError, error="timeout", refusal="timeout"):
     """The whole request (its upload included) took longer than `request_timeout_s`."""
 
-    error = "timeout"
-    refusal = "timeout"
 
-
-class ShuttingDown(RetryLater):
+class ShuttingDown(RetryLater, error="shutting_down", refusal="shutting_down"):
     """The server is draining: no new work is accepted (retry on another replica)."""
 
-    error = "shutting_down"
-    refusal = "shutting_down"
 
-
-class ClientDisconnected(ServiceError):
+class ClientDisconnected(ServiceError, error="client_disconnected", refusal="client_disconnected"):
     """The client went away before its answer was ready; its queued images were dropped (logged as 499)."""
 
-    error = "client_disconnected"
-    refusal = "client_disconnected"
 
-
-class BatcherStopped(RetryLater):
+class BatcherStopped(RetryLater, error="unavailable", refusal="unavailable"):
     """The batcher's loop ended unexpectedly: a server fault; the process is exiting to be restarted."""
 
-    error = "unavailable"
-    refusal = "unavailable"
 
-
-class InferenceFailed(ServiceError):
+class InferenceFailed(ServiceError, error="inference_failed"):
     """ONNX Runtime raised while running a batch: a server fault, not the client's."""
 
-    error = "inference_failed"
 
-
-class BodyTooLarge(ServiceError):
+class BodyTooLarge(ServiceError, error="body_too_large"):
     """The request body is over `max_body_bytes`."""
 
-    error = "body_too_large"
 
-
-class BodyOverBudget(RetryLater):
+class BodyOverBudget(RetryLater, error="overloaded", refusal="overloaded"):
     """The bodies of all requests in progress would go over their budget (`body_memory_bytes`)."""
 
-    error = "overloaded"
-    refusal = "overloaded"
 
-
-class BodyStalled(ServiceError):
+class BodyStalled(ServiceError, error="upload_stalled", refusal="upload_stalled"):
     """The upload made no progress for `body_idle_timeout_s`."""
-
-    error = "upload_stalled"
-    refusal = "upload_stalled"
 
 
 class ModelLoadError(Exception):

@@ -1,5 +1,6 @@
 """Prometheus metrics, exposed at /metrics; correct across several uvicorn workers (multiprocess mode)."""
 
+import functools
 import os
 import re
 from pathlib import Path
@@ -25,49 +26,42 @@ class Metrics:
 
     def __init__(self) -> None:
         self.registry = CollectorRegistry()
-        registry = self.registry
-        self.requests = Counter(
+        counter = functools.partial(Counter, registry=self.registry)
+        gauge = functools.partial(Gauge, registry=self.registry)
+        latency = functools.partial(Histogram, buckets=LATENCY_BUCKETS, registry=self.registry)
+        count = functools.partial(Histogram, buckets=COUNT_BUCKETS, registry=self.registry)
+
+        self.requests = counter(
             "classifier_http_requests", "HTTP requests by route template, method and status code.",
-            ["route", "method", "status"], registry=registry,
+            ["route", "method", "status"],
         )  # fmt: skip
-        self.request_duration = Histogram(
-            "classifier_http_request_duration_seconds", "Time from request start to the end of the response.",
-            ["route"], buckets=LATENCY_BUCKETS, registry=registry,
-        )  # fmt: skip
-        self.images_per_request = Histogram(
-            "classifier_images_per_request", "Images in each accepted /predict request.",
-            buckets=COUNT_BUCKETS, registry=registry,
-        )  # fmt: skip
-        self.batch_size = Histogram(
-            "classifier_batch_size", "Images in each model call.", buckets=COUNT_BUCKETS, registry=registry
+        self.request_duration = latency(
+            "classifier_http_request_duration_seconds", "Time from request start to the end of the response.", ["route"]
         )
-        self.queue_depth = Gauge(
-            "classifier_queue_depth", "Images waiting for a batch.", multiprocess_mode="livesum", registry=registry
+        self.images_per_request = count("classifier_images_per_request", "Images in each accepted /predict request.")
+        self.batch_size = count("classifier_batch_size", "Images in each model call.")
+        self.queue_depth = gauge("classifier_queue_depth", "Images waiting for a batch.", multiprocess_mode="livesum")
+        self.queue_wait = latency(
+            "classifier_queue_wait_seconds", "Time each image waited between queueing and its batch starting."
         )
-        self.queue_wait = Histogram(
-            "classifier_queue_wait_seconds", "Time each image waited between queueing and its batch starting.",
-            buckets=LATENCY_BUCKETS, registry=registry,
-        )  # fmt: skip
-        self.inference_duration = Histogram(
-            "classifier_inference_duration_seconds", "Time of each model call (one batch).",
-            buckets=LATENCY_BUCKETS, registry=registry,
-        )  # fmt: skip
-        self.refusals = Counter(
+        self.inference_duration = latency(
+            "classifier_inference_duration_seconds", "Time of each model call (one batch)."
+        )
+        self.refusals = counter(
             "classifier_refusals", "Requests refused or cut short, by reason "
             "(overloaded, queue_full, timeout, upload_stalled, shutting_down, client_disconnected).",
-            ["reason"], registry=registry,
+            ["reason"],
         )  # fmt: skip
-        self.inference_failures = Counter(
-            "classifier_inference_failures", "Model calls that raised (each fails its batch's requests with 500).",
-            registry=registry,
-        )  # fmt: skip
-        self.requests_in_flight = Gauge(
+        self.inference_failures = counter(
+            "classifier_inference_failures", "Model calls that raised (each fails its batch's requests with 500)."
+        )
+        self.requests_in_flight = gauge(
             "classifier_http_requests_in_flight", "HTTP requests received and not yet answered (uploads included).",
-            multiprocess_mode="livesum", registry=registry,
+            multiprocess_mode="livesum",
         )  # fmt: skip
-        self.model_info = Gauge(
+        self.model_info = gauge(
             "classifier_model_info", "The served model: always 1, labelled with name, version and provider.",
-            ["name", "version", "provider"], multiprocess_mode="livemax", registry=registry,
+            ["name", "version", "provider"], multiprocess_mode="livemax",
         )  # fmt: skip
 
     def observe_batch(self, size: int, queue_waits: list[float], inference_s: float) -> None:

@@ -37,20 +37,19 @@ class Classified:
     timing: RequestTiming
 
 
+@dataclass(frozen=True, kw_only=True)
 class Pipeline:
     """Classify a request's images through the shared batcher. One per process, built once the model is loaded."""
 
-    def __init__(
-        self, *, model: OnnxModel, batcher: Batcher, decoder: Decoder, admission: Admission, limits: ImageLimits
-    ) -> None:
-        self.model = model
-        self.batcher = batcher
-        self.decoder = decoder
-        self.admission = admission
-        self.limits = limits
+    model: OnnxModel
+    batcher: Batcher
+    decoder: Decoder
+    admission: Admission
+    limits: ImageLimits
 
     @property
     def info(self) -> ModelInfo:
+        """The served model's description."""
         return self.model.info
 
     @property

@@ -57,48 +57,32 @@ class PredictResponse(BaseModel):
     predictions: list[Prediction]
 
 
-class HealthResponse(BaseModel):
+class ModelStatus(BaseModel):
+    """A status, and the model being served (None until it is loaded)."""
+
+    status: str
+    model: str | None
+    version: str | None
+    provider: str | None
+
+
+SERVED_EXAMPLE = {"model": "cifar10-resnet9", "version": "3.0.0", "provider": "CPUExecutionProvider"}
+
+
+class HealthResponse(ModelStatus):
     """Liveness: the process answers. Names the model once it is loaded."""
 
-    model_config = ConfigDict(
-        json_schema_extra={
-            "examples": [
-                {
-                    "status": "ok",
-                    "model": "cifar10-resnet9",
-                    "version": "3.0.0",
-                    "provider": "CPUExecutionProvider",
-                }
-            ]
-        }
-    )
+    model_config = ConfigDict(json_schema_extra={"examples": [{"status": "ok", **SERVED_EXAMPLE}]})
 
     status: Literal["ok"] = "ok"
-    model: str | None
-    version: str | None
-    provider: str | None
 
 
-class ReadinessResponse(BaseModel):
+class ReadinessResponse(ModelStatus):
     """Readiness: 200 once the model is loaded and warmed up; 503 before, and while draining."""
 
-    model_config = ConfigDict(
-        json_schema_extra={
-            "examples": [
-                {
-                    "status": "ready",
-                    "model": "cifar10-resnet9",
-                    "version": "3.0.0",
-                    "provider": "CPUExecutionProvider",
-                }
-            ]
-        }
-    )
+    model_config = ConfigDict(json_schema_extra={"examples": [{"status": "ready", **SERVED_EXAMPLE}]})
 
     status: Literal["ready", "not_ready", "draining"]
-    model: str | None
-    version: str | None
-    provider: str | None
 
 
 class TensorSpec(BaseModel):

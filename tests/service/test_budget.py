@@ -7,19 +7,20 @@ import pytest
 from service.budget import MemoryBudget
 
 
+async def take(budget: MemoryBudget, size: int, order: list[str], name: str) -> None:
+    """Reserve `size`, then note `name` in `order`: the order in which reservations were granted."""
+    await budget.acquire(size)
+    order.append(name)
+
+
 def test_reservations_that_fit_go_at_once_even_past_a_waiter_that_does_not() -> None:
     async def scenario() -> list[str]:
         budget = MemoryBudget(100)
         order: list[str] = []
         await budget.acquire(60)
-
-        async def take(name: str, size: int) -> None:
-            await budget.acquire(size)
-            order.append(name)
-
-        big = asyncio.create_task(take("big", 70))
+        big = asyncio.create_task(take(budget, 70, order, "big"))
         await asyncio.sleep(0)
-        small = asyncio.create_task(take("small", 10))  # fits: a large waiter does not hold it up
+        small = asyncio.create_task(take(budget, 10, order, "small"))  # fits: a large waiter does not hold it up
         await asyncio.sleep(0)
         assert order == ["small"] and budget.reserved == 70
         budget.release(60)
@@ -35,12 +36,8 @@ def test_waiters_are_granted_in_arrival_order_when_room_comes() -> None:
         budget = MemoryBudget(100)
         order: list[str] = []
         await budget.acquire(100)
-
-        async def take(name: str, size: int) -> None:
-            await budget.acquire(size)
-            order.append(name)
-
-        tasks = [asyncio.create_task(take(name, size)) for name, size in (("first", 60), ("second", 50), ("third", 40))]
+        sizes = {"first": 60, "second": 50, "third": 40}
+        tasks = [asyncio.create_task(take(budget, size, order, name)) for name, size in sizes.items()]
         await asyncio.sleep(0)
         budget.release(100)  # the first and the third fit together; the second waits for room
         await asyncio.sleep(0)
