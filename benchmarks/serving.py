@@ -38,7 +38,7 @@ from pathlib import Path
 
 import numpy as np
 
-from tests.helpers import free_port, rss_mb, server_process  # shared with the tests
+from tests.helpers import free_port, image_files, multipart, rss_mb, server_process  # shared with the tests
 
 REPO = Path(__file__).resolve().parent.parent
 RESULTS = REPO / "benchmarks" / "results"
@@ -69,15 +69,9 @@ class Run:
 
 
 def multipart_body(images: list[bytes]) -> bytes:
-    """A multipart/form-data body with each image as a `files` part."""
-    parts = []
-    for index, data in enumerate(images):
-        head = (
-            f'--{BOUNDARY}\r\nContent-Disposition: form-data; name="files"; filename="{index}.jpg"\r\n'
-            "Content-Type: image/jpeg\r\n\r\n"
-        )
-        parts.append(head.encode() + data + b"\r\n")
-    return b"".join(parts) + f"--{BOUNDARY}--\r\n".encode()
+    """A /predict body with each image as a `files` part, with the fixed boundary that `PREDICT` declares."""
+    files = image_files(*((f"{index}.jpg", data) for index, data in enumerate(images)), content_type="image/jpeg")
+    return multipart(files, boundary=BOUNDARY)[0]
 
 
 def v2_bodies(image: bytes, log_dir: Path) -> dict[str, tuple[Path, "Endpoint"]]:

@@ -103,8 +103,20 @@ def wait_for(condition: object, what: str, seconds: float = 30) -> None:
         time.sleep(0.02)
 
 
-def multipart(files: list[tuple[str, tuple[str, bytes, str]]]) -> tuple[bytes, str]:
-    request = httpx.Request("POST", "http://x/predict", files=files)
+Files = list[tuple[str, tuple[str, bytes, str]]]
+"""httpx's (and TestClient's) `files=` argument."""
+
+
+def image_files(*images: tuple[str, bytes], content_type: str = "application/octet-stream") -> Files:
+    """Each (filename, encoded image) as a `files` part, as /predict takes uploads."""
+    return [("files", (filename, data, content_type)) for filename, data in images]
+
+
+def multipart(files: Files, boundary: str | None = None) -> tuple[bytes, str]:
+    """The multipart/form-data body httpx would send for `files`, and its Content-Type (with `boundary`, if
+    given, instead of a random one)."""
+    headers = {"Content-Type": f"multipart/form-data; boundary={boundary}"} if boundary else None
+    request = httpx.Request("POST", "http://x/predict", files=files, headers=headers)
     return request.read(), request.headers["content-type"]
 
 

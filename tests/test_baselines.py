@@ -10,12 +10,13 @@ from fastapi.testclient import TestClient
 
 from service.app import create_app
 from service.config import Settings
+from tests.helpers import Files, image_files
 
 SAMPLE = sorted((Path(__file__).parent / "data" / "cifar10-sample").rglob("*.jpg"))[:3]
 
 
-def uploads() -> list[tuple[str, tuple[str, bytes, str]]]:
-    return [("files", (path.name, path.read_bytes(), "image/jpeg")) for path in SAMPLE]
+def uploads() -> Files:
+    return image_files(*((path.name, path.read_bytes()) for path in SAMPLE))
 
 
 def test_the_plain_route_reads_every_file() -> None:

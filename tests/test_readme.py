@@ -21,3 +21,13 @@ def test_quickstart_commands_are_make_targets() -> None:
         assert re.search(rf"^{target}:", makefile, re.MULTILINE), target
         assert f"make {target}" in README, target
     assert (REPO / ".ci" / "run").read_text().strip().endswith("make test")
+
+
+def test_the_code_map_names_every_module_and_only_files_that_exist() -> None:
+    section = README.split("## Code map", 1)[1].split("\n## ", 1)[0]
+    named = set(re.findall(r"`((?:service|training|tests)/[\w/]*(?:\.py|/))`", section))
+    assert all((REPO / path).exists() for path in named), sorted(p for p in named if not (REPO / p).exists())
+    files = [*(REPO / "service").glob("*.py"), *(REPO / "training").glob("*.py")]
+    modules = {str(path.relative_to(REPO)) for path in files}
+    entry_points = {"service/__init__.py", "service/__main__.py", "training/__init__.py", "training/__main__.py"}
+    assert modules - entry_points <= named, f"not in the code map: {sorted(modules - entry_points - named)}"

@@ -1,4 +1,4 @@
-"""Command line: `python -m training {train,evaluate,export} ...`."""
+"""Command line: `python -m training {train,evaluate,export,card} ...`."""
 
 import argparse
 import dataclasses

@@ -12,7 +12,7 @@ from service.app import create_app
 from service.config import Settings
 from service.inference import OnnxModel
 from tests.conftest import encode, noisy_image
-from tests.helpers import png_declaring
+from tests.helpers import image_files, png_declaring
 
 RED = (230, 30, 30)
 
@@ -29,16 +29,12 @@ def client(bundled_model: Path) -> Iterator[TestClient]:
         yield test_client
 
 
-def upload(*files: tuple[str, bytes]) -> list[tuple[str, tuple[str, bytes, str]]]:
-    return [("files", (name, data, "application/octet-stream")) for name, data in files]
-
-
 def photo(seed: int, fmt: str = "PNG") -> bytes:
     return encode(noisy_image((seed * 37 % 256, seed * 91 % 256, seed * 53 % 256), (48, 40), seed=seed), fmt)
 
 
 def test_predict_one_image(client: TestClient, bundled_model: Path) -> None:
-    response = client.post("/predict", files=upload(("cat.jpg", photo(1, "JPEG"))))
+    response = client.post("/predict", files=image_files(("cat.jpg", photo(1, "JPEG"))))
     assert response.status_code == 200, response.text
     body = response.json()
     info = OnnxModel(bundled_model).info
@@ -54,10 +50,10 @@ def test_predict_one_image(client: TestClient, bundled_model: Path) -> None:
 
 def test_several_files_are_answered_in_order_and_match_single_answers(client: TestClient) -> None:
     images = [(f"img{i}.png", photo(i)) for i in range(4)]
-    batch = client.post("/predict", files=upload(*images), params={"top_k": 10}).json()["predictions"]
+    batch = client.post("/predict", files=image_files(*images), params={"top_k": 10}).json()["predictions"]
     assert [p["filename"] for p in batch] == [name for name, _ in images]
     for (name, data), batched in zip(images, batch, strict=True):
-        single = client.post("/predict", files=upload((name, data)), params={"top_k": 10}).json()["predictions"][0]
+        single = client.post("/predict", files=image_files((name, data)), params={"top_k": 10}).json()["predictions"][0]
         assert single["label"] == batched["label"]
         assert np.allclose(
             [e["probability"] for e in single["top_k"]],
@@ -67,7 +63,7 @@ def test_several_files_are_answered_in_order_and_match_single_answers(client: Te
 
 
 def test_top_k_parameter_is_capped_at_the_number_of_labels(client: TestClient) -> None:
-    response = client.post("/predict", files=upload(("a.png", photo(3))), params={"top_k": 1000})
+    response = client.post("/predict", files=image_files(("a.png", photo(3))), params={"top_k": 1000})
     top = response.json()["predictions"][0]["top_k"]
     assert len(top) == len(client.get("/model").json()["labels"])
     assert abs(sum(entry["probability"] for entry in top) - 1) < 1e-4
@@ -100,7 +96,7 @@ def test_readiness_is_503_before_the_model_is_loaded(bundled_model: Path) -> Non
     assert ready.status_code == 503
     assert ready.json()["status"] == "not_ready"
     assert not_started.get("/health").status_code == 200
-    refused = not_started.post("/predict", files=upload(("a.png", photo(1))))
+    refused = not_started.post("/predict", files=image_files(("a.png", photo(1))))
     assert refused.status_code == 503
     assert refused.json()["error"] == "not_ready"
 
@@ -118,30 +114,34 @@ BAD_REQUESTS = [
     ("no-file", {}, 422, "invalid_request", "files"),
     ("json-body", {"json": {"files": []}}, 422, "invalid_request", "files"),
     ("field-not-a-file", {"data": {"files": "hello"}}, 422, "invalid_request", "files"),
-    ("empty-file", {"files": upload(("empty.png", b""))}, 422, "empty_file", "empty.png"),
-    ("text-file", {"files": upload(("notes.png", b"just text"))}, 415, "invalid_image", "notes.png"),
+    ("empty-file", {"files": image_files(("empty.png", b""))}, 422, "empty_file", "empty.png"),
+    ("text-file", {"files": image_files(("notes.png", b"just text"))}, 415, "invalid_image", "notes.png"),
     (
         "truncated-jpeg",
-        {"files": upload(("cut.jpg", encode(noisy_image(RED, (200, 200)), "JPEG")[:500]))},
+        {"files": image_files(("cut.jpg", encode(noisy_image(RED, (200, 200)), "JPEG")[:500]))},
         415, "invalid_image", "cut.jpg",
     ),
     (
         "too-many-files",
-        {"files": upload(*[(f"{i}.png", encode(Image.new("RGB", (8, 8)), "PNG")) for i in range(5)])},
+        {"files": image_files(*[(f"{i}.png", encode(Image.new("RGB", (8, 8)), "PNG")) for i in range(5)])},
         413, "too_many_images", "limit is 4",
     ),
     (
         "file-over-byte-limit",
-        {"files": upload(("big.bmp", encode(noisy_image(RED, (300, 300)), "BMP")))},
+        {"files": image_files(("big.bmp", encode(noisy_image(RED, (300, 300)), "BMP")))},
         413, "file_too_large", "big.bmp",
     ),
-    ("pixel-bomb", {"files": upload(("bomb.png", png_declaring(30000, 30000)))}, 413, "image_too_large", "bomb.png"),
+    (
+        "pixel-bomb",
+        {"files": image_files(("bomb.png", png_declaring(30000, 30000)))},
+        413, "image_too_large", "bomb.png",
+    ),
     (
         "one-bad-among-good",
-        {"files": upload(("good.png", encode(Image.new("RGB", (8, 8)), "PNG")), ("bad.png", b"\x89PNG nope"))},
+        {"files": image_files(("good.png", encode(Image.new("RGB", (8, 8)), "PNG")), ("bad.png", b"\x89PNG nope"))},
         415, "invalid_image", "bad.png",
     ),
-    ("top-k-zero", {"files": upload(("a.png", encode(Image.new("RGB", (8, 8)), "PNG"))), "params": {"top_k": 0}},
+    ("top-k-zero", {"files": image_files(("a.png", encode(Image.new("RGB", (8, 8)), "PNG"))), "params": {"top_k": 0}},
      422, "invalid_request", "top_k"),
 ]  # fmt: skip
 
@@ -159,7 +159,7 @@ def test_bad_input_gets_a_clear_client_error_and_the_server_keeps_serving(
     body = response.json()
     assert body["error"] == error
     assert mention in body["detail"]
-    follow_up = client.post("/predict", files=upload(("good.png", photo(7))))
+    follow_up = client.post("/predict", files=image_files(("good.png", photo(7))))
     assert follow_up.status_code == 200
 
 
@@ -173,11 +173,12 @@ def test_unknown_route_and_method_are_json(client: TestClient) -> None:
 def test_a_request_that_cannot_fit_the_queue_is_refused_with_retry_after(bundled_model: Path) -> None:
     settings = Settings(model_path=bundled_model, queue_capacity=2)
     with TestClient(create_app(settings)) as small_queue:
-        refused = small_queue.post("/predict", files=upload(*[(f"{i}.png", photo(i)) for i in range(3)]))
+        refused = small_queue.post("/predict", files=image_files(*[(f"{i}.png", photo(i)) for i in range(3)]))
         assert refused.status_code == 503
         assert refused.headers["Retry-After"] == "1"
         assert refused.json()["error"] == "overloaded"
-        assert small_queue.post("/predict", files=upload(("a.png", photo(1)), ("b.png", photo(2)))).status_code == 200
+        two = image_files(("a.png", photo(1)), ("b.png", photo(2)))
+        assert small_queue.post("/predict", files=two).status_code == 200
 
 
 def test_batching_off_and_large_requests_split_across_batches(bundled_model: Path) -> None:
@@ -186,7 +187,7 @@ def test_batching_off_and_large_requests_split_across_batches(bundled_model: Pat
     for batching, max_batch_size in ((True, 32), (False, 3)):
         settings = Settings(model_path=bundled_model, batching=batching, max_batch_size=max_batch_size)
         with TestClient(create_app(settings)) as variant:
-            answers.append(variant.post("/predict", files=upload(*images), params={"top_k": 10}).json())
+            answers.append(variant.post("/predict", files=image_files(*images), params={"top_k": 10}).json())
     assert [p["filename"] for p in answers[1]["predictions"]] == [name for name, _ in images]
     for merged, split in zip(answers[0]["predictions"], answers[1]["predictions"], strict=True):
         assert merged["label"] == split["label"]

@@ -14,6 +14,7 @@ from service.config import Settings
 from service.inference import OnnxModel
 from service.lifecycle import DrainingServer, DrainState
 from tests.conftest import encode, noisy_image
+from tests.helpers import image_files
 
 
 class Fatal(BaseException):
@@ -36,8 +37,8 @@ def test_when_the_batchers_loop_dies_requests_fail_fast_and_readiness_turns_503(
     poisoned[0, 0] = 255
     from PIL import Image
 
-    files = [("files", ("poison.png", encode(Image.fromarray(poisoned), "PNG"), "image/png"))]
-    good = [("files", ("good.png", encode(noisy_image((10, 200, 10)), "PNG"), "image/png"))]
+    files = image_files(("poison.png", encode(Image.fromarray(poisoned), "PNG")))
+    good = image_files(("good.png", encode(noisy_image((10, 200, 10)), "PNG")))
     with TestClient(create_app(Settings(model_path=bundled_model), drain=drain)) as client:
         assert client.post("/predict", files=good).status_code == 200
         killed = client.post("/predict", files=files)

@@ -14,15 +14,12 @@ from service.gateway import Gateway
 from service.lifecycle import DrainState
 from service.limits import Admission, BodyBudget
 from tests.conftest import encode, noisy_image
+from tests.helpers import image_files
 
 RED = (230, 30, 30)
 
 
-def upload(*files: tuple[str, bytes]) -> list[tuple[str, tuple[str, bytes, str]]]:
-    return [("files", (name, data, "application/octet-stream")) for name, data in files]
-
-
-GOOD = upload(("good.png", encode(noisy_image(RED, (32, 32)), "PNG")))
+GOOD = image_files(("good.png", encode(noisy_image(RED, (32, 32)), "PNG")))
 
 
 class Recorder:
@@ -211,7 +208,7 @@ def test_api_key_open_paths_are_configurable(bundled_model: Path) -> None:
 
 
 def test_body_over_the_total_limit_is_refused_with_413(keyed: TestClient) -> None:
-    big = upload(*[(f"{i}.bmp", encode(noisy_image(RED, (64, 64), seed=i), "BMP")) for i in range(3)])  # ~37 KB
+    big = image_files(*[(f"{i}.bmp", encode(noisy_image(RED, (64, 64), seed=i), "BMP")) for i in range(3)])  # ~37 KB
     response = keyed.post("/predict", files=big, headers={"X-API-Key": "first-key"})
     assert response.status_code == 413
     assert response.json() == {

@@ -15,13 +15,13 @@ from service.app import create_app
 from service.config import Settings
 from service.logs import logging_config
 from tests.conftest import encode, noisy_image
+from tests.helpers import Files, image_files
 
 
-def upload(count: int) -> list[tuple[str, tuple[str, bytes, str]]]:
-    return [
-        ("files", (f"{i}.png", encode(noisy_image((i * 40 % 256, 90, 200), (32, 32), seed=i), "PNG"), "image/png"))
-        for i in range(count)
-    ]
+def upload(count: int) -> Files:
+    return image_files(
+        *((f"{i}.png", encode(noisy_image((i * 40 % 256, 90, 200), (32, 32), seed=i), "PNG")) for i in range(count))
+    )
 
 
 @pytest.fixture

@@ -12,7 +12,7 @@ from pathlib import Path
 import httpx2 as httpx
 
 from tests.conftest import REPO
-from tests.helpers import running_server
+from tests.helpers import image_files, running_server
 
 SAMPLE = REPO / "tests" / "data" / "cifar10-sample"
 
@@ -36,7 +36,7 @@ def test_a_folder_is_classified_with_predict_s_labels(bundled_model: Path, tmp_p
     (folder / "notes.txt").write_text("not searched: folders are searched for images only")
     files = sorted(p for p in folder.rglob("*.jpg"))
     with running_server(bundled_model, tmp_path / "server.log") as url:
-        expected = httpx.post(f"{url}/predict", files=[("files", (p.name, p.read_bytes())) for p in files]).json()
+        expected = httpx.post(f"{url}/predict", files=image_files(*((p.name, p.read_bytes()) for p in files))).json()
         status, results, _ = finished(client(url, str(folder), "--batch", "4", "--concurrency", "2"))
     assert status == 0
     assert [r["file"] for r in results] == [str(p) for p in files]
@@ -75,7 +75,7 @@ def test_a_503_is_retried_after_retry_after(bundled_model: Path, tmp_path: Path)
         held.sendall(b"POST /predict HTTP/1.1\r\nHost: x\r\nContent-Type: multipart/form-data; boundary=b\r\n"
                      b"Content-Length: 3600\r\n\r\n" + part)  # fmt: skip
         deadline = time.monotonic() + 30
-        while httpx.post(f"{url}/predict", files=[("files", ("a.jpg", b"y" * 1000))]).status_code != 503:
+        while httpx.post(f"{url}/predict", files=image_files(("a.jpg", b"y" * 1000))).status_code != 503:
             assert time.monotonic() < deadline, "the held upload never took its bytes"  # until the server holds them
             time.sleep(0.05)
         before = refusals(url)

@@ -14,7 +14,7 @@ import httpx2 as httpx
 import pytest
 
 from tests.conftest import COLOURS, encode, noisy_image
-from tests.helpers import running_server, running_server_process
+from tests.helpers import image_files, running_server, running_server_process
 
 pytestmark = pytest.mark.slow
 
@@ -34,17 +34,11 @@ def test_real_server_classifies_uploaded_png_and_jpeg(server: str) -> None:
         "provider": "CPUExecutionProvider",
     }
 
-    uploads = [
-        ("files", ("red.png", encode(noisy_image(COLOURS["red"], (64, 48), seed=501), "PNG"), "image/png")),
-        (
-            "files",
-            ("blue.jpg", encode(noisy_image(COLOURS["blue"], (40, 40), seed=502), "JPEG"), "image/jpeg"),
-        ),
-        (
-            "files",
-            ("green.jpg", encode(noisy_image(COLOURS["green"], (32, 32), seed=503), "JPEG"), "image/jpeg"),
-        ),
-    ]
+    uploads = image_files(
+        ("red.png", encode(noisy_image(COLOURS["red"], (64, 48), seed=501), "PNG")),
+        ("blue.jpg", encode(noisy_image(COLOURS["blue"], (40, 40), seed=502), "JPEG")),
+        ("green.jpg", encode(noisy_image(COLOURS["green"], (32, 32), seed=503), "JPEG")),
+    )
     response = httpx.post(f"{server}/predict", files=uploads, timeout=30)
     assert response.status_code == 200, response.text
     body = response.json()
@@ -55,7 +49,7 @@ def test_real_server_classifies_uploaded_png_and_jpeg(server: str) -> None:
         assert len(prediction["top_k"]) == 3
         assert abs(sum(entry["probability"] for entry in prediction["top_k"]) - 1) < 1e-4
 
-    bad = httpx.post(f"{server}/predict", files=[("files", ("x.png", b"nope", "image/png"))])
+    bad = httpx.post(f"{server}/predict", files=image_files(("x.png", b"nope")))
     assert bad.status_code == 415
     assert httpx.get(f"{server}/ready").status_code == 200
 
@@ -82,7 +76,7 @@ def test_200_concurrent_requests_each_get_their_own_answer(bundled_model: Path, 
         async with httpx.AsyncClient(base_url=url, limits=limits, timeout=60) as client:
 
             async def send(index: int) -> dict:
-                files = [("files", (f"img{index}.png", uploads[index], "image/png"))]
+                files = image_files((f"img{index}.png", uploads[index]))
                 response = await client.post("/predict", files=files, params={"top_k": 10})
                 assert response.status_code == 200, response.text
                 return response.json()
@@ -139,7 +133,7 @@ def test_several_workers_serve_and_metrics_add_up_across_them(bundled_model: Pat
 
     metrics_dir = tmp_path / "metrics"
     log = tmp_path / "server.log"
-    files = [("files", ("a.jpg", encode(noisy_image(COLOURS["red"], (32, 32), seed=1), "JPEG"), "image/jpeg"))]
+    files = image_files(("a.jpg", encode(noisy_image(COLOURS["red"], (32, 32), seed=1), "JPEG")))
     environment = {"PROMETHEUS_MULTIPROC_DIR": str(metrics_dir)}
     with running_server_process(bundled_model, log, environment, workers="2") as (url, _):
         pids = wait_for_workers(log, 2)

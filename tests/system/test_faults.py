@@ -20,7 +20,7 @@ from service.app import create_app
 from service.config import Settings
 from service.inference import OnnxModel
 from tests.conftest import REPO, encode, noisy_image, save_classifier
-from tests.helpers import free_port, rss_mb, running_server, write_model
+from tests.helpers import free_port, image_files, rss_mb, running_server, write_model
 
 
 def start_and_wait(model: Path, **settings: str) -> subprocess.CompletedProcess[str]:
@@ -92,16 +92,13 @@ def test_onnx_runtime_failing_mid_batch_fails_those_requests_only(tmp_path: Path
     dark = encode(noisy_image((0, 0, 0), (8, 8)).point(lambda v: min(v, 5)), "PNG")
     bright = encode(noisy_image((250, 250, 250), (8, 8)), "PNG")
 
-    def upload(data: bytes) -> list[tuple[str, tuple[str, bytes, str]]]:
-        return [("files", ("x.png", data, "image/png"))]
-
     with TestClient(create_app(Settings(model_path=model))) as client:
-        assert client.post("/predict", files=upload(dark)).status_code == 200
-        failed = client.post("/predict", files=upload(bright))
+        assert client.post("/predict", files=image_files(("x.png", dark))).status_code == 200
+        failed = client.post("/predict", files=image_files(("x.png", bright)))
         assert failed.status_code == 500
         assert failed.json()["error"] == "inference_failed"
         assert "Gather" in failed.json()["detail"] or "indices" in failed.json()["detail"]
-        assert client.post("/predict", files=upload(dark)).status_code == 200
+        assert client.post("/predict", files=image_files(("x.png", dark))).status_code == 200
         metrics = client.get("/metrics").text
     assert "classifier_inference_failures_total 1.0" in metrics
 
@@ -138,7 +135,7 @@ def test_a_flood_gets_every_request_answered_and_memory_returns(bundled_model: P
         async with httpx.AsyncClient(base_url=url, limits=limits, timeout=30) as client:
 
             async def one(index: int) -> int:
-                files = [("files", (f"{index}.jpg", images[index % len(images)], "image/jpeg"))]
+                files = image_files((f"{index}.jpg", images[index % len(images)]))
                 return (await client.post("/predict", files=files)).status_code
 
             return await asyncio.wait_for(asyncio.gather(*(one(i) for i in range(count))), 120)
@@ -203,7 +200,7 @@ def test_if_inference_stops_for_good_the_server_answers_503_and_exits_1(bundled_
                     break
             except httpx.TransportError:
                 time.sleep(0.2)
-        files = [("files", ("poison.png", encode(Image.fromarray(poisoned), "PNG"), "image/png"))]
+        files = image_files(("poison.png", encode(Image.fromarray(poisoned), "PNG")))
         answer = httpx.post(f"{url}/predict", files=files, timeout=30)
         exit_code = server.wait(timeout=30)
     finally:

@@ -14,7 +14,7 @@ import pytest
 from PIL import Image
 
 from tests.conftest import encode, noisy_image
-from tests.helpers import png_declaring, running_server
+from tests.helpers import image_files, png_declaring, running_server
 
 RED = (230, 30, 30)
 LIMITS = {
@@ -32,7 +32,7 @@ def server(bundled_model: Path, tmp_path_factory: pytest.TempPathFactory) -> Ite
 
 
 def files(*parts: tuple[str, bytes]) -> dict[str, Any]:
-    return {"files": [("files", (name, data, "application/octet-stream")) for name, data in parts]}
+    return {"files": image_files(*parts)}
 
 
 def raw_multipart(filename: bytes, data: bytes) -> dict[str, Any]:

@@ -12,7 +12,7 @@ import yaml
 from PIL import Image
 
 from tests.conftest import REPO, encode, noisy_image
-from tests.helpers import running_server_process
+from tests.helpers import image_files, running_server_process
 
 SIDE = 5000
 CONCURRENT = 32
@@ -75,7 +75,7 @@ def test_concurrent_worst_case_images_stay_within_the_memory_limit(bundled_model
 
             async def one(index: int) -> httpx.Response:
                 name = names[index % len(names)]
-                return await client.post("/predict", files=[("files", (name, files[name], "image/octet-stream"))])
+                return await client.post("/predict", files=image_files((name, files[name])))
 
             return await asyncio.gather(*(one(index) for index in range(CONCURRENT)))
 
@@ -86,7 +86,7 @@ def test_concurrent_worst_case_images_stay_within_the_memory_limit(bundled_model
         idle = peak_rss_bytes(server.pid)
         answers = asyncio.run(send_all(url))
         peak = peak_rss_bytes(server.pid)
-        good = [("files", ("cat.png", encode(noisy_image((200, 120, 60)), "PNG"), "image/png"))]
+        good = image_files(("cat.png", encode(noisy_image((200, 120, 60)), "PNG")))
         after = httpx.post(f"{url}/predict", files=good, timeout=30)
     outcomes: dict[str, set[int]] = {}
     for index, answer in enumerate(answers):

@@ -16,7 +16,7 @@ import httpx2 as httpx
 import pytest
 
 from tests.conftest import REPO, encode, noisy_image, read_response
-from tests.helpers import free_port, metric, multipart
+from tests.helpers import free_port, image_files, metric, multipart
 
 REQUESTS = 48
 IMAGES_PER_REQUEST = 64
@@ -63,10 +63,12 @@ def test_sigterm_drains_in_flight_requests_and_exits_zero(
                 pass
             time.sleep(0.2)
 
-        images = [
-            ("files", (f"{i}.png", encode(noisy_image((i * 3 % 256, 60, 90), (32, 32), seed=i), "PNG"), "image/png"))
-            for i in range(IMAGES_PER_REQUEST)
-        ]
+        images = image_files(
+            *(
+                (f"{i}.png", encode(noisy_image((i * 3 % 256, 60, 90), (32, 32), seed=i), "PNG"))
+                for i in range(IMAGES_PER_REQUEST)
+            )
+        )
 
         def send(_: int) -> tuple[int, str | None]:
             try:

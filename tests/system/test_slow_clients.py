@@ -9,14 +9,14 @@ from pathlib import Path
 import httpx2 as httpx
 
 from tests.conftest import encode, noisy_image, read_response
-from tests.helpers import metric, running_server, wait_for
+from tests.helpers import image_files, metric, running_server, wait_for
 
 TRICKLERS = 64  # the default CLASSIFIER_MAX_CONCURRENT_REQUESTS
 PART_HEAD = b'--b\r\nContent-Disposition: form-data; name="files"; filename="big.png"\r\n\r\n'
 
 
 def test_trickling_uploads_do_not_lock_out_a_normal_request(bundled_model: Path, tmp_path: Path) -> None:
-    photo = [("files", ("cat.png", encode(noisy_image((200, 120, 60)), "PNG"), "image/png"))]
+    photo = image_files(("cat.png", encode(noisy_image((200, 120, 60)), "PNG")))
     with running_server(bundled_model, tmp_path / "server.log") as url, ExitStack() as sockets:
         host, port = url.removeprefix("http://").split(":")
         for index in range(TRICKLERS):
@@ -68,7 +68,7 @@ def test_uploads_share_a_memory_budget_and_a_stalled_one_is_cut_off(bundled_mode
             assert answer.headers["Retry-After"] == "1"
             status, reply = read_response(staller)
         assert status == 408 and reply["error"] == "upload_stalled", reply
-        photo = [("files", ("cat.png", encode(noisy_image((200, 120, 60)), "PNG"), "image/png"))]
+        photo = image_files(("cat.png", encode(noisy_image((200, 120, 60)), "PNG")))
         assert httpx.post(f"{url}/predict", files=photo, timeout=30).status_code == 200
         assert metric(url, "classifier_refusals_total", reason="upload_stalled") == 1
 

@@ -10,7 +10,7 @@ import httpx2 as httpx
 import pytest
 
 from tests.conftest import REPO
-from tests.helpers import running_server
+from tests.helpers import image_files, running_server
 
 CHROMIUM, DRIVER = shutil.which("chromium"), shutil.which("chromedriver")
 pytestmark = pytest.mark.skipif(
@@ -67,7 +67,7 @@ def test_the_page_shows_what_predict_says_and_explains_errors(server: str, brows
     from selenium.webdriver.common.by import By
 
     expected = httpx.post(
-        f"{server}/predict?top_k=5", files=[("files", (p.name, p.read_bytes())) for p in SAMPLES]
+        f"{server}/predict?top_k=5", files=image_files(*((p.name, p.read_bytes()) for p in SAMPLES))
     ).json()
     browser.get(server + "/")
     wait_for(lambda: "cifar10-resnet9" in browser.find_element(By.ID, "model").text)
