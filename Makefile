@@ -7,7 +7,8 @@ DATA_DIR ?= data/cifar10-train
 RUN_DIR ?= runs/baseline
 EPOCHS ?= 15
 
-.PHONY: browser serve test lint bench soak fuzz train train-default export-default card export evaluate data clean
+.PHONY: venv browser serve test lint bench soak fuzz train train-default export-default card-default export evaluate \
+	photos data clean
 
 $(BIN)/python:
 	$(PYTHON) -c 'import sys; assert sys.version_info >= (3, 11), "Python 3.11 or newer is needed"'
@@ -24,8 +25,12 @@ $(VENV)/.dev-installed: pyproject.toml | $(BIN)/python
 	$(BIN)/python -m pip install --quiet -e '.[cpu,train,dev]'
 	touch $@ $(VENV)/.serve-installed
 
+# The environment for training on your own photos (and everything else): `.venv/bin/python -m training ...`.
+venv: $(VENV)/.dev-installed
+
+# MODEL=path/to/model.onnx serves another model than the bundled one.
 serve: $(VENV)/.serve-installed
-	$(BIN)/python -m service
+	$(if $(MODEL),CLASSIFIER_MODEL_PATH=$(MODEL)) $(BIN)/python -m service
 
 test: $(VENV)/.dev-installed browser
 	$(BIN)/python -m pytest
@@ -83,12 +88,26 @@ export-default: $(VENV)/.dev-installed
 	$(BIN)/python -m training export --run-dir $(DEFAULT_RUN_DIR) --output models/default.onnx --name cifar10-resnet9 \
 		--version 3.0.0 --flip-averaging --quantize int8
 
-card: $(VENV)/.dev-installed
-	$(BIN)/python -m training card --run-dir $(DEFAULT_RUN_DIR) --model models/default.onnx --out models \
-		--reproduce "make train-default export-default card"
+card-default: $(VENV)/.dev-installed
+	$(BIN)/python -m training card --run-dir $(DEFAULT_RUN_DIR) --model models/default.onnx \
+		--reproduce "make train-default export-default card-default" --machine "2-core AMD EPYC CPU, no GPU"
 
+# The baseline's export goes into its run directory: only export-default writes the bundled model.
 export: $(VENV)/.dev-installed
-	$(BIN)/python -m training export --run-dir $(RUN_DIR) --output models/default.onnx
+	$(BIN)/python -m training export --run-dir $(RUN_DIR) --output $(RUN_DIR)/model.onnx --name cifar10-baseline
+
+# Your own photos, end to end (README, "Train on your own photos"): PHOTOS=folder [NAME=photos] [IMAGE_SIZE=64]
+# [PHOTO_EPOCHS=20]; everything goes into runs/NAME, nothing into models/. Then: make serve MODEL=runs/NAME/NAME.onnx
+NAME ?= photos
+IMAGE_SIZE ?= 64
+PHOTO_EPOCHS ?= 20
+photos: $(VENV)/.dev-installed
+	@test -n "$(PHOTOS)" || { echo "error: give the folder of photos: make photos PHOTOS=path/to/folder" >&2; exit 2; }
+	$(BIN)/python -m training train --data $(PHOTOS) --run-dir runs/$(NAME) --image-size $(IMAGE_SIZE) \
+		--epochs $(PHOTO_EPOCHS) --skip-invalid
+	$(BIN)/python -m training evaluate --run-dir runs/$(NAME)
+	$(BIN)/python -m training export --run-dir runs/$(NAME) --output runs/$(NAME)/$(NAME).onnx --name $(NAME)
+	$(BIN)/python -m training card --run-dir runs/$(NAME) --model runs/$(NAME)/$(NAME).onnx
 
 evaluate: $(VENV)/.dev-installed $(DATA_DIR)
 	$(BIN)/python -m training evaluate --model models/default.onnx --data $(DATA_DIR) --out $(RUN_DIR)/evaluation-onnx

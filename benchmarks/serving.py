@@ -39,6 +39,7 @@ from pathlib import Path
 import numpy as np
 
 from tests.helpers import free_port, image_files, multipart, rss_mb, server_process  # shared with the tests
+from training.machine import cpu_name
 
 REPO = Path(__file__).resolve().parent.parent
 RESULTS = REPO / "benchmarks" / "results"
@@ -125,14 +126,6 @@ def service(model: Path, log_dir: Path, **settings: str) -> Iterator[tuple[str, 
     label = "-".join(f"{k}={v}" for k, v in settings.items()) or "default"
     with server([sys.executable, "-m", "service"], env, port, log_dir / f"server-{label}.log") as running:
         yield running
-
-
-def cpu_name() -> str:
-    """The processor's model name, from /proc/cpuinfo."""
-    for line in Path("/proc/cpuinfo").read_text().splitlines():
-        if line.startswith("model name"):
-            return line.split(":", 1)[1].strip()
-    return platform.machine()
 
 
 @dataclass(frozen=True)

@@ -110,7 +110,9 @@ def choose_providers(requested: tuple[str, ...]) -> tuple[str, ...]:
     chosen = tuple(name for name in requested if name in available)
     skipped = [name for name in requested if name not in available]
     if skipped:
-        log.warning("event=providers_unavailable skipped=%s available=%s", skipped, available)
+        # Not built into this ONNX Runtime (the CPU package, installed on purpose): said, not warned. A GPU build
+        # whose CUDA then fails to load is warned of where the session is opened (event=provider_fallback).
+        log.info("event=providers_not_in_this_build skipped=%s available=%s", skipped, available)
     return chosen or (CPU,)
 
 

@@ -58,12 +58,12 @@ def running_server_process(
 
 @contextmanager
 def server_process(
-    command: list[str], env: dict[str, str], port: int, log: Path, ready_within_s: float = 60
+    command: list[str], env: dict[str, str], port: int, log: Path, ready_within_s: float = 60, cwd: Path = REPO
 ) -> Iterator[tuple[str, subprocess.Popen[bytes]]]:
-    """`command` run from the repository, its output in `log`, until the block ends: yields its URL on `port` and
-    the process once its /ready answers 200. Starts the servers of the tests and of the benchmarks alike."""
+    """`command` run in `cwd` (the repository), its output in `log`, until the block ends: yields its URL on `port`
+    and the process once its /ready answers 200. Starts the servers of the tests and of the benchmarks alike."""
     with log.open("wb") as output:
-        process = subprocess.Popen(command, cwd=REPO, env=env, stdout=output, stderr=subprocess.STDOUT)
+        process = subprocess.Popen(command, cwd=cwd, env=env, stdout=output, stderr=subprocess.STDOUT)
     url = f"http://127.0.0.1:{port}"
     try:
         deadline = time.monotonic() + ready_within_s
@@ -155,3 +155,44 @@ def rss_mb(pid: int) -> float:
         if line.startswith("VmRSS:"):
             return int(line.split()[1]) / 1024
     raise AssertionError("no VmRSS")
+
+
+PHOTO_CLASSES = {"apples": (220, 40, 30), "leaves": (40, 170, 50), "sky": (60, 120, 230)}
+_PHOTO_FORMATS = (("JPEG", ".jpg"), ("PNG", ".png"), ("WEBP", ".webp"), ("GIF", ".gif"), ("TIFF", ".tif"),
+                  ("BMP", ".bmp"), ("JPEG", ".jpeg"))  # fmt: skip
+_PHOTO_SIZES = ((50, 40), (120, 90), (33, 77), (300, 200), (64, 64), (640, 480))
+
+
+def photo(colour: tuple[int, int, int], index: int) -> tuple[bytes, str]:
+    """A photo-like file of `colour` as a user's folder holds them: its bytes and suffix. The format, size and mode
+    vary with `index` (JPEG, PNG, WebP, GIF, TIFF, BMP; 33x77 to 640x480; RGB, greyscale, RGBA)."""
+    from tests.conftest import noisy_image
+
+    fmt, suffix = _PHOTO_FORMATS[index % len(_PHOTO_FORMATS)]
+    size = _PHOTO_SIZES[index % len(_PHOTO_SIZES)] if index % 9 else (640, 480)
+    image = noisy_image(colour, size, seed=index * 7 + colour[0])
+    if index % 5 == 1:
+        image = image.convert("L")
+    elif index % 5 == 3 and fmt in {"PNG", "WEBP", "TIFF"}:
+        image = image.convert("RGBA")
+    return encode(image, fmt), suffix
+
+
+def make_photo_folder(root: Path, per_class: int = 61) -> Path:
+    """A user's folder of photos, with what real folders hold besides: ROOT/<class>/ of mixed formats, sizes and
+    modes, one corrupt JPEG, a notebook's hidden checkpoint folder, an empty class folder, a .heic file and a
+    text file (neither of which the service decodes), and a hidden .DS_Store."""
+    for name, colour in PHOTO_CLASSES.items():
+        folder = root / name
+        folder.mkdir(parents=True)
+        for index in range(per_class):
+            data, suffix = photo(colour, index)
+            (folder / f"IMG_{index:04d}{suffix}").write_bytes(data)
+    (root / "apples" / "IMG_9999.jpg").write_bytes(b"\xff\xd8\xff\xe0 a photo cut short by a failed copy")
+    (root / "apples" / ".DS_Store").write_bytes(b"\x00\x00\x00\x01Bud1")
+    (root / "leaves" / "IMG_5000.heic").write_bytes(b"\x00\x00\x00\x18ftypheic")
+    (root / "sky" / "notes.txt").write_text("taken at noon\n")
+    (root / ".ipynb_checkpoints").mkdir()
+    (root / ".ipynb_checkpoints" / "IMG_0000.png").write_bytes(photo((0, 0, 0), 0)[0])
+    (root / "empty").mkdir()
+    return root

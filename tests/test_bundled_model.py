@@ -61,7 +61,7 @@ def test_keras_and_onnx_runtime_agree_on_the_sample(sample: Dataset, bundled_mod
 
 
 def test_bundled_model_is_small_and_its_card_matches_it(bundled_model: Path, model: OnnxModel) -> None:
-    card = json.loads((bundled_model.parent / "model_card.json").read_text())
+    card = json.loads((bundled_model.parent / "default.card.json").read_text())
     assert bundled_model.stat().st_size <= MAX_BYTES
     assert card["file_bytes"] == bundled_model.stat().st_size
     assert (card["name"], card["version"]) == (model.info.name, model.info.version)

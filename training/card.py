@@ -2,9 +2,9 @@
 
 import hashlib
 import json
-import platform
 import statistics
 import time
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -12,10 +12,29 @@ import numpy as np
 
 from training.config import RECIPE
 from training.evaluation import evaluate_model, onnx_model, onnx_predictor
+from training.machine import cpu_name
 from training.run import RunDirectory
 
-CARD_MARKDOWN = "MODEL_CARD.md"
-CARD_JSON = "model_card.json"
+NOT_RECORDED = "not recorded"
+
+
+@dataclass(frozen=True)
+class CardPaths:
+    """A model's card and figures, each named after the model file, so no model's card replaces another's."""
+
+    markdown: Path
+    data: Path
+    curves: Path
+    confusion: Path
+
+
+def card_paths(model: Path, out_dir: Path) -> CardPaths:
+    """Where the card of the model file `model` goes in `out_dir`: MODEL.card.md, MODEL.card.json and figures."""
+    stem = out_dir / model.stem
+    return CardPaths(
+        Path(f"{stem}.card.md"), Path(f"{stem}.card.json"),
+        Path(f"{stem}.training_curves.png"), Path(f"{stem}.confusion_matrix.png"),
+    )  # fmt: skip
 
 
 def measure_latency(
@@ -50,15 +69,20 @@ def training_stages(run_dir: Path) -> list[dict[str, Any]]:
     stages: list[dict[str, Any]] = []
     current: RunDirectory | None = RunDirectory(run_dir)
     while current is not None:
-        config = current.read_record().config
+        record = current.read_record()
+        config = record.config
         history = current.history()
+        seconds = sum(row.get("epoch_seconds", 0.0) for row in history)
         stages.insert(
             0,
             {
                 "run_dir": str(current.path),
+                "command": record.command,
+                "machine": record.machine,
                 "recipe": config.recipe,
                 "epochs": len(history),
-                "hours": round(sum(row.get("epoch_seconds", 0.0) for row in history) / 3600, 2),
+                "hours": round(seconds / 3600, 2),
+                "minutes": round(seconds / 60, 1),
                 "final_validation_accuracy": history[-1].get("val_accuracy") if history else None,
                 "history": history,
             },
@@ -77,10 +101,16 @@ def combined_history(stages: list[dict[str, Any]]) -> list[dict[str, float]]:
 
 
 def build_card(
-    run_dir: Path, onnx_path: Path, *, reproduce: str, trained_on_machine: str, latency_seconds: float = 3.0
+    run_dir: Path,
+    onnx_path: Path,
+    *,
+    reproduce: str | None = None,
+    trained_on_machine: str | None = None,
+    latency_seconds: float = 3.0,
 ) -> dict[str, Any]:
     """Gather the card's facts from the run directory and the exported model; the accuracy figures are the
-    exported file's own, measured on the run's validation split."""
+    exported file's own, measured on the run's validation split. `reproduce` and `trained_on_machine` default to
+    what the runs and the export recorded: their command lines, and the machine as measured."""
     import keras
 
     from training.models import count_flops, with_flip_averaging
@@ -94,6 +124,10 @@ def build_card(
     properties = exported.info.metadata
     onnx_bytes = onnx_path.read_bytes()
     flip_averaging = properties.get("test_time_augmentation")
+    commands = [stage["command"] for stage in stages] + [properties.get("export_command")]
+    machines = list(dict.fromkeys(stage["machine"] for stage in stages if stage["machine"]))
+    config, folder = record.config, record.source.startswith("image folder")
+    seconds = sum(stage["minutes"] for stage in stages) * 60
     return {
         "name": properties.get("model_name"),
         "version": properties.get("model_version"),
@@ -107,7 +141,12 @@ def build_card(
         "data": {
             "source": record.source,
             "validation_examples": metrics["examples"],
-            "validation_split": f"stratified, seed {record.config.seed}, fraction {record.config.validation_fraction}",
+            "validation_split": (
+                f"a stratified {config.validation_fraction:.0%} of the folder held out (seed {config.seed})"
+                if folder
+                else "the official CIFAR-10 test split"
+            ),
+            "test_split": "none: every choice was made on the validation split" if folder else "none",
         },
         "architecture": record.config.architecture,
         "parameters": int(model.count_params()),
@@ -118,20 +157,27 @@ def build_card(
             "float_validation_accuracy": properties.get("float_eval_accuracy"),
         },
         "recipe": stages[-1]["recipe"],
-        "reproduce": reproduce,
+        "reproduce": reproduce or ("\n".join(commands) if all(commands) else NOT_RECORDED),
         "training": {
             "epochs_run": sum(stage["epochs"] for stage in stages),
-            "wall_clock_hours": round(sum(stage["hours"] for stage in stages), 2),
-            "machine": trained_on_machine,
+            "wall_clock_hours": round(seconds / 3600, 2),
+            "wall_clock": _duration(seconds),
+            "machine": trained_on_machine or ("; ".join(machines) if machines else NOT_RECORDED),
             "stages": stages,
         },
         "validation": {
             key: metrics[key]
             for key in ("accuracy", "macro_precision", "macro_recall", "macro_f1", "per_class", "confusion_matrix")
         },
-        "latency_onnxruntime_cpu": measure_latency(onnx_path, seconds=latency_seconds)
-        | {"cpu": platform.processor() or platform.machine()},
+        "latency_onnxruntime_cpu": measure_latency(onnx_path, seconds=latency_seconds) | {"cpu": cpu_name()},
     }
+
+
+def _duration(seconds: float) -> str:
+    """Seconds under a minute, minutes under an hour, hours above."""
+    if seconds < 60:
+        return f"{seconds:.0f} seconds"
+    return f"{seconds / 60:.1f} minutes" if seconds < 3600 else f"{seconds / 3600:.2f} hours"
 
 
 def render_markdown(card: dict[str, Any]) -> str:
@@ -148,7 +194,7 @@ def render_markdown(card: dict[str, Any]) -> str:
     )
     stage_header = " | ".join(f"stage {number}" for number in range(1, len(stages) + 1))
     stage_results = "\n".join(
-        f"- stage {number}: {stage['epochs']} epochs, {stage['hours']} h, final validation accuracy "
+        f"- stage {number}: {stage['epochs']} epochs, {_duration(stage['minutes'] * 60)}, final validation accuracy "
         f"{stage['final_validation_accuracy']:.2%} (Keras, during training)"
         for number, stage in enumerate(stages, 1)
     )
@@ -187,8 +233,7 @@ Per image by batch size: {by_batch}.
 
 ## Data
 
-{card["data"]["source"]}; validation split {card["data"]["validation_split"]}. The official CIFAR-10 test split
-was not available and was never used: every choice was made on this validation split.
+{card["data"]["source"]}; validation: {card["data"]["validation_split"]}. Test split: {card["data"]["test_split"]}.
 
 ## Network and recipe
 
@@ -203,18 +248,20 @@ In the exported graph:
 |---|{"---|" * len(stages)}
 {recipe}
 
-Trained for {card["training"]["epochs_run"]} epochs in {card["training"]["wall_clock_hours"]} hours on
+Trained for {card["training"]["epochs_run"]} epochs in {card["training"]["wall_clock"]} on
 {card["training"]["machine"]}:
 
 {stage_results}
 
-Reproduce: `{card["reproduce"]}`
+Reproduce:
+
+```sh
+{card["reproduce"]}
+```
 """
 
 
-def write_card(card: dict[str, Any], out_dir: Path) -> tuple[Path, Path]:
-    """Write MODEL_CARD.md and model_card.json into `out_dir`."""
-    markdown, data = out_dir / CARD_MARKDOWN, out_dir / CARD_JSON
-    markdown.write_text(render_markdown(card))
-    data.write_text(json.dumps(card, indent=2) + "\n")
-    return markdown, data
+def write_card(card: dict[str, Any], paths: CardPaths) -> None:
+    """Write the card as markdown and as JSON."""
+    paths.markdown.write_text(render_markdown(card))
+    paths.data.write_text(json.dumps(card, indent=2) + "\n")

@@ -6,10 +6,17 @@ from dataclasses import MISSING, dataclass, field
 from typing import Any
 
 
-def setting(default: Any = MISSING, *, help: str, recipe: bool = True, choices: tuple[str, ...] = ()) -> Any:
+def setting(
+    default: Any = MISSING,
+    *,
+    help: str,
+    recipe: bool = True,
+    choices: tuple[str, ...] = (),
+    minimum: float | None = None,
+) -> Any:
     """A TrainConfig field (required without a default): `help` is its flag's help; `recipe` settings are listed on
-    the model card."""
-    return field(default=default, metadata={"help": help, "recipe": recipe, "choices": choices})
+    the model card; `choices` and `minimum` bound the flag's values."""
+    return field(default=default, metadata={"help": help, "recipe": recipe, "choices": choices, "minimum": minimum})
 
 
 @dataclass
@@ -18,25 +25,27 @@ class TrainConfig:
 
     data: str = setting(
         help="'cifar10' (Keras download), a cifar-10-python.tar.gz or cifar-10-batches-py/, "
-        "or a folder ROOT/<class>/*.{png,jpg,jpeg,webp,bmp}",
+        "or a folder ROOT/<class>/<image> (PNG, JPEG, WebP, BMP, GIF, TIFF; dot-folders ignored)",
         recipe=False,
     )
     run_dir: str = setting(help="where checkpoints, history and reports go", recipe=False)
     architecture: str = setting("baseline", help="network by name, from training/models.py")
-    epochs: int = setting(10, help="passes over the training split")
-    batch_size: int = setting(64, help="images per training step")
+    epochs: int = setting(10, help="passes over the training split", minimum=1)
+    batch_size: int = setting(64, help="images per training step", minimum=1)
     optimizer: str = setting("adam", help="sgd is Nesterov", choices=("adam", "sgd"))
-    learning_rate: float = setting(1e-3, help="peak rate")
-    momentum: float = setting(0.9, help="SGD momentum")
-    weight_decay: float = setting(0.0, help="decoupled weight decay")
+    learning_rate: float = setting(1e-3, help="peak rate", minimum=0)
+    momentum: float = setting(0.9, help="SGD momentum", minimum=0)
+    weight_decay: float = setting(0.0, help="decoupled weight decay", minimum=0)
     schedule: str = setting("constant", help="learning-rate schedule", choices=("constant", "cosine"))
-    warmup_epochs: float = setting(0.0, help="linear warm-up before the cosine decay")
-    label_smoothing: float = setting(0.0, help="label smoothing of the cross-entropy")
+    warmup_epochs: float = setting(0.0, help="linear warm-up before the cosine decay", minimum=0)
+    label_smoothing: float = setting(0.0, help="label smoothing of the cross-entropy", minimum=0)
     augment: bool = setting(True, help="flip, pad-and-crop and cutout while training")
-    cutout: int = setting(0, help="side of the cutout square in pixels; 0 is off")
+    cutout: int = setting(0, help="side of the cutout square in pixels; 0 is off", minimum=0)
     seed: int = setting(0, help="seeds the split, the shuffling and the weights")
     validation_fraction: float = setting(0.1, help="held out of an image folder, stratified")
-    image_size: tuple[int, int] = setting((32, 32), help="the model's input height and width", recipe=False)
+    image_size: tuple[int, int] = setting(
+        (32, 32), help="the model's input in pixels: SIZE or HEIGHTxWIDTH; images are resized to it", recipe=False
+    )
     classes: list[str] | None = setting(
         None, help="comma-separated class list for an image folder (default: the sorted folder names)", recipe=False
     )

@@ -3,6 +3,7 @@
 import logging
 import pickle
 import tarfile
+from collections import Counter
 from collections.abc import Iterable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -19,7 +20,11 @@ log = logging.getLogger(__name__)
 CIFAR10_CLASSES = (
     "airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck",
 )  # fmt: skip
-IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".webp", ".bmp"}
+# Every format the service decodes (service.imaging.ACCEPTED_FORMATS), by the suffixes those files carry.
+IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".webp", ".bmp", ".gif", ".tif", ".tiff"}
+# Fewer images than this in a class, or a largest class this many times the smallest, earns a warning.
+FEW_IMAGES = 10
+IMBALANCE_RATIO = 5
 KERAS_CIFAR10 = "cifar10"
 # Generous enough for any photo in a training folder; serving has its own, configurable limit.
 _FOLDER_MAX_PIXELS = 100_000_000
@@ -163,27 +168,42 @@ def load_image_folder(
     class_names: Sequence[str] | None = None,
     skip_invalid: bool = False,
 ) -> tuple[Dataset, list[str]]:
-    """Read `root/<class>/*.{png,jpg,jpeg,webp,bmp}`, resized to `size`; classes sorted unless given.
+    """Read `root/<class>/<image>` in any format the service decodes, resized to `size`; classes sorted unless given.
 
-    An undecodable file fails the load with its path, or with `skip_invalid` is skipped and returned in the
-    list of skipped paths.
+    Folders and files whose names start with a dot are ignored; a class folder found without images is left out
+    with a warning (named in `class_names`, it is an error), and at least two classes must have images. An
+    undecodable file fails the load with its path, or with `skip_invalid` is skipped and returned in the list of
+    skipped paths. What was skipped, and the images per class, are logged.
     """
     root = Path(root)
-    found = sorted(entry.name for entry in root.iterdir() if entry.is_dir())
+    found = sorted(entry.name for entry in root.iterdir() if entry.is_dir() and not entry.name.startswith("."))
     names = list(class_names) if class_names else found
     missing = [name for name in names if not (root / name).is_dir()]
     if missing:
         raise DataError(f"{root} has no folder for classes {missing}")
-    if not names:
-        raise DataError(f"{root} holds no class folders")
-    files = [
-        (path, label)
-        for label, name in enumerate(names)
-        for path in sorted((root / name).iterdir())
-        if path.suffix.lower() in IMAGE_SUFFIXES
-    ]
-    if not files:
-        raise DataError(f"{root} holds no images with suffixes {sorted(IMAGE_SUFFIXES)}")
+    by_class: dict[str, list[Path]] = {}
+    other_suffixes: Counter[str] = Counter()
+    for name in names:
+        entries = [path for path in sorted((root / name).iterdir()) if path.is_file() and not path.name.startswith(".")]
+        by_class[name] = [path for path in entries if path.suffix.lower() in IMAGE_SUFFIXES]
+        other_suffixes.update(path.suffix.lower() or "(none)" for path in entries if path not in by_class[name])
+    if other_suffixes:
+        listing = ", ".join(f"{suffix} {count}" for suffix, count in other_suffixes.most_common())
+        log.warning("skipped files that are not images by their suffix: %s", listing)
+    empty = [name for name, paths in by_class.items() if not paths]
+    if empty and class_names:
+        raise DataError(f"class folder(s) {empty} in {root} hold no images")
+    for name in empty:
+        log.warning("class folder %r holds no images: it is left out", name)
+        del by_class[name]
+    names = list(by_class)
+    if len(names) < 2:
+        has = f"images of one class only ({names[0]!r})" if names else "no images in class folders"
+        raise DataError(
+            f"{root} has {has}; a classifier needs at least two classes: {root}/<class>/<image>, with the "
+            f"suffixes {' '.join(sorted(IMAGE_SUFFIXES))}"
+        )
+    files = [(path, label) for label, name in enumerate(names) for path in by_class[name]]
 
     def decode(path: Path) -> np.ndarray | str:
         try:
@@ -202,11 +222,27 @@ def load_image_folder(
     for path, reason in failures:
         log.warning("skipped undecodable image path=%s reason=%s", path, reason)
     kept = [(array, label) for array, (_, label) in zip(decoded, files, strict=True) if not isinstance(array, str)]
-    if not kept:
-        raise DataError(f"no image in {root} could be decoded")
-    images = np.stack([array for array, _ in kept])
     labels = np.asarray([label for _, label in kept], dtype=np.int64)
+    counts = dict(zip(names, np.bincount(labels, minlength=len(names)).tolist(), strict=True))
+    if sum(1 for count in counts.values() if count) < 2:
+        raise DataError(f"after skipping undecodable files, {root} has images of fewer than two classes: {counts}")
+    _report_counts(counts)
+    images = np.stack([array for array, _ in kept])
     return Dataset(images, labels, names), [path for path, _ in failures]
+
+
+def _report_counts(counts: dict[str, int]) -> None:
+    """Log the images per class; warn of tiny classes and of a badly imbalanced set."""
+    log.info("images per class: %s", " ".join(f"{name}={count}" for name, count in counts.items()))
+    few = {name: count for name, count in counts.items() if count < FEW_IMAGES}
+    if few:
+        log.warning("few images in %s: fewer than %d per class gives an unreliable model", few, FEW_IMAGES)
+    smallest, largest = min(counts.values()), max(counts.values())
+    if smallest and largest / smallest >= IMBALANCE_RATIO:
+        log.warning(
+            "imbalanced classes: the largest has %d images, the smallest %d (%.0fx); the model will lean to the large",
+            largest, smallest, largest / smallest,
+        )  # fmt: skip
 
 
 def stratified_split(dataset: Dataset, validation_fraction: float, seed: int) -> tuple[Dataset, Dataset]:
@@ -223,4 +259,6 @@ def stratified_split(dataset: Dataset, validation_fraction: float, seed: int) ->
         train_parts.append(members[count:])
     train_indices = rng.permutation(np.concatenate(train_parts))
     validation_indices = np.sort(np.concatenate(validation_parts))
+    if len(validation_indices) == 0:
+        raise DataError("no image can be held out for validation: every class has a single image; add images")
     return dataset.subset(train_indices), dataset.subset(validation_indices)

@@ -14,7 +14,7 @@ import numpy as np
 from training.data import DataError, Splits
 from training.evaluation import Predictor, compute_metrics, keras_predictor, onnx_model, onnx_predictor
 from training.models import INPUT_NAME, OUTPUT_NAME
-from training.run import RunDirectory
+from training.run import RunDirectory, RunError
 
 log = logging.getLogger(__name__)
 
@@ -52,13 +52,15 @@ def export_run(
     quantize: bool = False,
     calibration_images: int = 512,
     max_accuracy_drop: float = 0.005,
+    command: str | None = None,
 ) -> Path:
     """Convert the run's Keras model to ONNX at `output`, with metadata, if it passes the parity gate.
 
     `flip_averaging` folds test-time flip averaging into the graph. `quantize` converts the float export to int8
     (calibrated on `calibration_images` training images) and keeps it only if it loses at most
     `max_accuracy_drop` of validation accuracy against the float export. Either way the exported file is then
-    evaluated on the run's validation split, and that accuracy is the one its metadata states.
+    evaluated on the run's validation split, and that accuracy is the one its metadata states. `command`, the
+    command line that ran the export, is recorded in the metadata (the model card shows it).
     """
     import keras
 
@@ -69,6 +71,8 @@ def export_run(
     run = RunDirectory(run_dir)
     try:
         record = run.read_record()
+    except RunError as error:
+        raise ExportError(str(error)) from error
     except (OSError, ValueError, KeyError, TypeError) as error:
         raise ExportError(f"{run_dir} is not a training run ({run.record_file.name}: {error})") from error
     config = record.config
@@ -98,12 +102,23 @@ def export_run(
     }
     if flip_averaging:
         metadata["test_time_augmentation"] = "horizontal flip: the probabilities of the image and its mirror averaged"
-    images = run.load_parity_images(image_size)
+    if command:
+        metadata["export_command"] = command
+    images, validation_images = run.load_parity_images(image_size)
+    if validation_images == 0:
+        raise ExportError(
+            f"{run.parity_images_file} holds no validation images: the parity gate will not pass on random images "
+            "alone (train the run again to save them)"
+        )
     output.parent.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(dir=output.parent, prefix=f".{output.name}.") as scratch:
         exported = export_model(
             model, Path(scratch) / "float.onnx", metadata=metadata, images=images, opset=opset, tolerance=tolerance
         )
+        log.info(
+            "parity checked on %d images: %d of the run's validation images, %d random ones",
+            len(images), validation_images, len(images) - validation_images,
+        )  # fmt: skip
         if flip_averaging or quantize:
             splits = run_splits(run)
             validation = splits.validation
@@ -151,7 +166,7 @@ def quantize_checked(
     if it keeps the float model's validation accuracy (from `float_probabilities`) within `max_accuracy_drop`."""
     from training.quantization import DESCRIPTION, quantize_int8
 
-    count = min(calibration_images, len(splits.train))
+    count = calibration_count(calibration_images, len(splits.train))
     chosen = np.random.default_rng(0).choice(len(splits.train), count, replace=False)
     int8_path = float_path.with_name("int8.onnx")
     quantize_int8(float_path, int8_path, splits.train.images[np.sort(chosen)])
@@ -182,6 +197,15 @@ def quantize_checked(
             "float_int8_top1_agreement": f"{agreement:.4f}",
         },
     )
+
+
+def calibration_count(wanted: int, available: int) -> int:
+    """How many training images calibrate: `wanted`, at most `available`, and a whole number of calibration
+    batches (ONNX Runtime's calibrator cannot take a shorter last batch)."""
+    from training.quantization import CALIBRATION_BATCH
+
+    count = min(wanted, available)
+    return count - count % CALIBRATION_BATCH if count > CALIBRATION_BATCH else count
 
 
 def write_metadata(path: Path, metadata: dict[str, str]) -> None:

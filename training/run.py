@@ -13,20 +13,28 @@ import numpy as np
 
 from training.config import TrainConfig
 from training.data import Splits, load_splits
-from training.evaluation import METRICS_FILE
+from training.evaluation import CONFUSION_PNG, METRICS_FILE
 
 PARITY_COUNT = 256
 """Validation images kept with a run, on which the export compares Keras with ONNX Runtime."""
 
 
+class RunError(Exception):
+    """A run cannot start or go on: a run is in the way, none is where one is needed, or it cannot be built."""
+
+
 @dataclass
 class RunRecord:
-    """What run.json holds: the config the run was started with, and what it found in its data."""
+    """What run.json holds: the config the run was started with, and what it found in its data and machine."""
 
     config: TrainConfig
     class_names: list[str]
     source: str
     """The data as the loader described it (such as 'image folder data/photos')."""
+    command: str | None = None
+    """The command line that started the run (None when started from Python)."""
+    machine: str | None = None
+    """The machine it trained on, as measured (`training.machine.describe`)."""
 
 
 class RunDirectory:
@@ -35,7 +43,7 @@ class RunDirectory:
     run.json (the config and the class names), history.csv (a row per epoch, appended as training goes) and
     history.json (the same, once finished), last.keras (the checkpoint after each epoch) and backup/ (Keras's
     state for resuming), model.keras (the finished model), parity_images.npy (validation images for the export's
-    parity gate), metrics.json and the figures of the validation report.
+    parity gate), metrics.json and confusion_matrix.png (the validation report) and training_curves.png.
     """
 
     def __init__(self, path: Path | str) -> None:
@@ -48,6 +56,7 @@ class RunDirectory:
         self.final_model = self.path / "model.keras"
         self.parity_images_file = self.path / "parity_images.npy"
         self.metrics_file = self.path / METRICS_FILE
+        self.confusion = self.path / CONFUSION_PNG
         self.curves = self.path / "training_curves.png"
 
     def __repr__(self) -> str:
@@ -58,20 +67,32 @@ class RunDirectory:
         return self.record_file.is_file()
 
     def read_record(self) -> RunRecord:
-        """The run's saved config and class names."""
+        """The run's saved config, class names, command and machine."""
+        if not self.exists():
+            raise RunError(f"{self.path} is not a training run: it has no {self.record_file.name}")
         raw = json.loads(self.record_file.read_text())
-        return RunRecord(TrainConfig.from_record(raw), list(raw["class_names"]), raw.get("source", raw["data"]))
+        return RunRecord(
+            TrainConfig.from_record(raw),
+            list(raw["class_names"]),
+            raw.get("source", raw["data"]),
+            raw.get("command"),
+            raw.get("machine"),
+        )
 
     def write_record(self, record: RunRecord) -> None:
-        """Save the config and what the run found in its data (flat: the config's fields, then the rest)."""
+        """Save the config and what the run found (flat: the config's fields, then the rest)."""
         self.path.mkdir(parents=True, exist_ok=True)
-        flat = dataclasses.asdict(record.config) | {"class_names": record.class_names, "source": record.source}
-        self.record_file.write_text(json.dumps(flat, indent=2))
+        found = {key: value for key, value in dataclasses.asdict(record).items() if key != "config"}
+        self.record_file.write_text(json.dumps(dataclasses.asdict(record.config) | found, indent=2))
 
-    def clear_progress(self) -> None:
-        """Remove another run's epoch counter and history, so a fresh run in this folder starts at epoch 0."""
-        shutil.rmtree(self.backup_dir, ignore_errors=True)
-        self.history_csv.unlink(missing_ok=True)
+    def files(self) -> list[Path]:
+        """Every file and folder a run writes here."""
+        return [value for value in vars(self).values() if isinstance(value, Path) and value != self.path]
+
+    def clear(self) -> None:
+        """Remove what an earlier run wrote here (only the run's own files), so a new run starts at epoch 0."""
+        for path in self.files():
+            shutil.rmtree(path) if path.is_dir() else path.unlink(missing_ok=True)
 
     def load_splits(self) -> Splits:
         """The run's data, split as it was for training (same seed, fraction, classes and image size)."""
@@ -82,15 +103,17 @@ class RunDirectory:
         """Keep up to PARITY_COUNT validation images for the export's parity gate."""
         np.save(self.parity_images_file, images[:PARITY_COUNT])
 
-    def load_parity_images(self, image_size: tuple[int, int]) -> np.ndarray:
-        """The saved validation images, topped up with seeded random images to PARITY_COUNT."""
+    def load_parity_images(self, image_size: tuple[int, int]) -> tuple[np.ndarray, int]:
+        """The saved validation images, topped up with seeded random images to PARITY_COUNT, and how many of them
+        are real."""
         file = self.parity_images_file
-        images = np.load(file) if file.exists() else np.zeros((0, *image_size, 3), dtype=np.uint8)
-        if len(images) < PARITY_COUNT:
+        images = np.load(file)[:PARITY_COUNT] if file.exists() else np.zeros((0, *image_size, 3), dtype=np.uint8)
+        real = len(images)
+        if real < PARITY_COUNT:
             rng = np.random.default_rng(0)
-            extra = rng.integers(0, 256, size=(PARITY_COUNT - len(images), *image_size, 3), dtype=np.uint8)
+            extra = rng.integers(0, 256, size=(PARITY_COUNT - real, *image_size, 3), dtype=np.uint8)
             images = np.concatenate([images, extra])
-        return images[:PARITY_COUNT]
+        return images, real
 
     def read_history(self) -> list[dict[str, float]]:
         """A row per epoch from history.csv; an epoch logged twice (a resumed run) keeps its last row."""

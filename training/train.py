@@ -9,11 +9,12 @@ from typing import Any
 import keras
 import tensorflow as tf
 
+from training import machine
 from training.config import TrainConfig
 from training.data import Dataset
 from training.evaluation import evaluate_model, keras_predictor, plot_history, write_report
 from training.models import build_model
-from training.run import RunDirectory, RunRecord, splits_for
+from training.run import RunDirectory, RunError, RunRecord, splits_for
 
 log = logging.getLogger(__name__)
 
@@ -84,16 +85,22 @@ class EpochTimer(keras.callbacks.Callback):
             logs["epoch_seconds"] = round(time.perf_counter() - self._start, 2)
 
 
-def train(config: TrainConfig, *, resume: bool = False) -> Path:
-    """Train per `config` into its run dir; with `resume`, continue from the last completed epoch."""
+def train(config: TrainConfig, *, resume: bool = False, overwrite: bool = False, command: str | None = None) -> Path:
+    """Train per `config` into its run dir; with `resume`, continue from the last completed epoch. A run dir that
+    holds anything is refused unless `overwrite` (which removes an earlier run's files). Nothing is written until
+    the data is read and the network is built: a run that cannot start leaves no trace. `command` is recorded."""
     run = RunDirectory(config.run_dir)
     if resume:
         if not run.exists():
-            raise FileNotFoundError(f"cannot resume: {run.record_file} does not exist")
+            raise RunError(f"cannot resume: {run.path} holds no run ({run.record_file.name} is missing)")
         config = run.read_record().config
         config.run_dir = str(run.path)
-    else:
-        run.clear_progress()  # a fresh run must not pick up another run's epoch counter or history
+    elif run.path.exists() and any(run.path.iterdir()) and not overwrite:
+        held = "a training run" if run.exists() else "files"
+        raise RunError(
+            f"{run.path} already holds {held}: give another --run-dir, --resume to continue a run, or --overwrite "
+            "to start again in it"
+        )
     keras.utils.set_random_seed(config.seed)
 
     splits = splits_for(config)
@@ -106,13 +113,20 @@ def train(config: TrainConfig, *, resume: bool = False) -> Path:
         len(class_names),
         len(splits.skipped_files),
     )
-    run.write_record(RunRecord(config, class_names, splits.source))
-    run.save_parity_images(splits.validation.images)
-
     height, width = config.image_size
-    model = build_model(config.architecture, (height, width, 3), len(class_names))
+    try:
+        model = build_model(config.architecture, (height, width, 3), len(class_names))
+    except ValueError as error:  # Keras: a layer's output would be empty
+        reason = str(error).strip().splitlines()[0]
+        raise RunError(f"the {config.architecture} network cannot take {height}x{width} images ({reason})") from None
     if config.init_from:
         load_initial_weights(model, Path(config.init_from))
+
+    if not resume:
+        run.clear()  # a new run must not pick up an earlier run's epoch counter, history or model
+    gpus = [device.name for device in tf.config.list_physical_devices("GPU")]
+    run.write_record(RunRecord(config, class_names, splits.source, command, machine.describe(gpus)))
+    run.save_parity_images(splits.validation.images)
     steps_per_epoch = -(-len(splits.train) // config.batch_size)
     model.compile(
         optimizer=make_optimizer(config, steps_per_epoch),
@@ -153,7 +167,7 @@ def train(config: TrainConfig, *, resume: bool = False) -> Path:
     return run.path
 
 
-class IncompatibleWeightsError(ValueError):
+class IncompatibleWeightsError(RunError):
     """The model to start from has weights of other shapes than the architecture being trained."""
 
 

@@ -107,10 +107,29 @@ def test_unknown_provider_name_is_refused() -> None:
         choose_providers(("NoSuchExecutionProvider", CPU))
 
 
-def test_cuda_is_skipped_with_a_warning_where_onnxruntime_lacks_it(caplog: pytest.LogCaptureFixture) -> None:
-    with caplog.at_level(logging.WARNING):
+def test_cuda_is_skipped_without_a_warning_where_onnxruntime_is_the_cpu_build(caplog: pytest.LogCaptureFixture) -> None:
+    # The CPU package installed on purpose: said at INFO, not warned at every start.
+    with caplog.at_level(logging.INFO):
         assert choose_providers((CUDA, CPU)) == (CPU,)
-    assert "CUDAExecutionProvider" in caplog.text
+    (record,) = [record for record in caplog.records if "CUDAExecutionProvider" in record.getMessage()]
+    assert record.levelno == logging.INFO and "not_in_this_build" in record.getMessage()
+
+
+def test_a_gpu_build_whose_cuda_does_not_load_is_warned_of(
+    bundled_model: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    # No GPU here: pretend this ONNX Runtime offers CUDA (the gpu package) and its session, as the gpu package does
+    # where CUDA's libraries do not load, runs on the CPU instead.
+    session = inference.ort.InferenceSession
+
+    def falls_back(path: str, sess_options: object, providers: list[str]) -> object:
+        return session(path, sess_options=sess_options, providers=[name for name in providers if name != CUDA])
+
+    monkeypatch.setattr(inference.ort, "get_available_providers", lambda: [CUDA, CPU])
+    monkeypatch.setattr(inference.ort, "InferenceSession", falls_back)
+    with caplog.at_level(logging.WARNING, logger="service.inference"):
+        assert OnnxModel(bundled_model).info.providers == (CPU,)
+    assert "event=provider_fallback" in caplog.text
 
 
 def test_cuda_is_chosen_first_when_onnxruntime_offers_it(monkeypatch: pytest.MonkeyPatch) -> None:

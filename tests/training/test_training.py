@@ -15,7 +15,7 @@ from training.config import TrainConfig
 from training.evaluation import compute_metrics, onnx_model, onnx_predictor
 from training.export import ExportError, ParityError, check_parity, export_run
 from training.models import ARCHITECTURES, build_model
-from training.run import RunDirectory
+from training.run import RunDirectory, RunError
 from training.train import train
 
 pytestmark = pytest.mark.slow
@@ -193,7 +193,7 @@ def test_cli_evaluate_an_onnx_model(tiny_run: Path, tmp_path: Path) -> None:
     assert result.returncode == 0, result.stderr
     assert "accuracy=" in result.stdout
     metrics = json.loads((out / "metrics.json").read_text())
-    assert metrics["examples"] == 3
+    assert metrics["examples"] == 6  # the model sits in its run: the run's validation fraction (0.25) holds
     assert (out / "confusion_matrix.png").stat().st_size > 1000
 
 
@@ -285,7 +285,7 @@ def test_a_second_stage_starts_from_the_first_stages_weights(tiny_run: Path, tmp
     stages = training_stages(run_dir)
     assert [(stage["run_dir"], stage["epochs"]) for stage in stages] == [(str(tiny_run), 6), (str(run_dir), 1)]
     assert [row["epoch"] for row in combined_history(stages)] == list(range(7))
-    with pytest.raises(ValueError, match="do not fit this architecture"):
+    with pytest.raises(RunError, match="do not fit this architecture"):
         load_initial_weights(build_model("resnet9-w16", (32, 32, 3), 3), first)
     with pytest.raises(FileNotFoundError, match="no such file"):
         load_initial_weights(started, tmp_path / "missing.keras")
@@ -311,12 +311,15 @@ def test_flops_of_the_baseline_by_hand() -> None:
 
 
 def test_model_card_for_a_run(tiny_run: Path, tmp_path: Path) -> None:
-    from training.card import build_card, write_card
+    from training.card import build_card, card_paths, write_card
 
     card = build_card(
         tiny_run, tiny_run / "model.onnx", reproduce="make it", trained_on_machine="here", latency_seconds=0.05
     )
-    markdown, data = write_card(card, tmp_path)
+    paths = card_paths(tiny_run / "model.onnx", tmp_path)
+    write_card(card, paths)
+    markdown, data = paths.markdown, paths.data
+    assert (markdown.name, data.name) == ("model.card.md", "model.card.json")
     written = json.loads(data.read_text())
     assert written["name"] == "tiny-colours" and written["classes"] == ["blue", "green", "red"]
     assert written["parameters"] > 0 and written["flops_per_image"] > 0
@@ -384,10 +387,12 @@ def test_int8_that_loses_too_much_accuracy_is_refused_and_nothing_is_written(tin
 
 
 def test_model_card_of_an_int8_flip_averaged_export(tiny_run: Path, int8_export: Path, tmp_path: Path) -> None:
-    from training.card import build_card, write_card
+    from training.card import build_card, card_paths, write_card
 
     card = build_card(tiny_run, int8_export, reproduce="make it", trained_on_machine="here", latency_seconds=0.05)
-    markdown, _ = write_card(card, tmp_path)
+    paths = card_paths(int8_export, tmp_path)
+    write_card(card, paths)
+    markdown = paths.markdown
     assert card["serving_graph"]["quantization"].startswith("int8")
     stated = onnx.load(int8_export).metadata_props
     assert card["validation"]["accuracy"] == pytest.approx(
