@@ -103,14 +103,16 @@ def test_onnx_runtime_failing_mid_batch_fails_those_requests_only(tmp_path: Path
     assert "classifier_inference_failures_total 1.0" in metrics
 
 
-def test_gpu_preferred_but_absent_means_cpu_with_one_warning(
+def test_gpu_preferred_on_the_cpu_build_means_cpu_said_without_a_warning(
     bundled_model: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
-    with caplog.at_level(logging.WARNING, logger="service"):
+    # This ONNX Runtime is the CPU package, installed on purpose: CUDA's absence is said (INFO), not warned of.
+    # A GPU package whose CUDA fails to load is warned of (tests/service/test_inference.py).
+    with caplog.at_level(logging.INFO, logger="service"):
         model = OnnxModel(bundled_model, providers=("CUDAExecutionProvider", "CPUExecutionProvider"))
     assert model.info.providers == ("CPUExecutionProvider",)
-    warnings = [record for record in caplog.records if record.levelno >= logging.WARNING]
-    assert len(warnings) == 1 and "CUDAExecutionProvider" in warnings[0].getMessage()
+    assert not [record for record in caplog.records if record.levelno >= logging.WARNING]
+    assert any("CUDAExecutionProvider" in record.getMessage() for record in caplog.records)
 
 
 def test_gpu_required_but_absent_exits_with_a_message(bundled_model: Path) -> None:
