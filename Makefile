@@ -86,7 +86,7 @@ train-default: $(VENV)/.dev-installed $(DATA_DIR)
 
 export-default: $(VENV)/.dev-installed
 	$(BIN)/python -m training export --run-dir $(DEFAULT_RUN_DIR) --output models/default.onnx --name cifar10-resnet9 \
-		--version 3.0.0 --flip-averaging --quantize int8
+		--version 3.0.0 --flip-averaging --quantize int8 --overwrite
 
 card-default: $(VENV)/.dev-installed
 	$(BIN)/python -m training card --run-dir $(DEFAULT_RUN_DIR) --model models/default.onnx \

@@ -13,7 +13,7 @@ import numpy as np
 from training.config import RECIPE
 from training.evaluation import evaluate_model, onnx_model, onnx_predictor
 from training.machine import cpu_name
-from training.run import RunDirectory
+from training.run import RunDirectory, RunError
 
 NOT_RECORDED = "not recorded"
 
@@ -82,7 +82,7 @@ def training_stages(run_dir: Path) -> list[dict[str, Any]]:
                 "recipe": config.recipe,
                 "epochs": len(history),
                 "hours": round(seconds / 3600, 2),
-                "minutes": round(seconds / 60, 1),
+                "seconds": round(seconds, 1),
                 "final_validation_accuracy": history[-1].get("val_accuracy") if history else None,
                 "history": history,
             },
@@ -118,6 +118,11 @@ def build_card(
     run = RunDirectory(run_dir)
     record = run.read_record()
     exported = onnx_model(onnx_path)
+    if list(exported.info.labels) != record.class_names:
+        raise RunError(
+            f"{onnx_path} is not an export of {run_dir}: its classes {list(exported.info.labels)} are not the run's "
+            f"{record.class_names}"
+        )
     metrics = evaluate_model(onnx_predictor(exported), run.load_splits().validation)
     stages = training_stages(run_dir)
     model = keras.saving.load_model(run.final_model, compile=False)
@@ -127,7 +132,7 @@ def build_card(
     commands = [stage["command"] for stage in stages] + [properties.get("export_command")]
     machines = list(dict.fromkeys(stage["machine"] for stage in stages if stage["machine"]))
     config, folder = record.config, record.source.startswith("image folder")
-    seconds = sum(stage["minutes"] for stage in stages) * 60
+    seconds = sum(stage["seconds"] for stage in stages)
     return {
         "name": properties.get("model_name"),
         "version": properties.get("model_version"),
@@ -194,7 +199,7 @@ def render_markdown(card: dict[str, Any]) -> str:
     )
     stage_header = " | ".join(f"stage {number}" for number in range(1, len(stages) + 1))
     stage_results = "\n".join(
-        f"- stage {number}: {stage['epochs']} epochs, {_duration(stage['minutes'] * 60)}, final validation accuracy "
+        f"- stage {number}: {stage['epochs']} epochs, {_duration(stage['seconds'])}, final validation accuracy "
         f"{stage['final_validation_accuracy']:.2%} (Keras, during training)"
         for number, stage in enumerate(stages, 1)
     )
@@ -248,7 +253,7 @@ In the exported graph:
 |---|{"---|" * len(stages)}
 {recipe}
 
-Trained for {card["training"]["epochs_run"]} epochs in {card["training"]["wall_clock"]} on
+Trained for {card["training"]["epochs_run"]} epochs in {card["training"]["wall_clock"]} (the epochs' time) on
 {card["training"]["machine"]}:
 
 {stage_results}

@@ -42,11 +42,22 @@ def load_preset(name: str) -> dict[str, object]:
 
 
 def _train(args: argparse.Namespace) -> None:
-    from training.models import ARCHITECTURES
-    from training.train import train
+    from training.run import RunDirectory, splits_for
 
+    # The run dir and the data are checked before TensorFlow is imported: a mistake there is said at once, without
+    # TensorFlow's start-up lines before it.
     if args.resume:
-        train(TrainConfig(data="", run_dir=args.run_dir), resume=True)
+        given = [
+            f"--{name.replace('_', '-')}" for name in FIELDS if name != "run_dir" and getattr(args, name) is not None
+        ]
+        if given or args.preset or args.overwrite:
+            extra = given + ["--preset"] * bool(args.preset) + ["--overwrite"] * args.overwrite
+            raise CommandError(f"--resume continues the run as it was started; it takes no {' '.join(extra)}")
+        config = RunDirectory(args.run_dir).read_record().config
+        splits = splits_for(config)
+        from training.train import train
+
+        train(config, resume=True, splits=splits)
         return
     fields: dict[str, object] = load_preset(args.preset) if args.preset else {}
     fields.pop("description", None)
@@ -55,11 +66,16 @@ def _train(args: argparse.Namespace) -> None:
     fields |= {name: value for name, value in given.items() if value is not None}
     if "data" not in fields:
         raise CommandError("--data is required unless --resume (or a preset gives it)")
-    architecture = fields.get("architecture", FIELDS["architecture"].default)
-    if architecture not in ARCHITECTURES:
-        raise CommandError(f"unknown architecture {architecture!r}; known: {sorted(ARCHITECTURES)}")
     config = TrainConfig(run_dir=args.run_dir, **fields)  # type: ignore[arg-type]
-    train(config, overwrite=args.overwrite, command=args.command_line)
+    RunDirectory(config.run_dir).check_free(overwrite=args.overwrite)
+    splits = splits_for(config)
+    from training.models import ARCHITECTURES
+    from training.train import train
+
+    if config.architecture not in ARCHITECTURES:
+        raise CommandError(f"unknown architecture {config.architecture!r}; known: {sorted(ARCHITECTURES)}")
+
+    train(config, overwrite=args.overwrite, command=args.command_line, splits=splits)
 
 
 def _evaluate(args: argparse.Namespace) -> None:
@@ -77,6 +93,8 @@ def _evaluate(args: argparse.Namespace) -> None:
     model_path = Path(args.model) if args.model else run.final_model if run else None
     if model_path is None:
         raise CommandError("give --model, or --run-dir to evaluate the run's model")
+    if model_path.suffix not in (".onnx", ".keras"):
+        raise CommandError(f"model {model_path} is neither a .onnx nor a .keras file")
     data = args.data or (config.data if record else None)
     if not data:
         raise CommandError("give --data, or --run-dir to evaluate on the run's data")
@@ -129,6 +147,7 @@ def _export(args: argparse.Namespace) -> None:
             calibration_images=args.calibration_images,
             max_accuracy_drop=args.max_accuracy_drop,
             command=args.command_line,
+            overwrite=args.overwrite,
         )
     except ExportError as error:
         raise CommandError(f"export failed: {error}") from None
@@ -204,7 +223,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     export = commands.add_parser("export", help="export a trained run to ONNX, gated on Keras/ORT parity")
     export.add_argument("--run-dir", required=True, help="a finished training run")
-    export.add_argument("--output", required=True, help="path of the .onnx file to write")
+    export.add_argument("--output", required=True, help="path of the .onnx file to write (a Keras copy goes beside it)")
+    export.add_argument("--overwrite", action="store_true", help="replace --output if it exists")
     export.add_argument("--model", help="a .keras file to export instead of the run's model.keras")
     export.add_argument("--name", help="model name (default: the run's name or architecture)")
     export.add_argument("--version", default="1", help="model version string (default: 1)")
@@ -273,12 +293,14 @@ def _flag_type(item: dataclasses.Field[Any]) -> Any:
     if list[str] in kinds:
         return _names
     kind = next((kind for kind in (int, float) if kind in kinds), str)
-    minimum = item.metadata["minimum"]
+    minimum, maximum = item.metadata["minimum"], item.metadata["maximum"]
 
     def parse(text: str) -> Any:
         value = kind(text)
         if minimum is not None and value < minimum:
             raise argparse.ArgumentTypeError(f"must be at least {minimum}, not {text}")
+        if maximum is not None and value > maximum:
+            raise argparse.ArgumentTypeError(f"must be at most {maximum}, not {text}")
         return value
 
     parse.__name__ = kind.__name__  # argparse names the type in its message for a value that does not parse
@@ -289,6 +311,9 @@ def _names(text: str) -> list[str]:
     names = [name.strip() for name in text.split(",") if name.strip()]
     if not names:
         raise argparse.ArgumentTypeError("give class names separated by commas, such as cat,dog")
+    repeated = sorted({name for name in names if names.count(name) > 1})
+    if repeated:
+        raise argparse.ArgumentTypeError(f"{', '.join(repeated)} named more than once")
     return names
 
 
@@ -322,6 +347,12 @@ def main(argv: list[str] | None = None) -> None:
     handlers = {"train": _train, "evaluate": _evaluate, "export": _export, "card": _card}
     try:
         handlers[args.command](args)
-    except (CommandError, DataError, RunError, FileNotFoundError, ModelLoadError) as error:
+    except (CommandError, DataError, RunError, ModelLoadError, OSError) as error:
         print(f"error: {error}", file=sys.stderr)
         raise SystemExit(2) from None
+    except KeyboardInterrupt:
+        resumable = args.command == "train" and (Path(args.run_dir) / "run.json").is_file()
+        print(
+            "interrupted" + (f": continue with --run-dir {args.run_dir} --resume" if resumable else ""), file=sys.stderr
+        )
+        raise SystemExit(130) from None

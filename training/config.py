@@ -13,10 +13,12 @@ def setting(
     recipe: bool = True,
     choices: tuple[str, ...] = (),
     minimum: float | None = None,
+    maximum: float | None = None,
 ) -> Any:
     """A TrainConfig field (required without a default): `help` is its flag's help; `recipe` settings are listed on
-    the model card; `choices` and `minimum` bound the flag's values."""
-    return field(default=default, metadata={"help": help, "recipe": recipe, "choices": choices, "minimum": minimum})
+    the model card; `choices`, `minimum` and `maximum` bound the flag's values."""
+    bounds = {"choices": choices, "minimum": minimum, "maximum": maximum}
+    return field(default=default, metadata={"help": help, "recipe": recipe} | bounds)
 
 
 @dataclass
@@ -41,10 +43,10 @@ class TrainConfig:
     label_smoothing: float = setting(0.0, help="label smoothing of the cross-entropy", minimum=0)
     augment: bool = setting(True, help="flip, pad-and-crop and cutout while training")
     cutout: int = setting(0, help="side of the cutout square in pixels; 0 is off", minimum=0)
-    seed: int = setting(0, help="seeds the split, the shuffling and the weights")
+    seed: int = setting(0, help="seeds the split, the shuffling and the weights", minimum=0, maximum=2**32 - 1)
     validation_fraction: float = setting(0.1, help="held out of an image folder, stratified")
     image_size: tuple[int, int] = setting(
-        (32, 32), help="the model's input in pixels: SIZE or HEIGHTxWIDTH; images are resized to it", recipe=False
+        (32, 32), help="the model's input in pixels: SIZE or HEIGHTxWIDTH; images are resized to it"
     )
     classes: list[str] | None = setting(
         None, help="comma-separated class list for an image folder (default: the sorted folder names)", recipe=False

@@ -170,8 +170,9 @@ def load_image_folder(
 ) -> tuple[Dataset, list[str]]:
     """Read `root/<class>/<image>` in any format the service decodes, resized to `size`; classes sorted unless given.
 
-    Folders and files whose names start with a dot are ignored; a class folder found without images is left out
-    with a warning (named in `class_names`, it is an error), and at least two classes must have images. An
+    Folders and files whose names start with a dot are ignored; other files, sub-folders and broken links are
+    skipped and counted. A class left without images (none found, or none decodable with `skip_invalid`) is left
+    out with a warning, or is an error where `class_names` names it; at least two classes must have images. An
     undecodable file fails the load with its path, or with `skip_invalid` is skipped and returned in the list of
     skipped paths. What was skipped, and the images per class, are logged.
     """
@@ -181,28 +182,10 @@ def load_image_folder(
     missing = [name for name in names if not (root / name).is_dir()]
     if missing:
         raise DataError(f"{root} has no folder for classes {missing}")
-    by_class: dict[str, list[Path]] = {}
-    other_suffixes: Counter[str] = Counter()
-    for name in names:
-        entries = [path for path in sorted((root / name).iterdir()) if path.is_file() and not path.name.startswith(".")]
-        by_class[name] = [path for path in entries if path.suffix.lower() in IMAGE_SUFFIXES]
-        other_suffixes.update(path.suffix.lower() or "(none)" for path in entries if path not in by_class[name])
-    if other_suffixes:
-        listing = ", ".join(f"{suffix} {count}" for suffix, count in other_suffixes.most_common())
-        log.warning("skipped files that are not images by their suffix: %s", listing)
-    empty = [name for name, paths in by_class.items() if not paths]
-    if empty and class_names:
-        raise DataError(f"class folder(s) {empty} in {root} hold no images")
-    for name in empty:
-        log.warning("class folder %r holds no images: it is left out", name)
-        del by_class[name]
+    by_class = {name: _class_images(root / name) for name in names}
+    _warn_of_aliases(root, names)
+    by_class = _with_images(by_class, root, explicit=bool(class_names), why="holds no images")
     names = list(by_class)
-    if len(names) < 2:
-        has = f"images of one class only ({names[0]!r})" if names else "no images in class folders"
-        raise DataError(
-            f"{root} has {has}; a classifier needs at least two classes: {root}/<class>/<image>, with the "
-            f"suffixes {' '.join(sorted(IMAGE_SUFFIXES))}"
-        )
     files = [(path, label) for label, name in enumerate(names) for path in by_class[name]]
 
     def decode(path: Path) -> np.ndarray | str:
@@ -212,23 +195,68 @@ def load_image_folder(
             return error.detail
 
     with ThreadPoolExecutor() as pool:
-        decoded = list(pool.map(decode, (path for path, _ in files)))
-    failures = [
-        (str(path), result) for (path, _), result in zip(files, decoded, strict=True) if isinstance(result, str)
-    ]
+        decoded = dict(zip((path for path, _ in files), pool.map(decode, (path for path, _ in files)), strict=True))
+    failures = [(str(path), result) for path, result in decoded.items() if isinstance(result, str)]
     if failures and not skip_invalid:
         listing = "\n  ".join(f"{path}: {reason}" for path, reason in failures[:20])
         raise DataError(f"{len(failures)} file(s) could not be decoded (use --skip-invalid to skip):\n  {listing}")
     for path, reason in failures:
         log.warning("skipped undecodable image path=%s reason=%s", path, reason)
-    kept = [(array, label) for array, (_, label) in zip(decoded, files, strict=True) if not isinstance(array, str)]
-    labels = np.asarray([label for _, label in kept], dtype=np.int64)
-    counts = dict(zip(names, np.bincount(labels, minlength=len(names)).tolist(), strict=True))
-    if sum(1 for count in counts.values() if count) < 2:
-        raise DataError(f"after skipping undecodable files, {root} has images of fewer than two classes: {counts}")
-    _report_counts(counts)
-    images = np.stack([array for array, _ in kept])
+    good = {name: [path for path in paths if not isinstance(decoded[path], str)] for name, paths in by_class.items()}
+    good = _with_images(good, root, explicit=bool(class_names), why="holds no image that could be decoded")
+    names = list(good)
+    _report_counts({name: len(paths) for name, paths in good.items()})
+    images = np.stack([decoded[path] for paths in good.values() for path in paths])
+    labels = np.asarray([label for label, paths in enumerate(good.values()) for _ in paths], dtype=np.int64)
     return Dataset(images, labels, names), [path for path, _ in failures]
+
+
+def _class_images(folder: Path) -> list[Path]:
+    """The images of one class folder, by suffix; what else it holds is counted and logged, dot-files ignored."""
+    images, skipped = [], Counter[str]()
+    for path in sorted(folder.iterdir()):
+        if path.name.startswith("."):
+            continue
+        if path.is_dir():
+            skipped["sub-folders"] += 1  # a class is one folder: images further down are not read
+        elif not path.is_file():
+            skipped["broken-links"] += 1
+        elif path.suffix.lower() in IMAGE_SUFFIXES:
+            images.append(path)
+        else:
+            skipped[path.suffix.lower() or "no-suffix"] += 1
+    if skipped:
+        listing = " ".join(f"{what}={count}" for what, count in skipped.items())
+        log.warning("skipped in class folder %r (not images, by suffix or kind): %s", folder.name, listing)
+    return images
+
+
+def _warn_of_aliases(root: Path, names: list[str]) -> None:
+    """Warn of class folders that are one folder (a link to another): the same images under two labels."""
+    by_target: dict[Path, list[str]] = {}
+    for name in names:
+        by_target.setdefault((root / name).resolve(), []).append(name)
+    for aliases in by_target.values():
+        if len(aliases) > 1:
+            log.warning("class folders %s are the same folder: the same images under %d labels", aliases, len(aliases))
+
+
+def _with_images(by_class: dict[str, list[Path]], root: Path, *, explicit: bool, why: str) -> dict[str, list[Path]]:
+    """The classes that have images. One that has none is an error if it was named (`explicit`), else left out
+    with a warning; fewer than two classes left is an error."""
+    empty = [name for name, paths in by_class.items() if not paths]
+    if empty and explicit:
+        raise DataError(f"class folder(s) {empty} in {root}: each {why}")
+    for name in empty:
+        log.warning("class folder %r %s: it is left out", name, why)
+    kept = {name: paths for name, paths in by_class.items() if paths}
+    if len(kept) < 2:
+        has = f"images of one class only ({next(iter(kept))!r})" if kept else "no images in class folders"
+        raise DataError(
+            f"{root} has {has}; a classifier needs at least two classes: {root}/<class>/<image>, with the "
+            f"suffixes {' '.join(sorted(IMAGE_SUFFIXES))}"
+        )
+    return kept
 
 
 def _report_counts(counts: dict[str, int]) -> None:
@@ -261,4 +289,8 @@ def stratified_split(dataset: Dataset, validation_fraction: float, seed: int) ->
     validation_indices = np.sort(np.concatenate(validation_parts))
     if len(validation_indices) == 0:
         raise DataError("no image can be held out for validation: every class has a single image; add images")
+    unvalidated = [dataset.class_names[label] for label in np.unique(dataset.labels) if not np.any(
+        dataset.labels[validation_indices] == label)]  # fmt: skip
+    if unvalidated:
+        log.warning("classes %s have one image each: it trains, and nothing of theirs is validated", unvalidated)
     return dataset.subset(train_indices), dataset.subset(validation_indices)

@@ -1,6 +1,7 @@
 """Evaluation: accuracy, per-class precision/recall/F1, macro averages and a confusion matrix (JSON + PNG)."""
 
 import json
+import warnings
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -109,9 +110,7 @@ def plot_confusion_matrix(confusion: np.ndarray, class_names: list[str], path: P
     for (row, column), count in np.ndenumerate(confusion):
         colour = "white" if count > threshold else "black"
         axes.text(column, row, str(count), ha="center", va="center", color=colour, fontsize=8)
-    figure.tight_layout()
-    figure.savefig(path, dpi=100)
-    plt.close(figure)
+    _save(figure, path)
 
 
 def plot_history(history: list[dict[str, float]], path: Path) -> None:
@@ -130,6 +129,16 @@ def plot_history(history: list[dict[str, float]], path: Path) -> None:
         axes.set_title(key)
         axes.grid(alpha=0.3)
         axes.legend()
-    figure.tight_layout()
-    figure.savefig(path, dpi=100)
+    _save(figure, path)
+
+
+def _save(figure: Any, path: Path) -> None:
+    """Write `figure` as a PNG and close it. A label in a script the font lacks (an emoji in a class name) is drawn
+    as a box, quietly: matplotlib's warning for each missing glyph is noise in a training log."""
+    import matplotlib.pyplot as plt
+
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message="Glyph .* missing from", category=UserWarning)
+        figure.tight_layout()
+        figure.savefig(path, dpi=100)
     plt.close(figure)

@@ -53,6 +53,7 @@ def export_run(
     calibration_images: int = 512,
     max_accuracy_drop: float = 0.005,
     command: str | None = None,
+    overwrite: bool = False,
 ) -> Path:
     """Convert the run's Keras model to ONNX at `output`, with metadata, if it passes the parity gate.
 
@@ -60,7 +61,8 @@ def export_run(
     (calibrated on `calibration_images` training images) and keeps it only if it loses at most
     `max_accuracy_drop` of validation accuracy against the float export. Either way the exported file is then
     evaluated on the run's validation split, and that accuracy is the one its metadata states. `command`, the
-    command line that ran the export, is recorded in the metadata (the model card shows it).
+    command line that ran the export, is recorded in the metadata (the model card shows it). An existing `output`
+    is replaced only with `overwrite`.
     """
     import keras
 
@@ -77,6 +79,7 @@ def export_run(
         raise ExportError(f"{run_dir} is not a training run ({run.record_file.name}: {error})") from error
     config = record.config
     model_path = Path(model_file) if model_file else run.final_model
+    check_output(output, run, model_path, overwrite=overwrite)
     if not model_path.is_file():
         raise ExportError(f"cannot load Keras model {model_path}: the file does not exist")
     try:
@@ -110,7 +113,10 @@ def export_run(
             f"{run.parity_images_file} holds no validation images: the parity gate will not pass on random images "
             "alone (train the run again to save them)"
         )
-    output.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        output.parent.mkdir(parents=True, exist_ok=True)
+    except OSError as error:
+        raise ExportError(f"cannot write {output}: {error}") from error
     with tempfile.TemporaryDirectory(dir=output.parent, prefix=f".{output.name}.") as scratch:
         exported = export_model(
             model, Path(scratch) / "float.onnx", metadata=metadata, images=images, opset=opset, tolerance=tolerance
@@ -143,6 +149,18 @@ def export_run(
     else:
         save_inference_copy(model, copy)
     return output
+
+
+def check_output(output: Path, run: RunDirectory, model_path: Path, *, overwrite: bool) -> None:
+    """Refuse an output that is not a .onnx file, one that exists (unless `overwrite`), and one whose Keras copy
+    (written beside it) would replace one of the run's files other than the model exported."""
+    if output.suffix != ".onnx":
+        raise ExportError(f"the output {output} must be a .onnx file")
+    if output.is_dir() or (output.exists() and not overwrite):
+        raise ExportError(f"{output} exists: give another --output, or --overwrite to replace it")
+    copy = output.with_suffix(".keras")
+    if copy.resolve() != model_path.resolve() and copy.resolve() in {path.resolve() for path in run.files()}:
+        raise ExportError(f"the Keras copy written beside {output} would replace the run's {copy.name}")
 
 
 def run_splits(run: RunDirectory) -> Splits:

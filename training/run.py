@@ -85,6 +85,15 @@ class RunDirectory:
         found = {key: value for key, value in dataclasses.asdict(record).items() if key != "config"}
         self.record_file.write_text(json.dumps(dataclasses.asdict(record.config) | found, indent=2))
 
+    def check_free(self, *, overwrite: bool) -> None:
+        """Raise RunError if this folder holds anything and `overwrite` was not asked for."""
+        if self.path.exists() and any(self.path.iterdir()) and not overwrite:
+            held = "a training run" if self.exists() else "files"
+            raise RunError(
+                f"{self.path} already holds {held}: give another --run-dir, --resume to continue a run, or "
+                "--overwrite to start again in it"
+            )
+
     def files(self) -> list[Path]:
         """Every file and folder a run writes here."""
         return [value for value in vars(self).values() if isinstance(value, Path) and value != self.path]

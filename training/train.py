@@ -11,7 +11,7 @@ import tensorflow as tf
 
 from training import machine
 from training.config import TrainConfig
-from training.data import Dataset
+from training.data import Dataset, Splits
 from training.evaluation import evaluate_model, keras_predictor, plot_history, write_report
 from training.models import build_model
 from training.run import RunDirectory, RunError, RunRecord, splits_for
@@ -85,25 +85,30 @@ class EpochTimer(keras.callbacks.Callback):
             logs["epoch_seconds"] = round(time.perf_counter() - self._start, 2)
 
 
-def train(config: TrainConfig, *, resume: bool = False, overwrite: bool = False, command: str | None = None) -> Path:
+def train(
+    config: TrainConfig,
+    *,
+    resume: bool = False,
+    overwrite: bool = False,
+    command: str | None = None,
+    splits: Splits | None = None,
+) -> Path:
     """Train per `config` into its run dir; with `resume`, continue from the last completed epoch. A run dir that
     holds anything is refused unless `overwrite` (which removes an earlier run's files). Nothing is written until
-    the data is read and the network is built: a run that cannot start leaves no trace. `command` is recorded."""
+    the data is read and the network is built: a run that cannot start leaves no trace. `command` is recorded;
+    `splits`, the config's data already loaded, saves loading it again."""
     run = RunDirectory(config.run_dir)
     if resume:
         if not run.exists():
             raise RunError(f"cannot resume: {run.path} holds no run ({run.record_file.name} is missing)")
-        config = run.read_record().config
+        started = run.read_record()
+        config, command = started.config, started.command  # the command that started the run reproduces it
         config.run_dir = str(run.path)
-    elif run.path.exists() and any(run.path.iterdir()) and not overwrite:
-        held = "a training run" if run.exists() else "files"
-        raise RunError(
-            f"{run.path} already holds {held}: give another --run-dir, --resume to continue a run, or --overwrite "
-            "to start again in it"
-        )
+    else:
+        run.check_free(overwrite=overwrite)
     keras.utils.set_random_seed(config.seed)
 
-    splits = splits_for(config)
+    splits = splits or splits_for(config)
     class_names = splits.train.class_names
     log.info(
         "data source=%r train=%d validation=%d classes=%d skipped=%d",
@@ -116,9 +121,11 @@ def train(config: TrainConfig, *, resume: bool = False, overwrite: bool = False,
     height, width = config.image_size
     try:
         model = build_model(config.architecture, (height, width, 3), len(class_names))
-    except ValueError as error:  # Keras: a layer's output would be empty
-        reason = str(error).strip().splitlines()[0]
-        raise RunError(f"the {config.architecture} network cannot take {height}x{width} images ({reason})") from None
+    except ValueError:  # Keras: a layer's output would be empty
+        raise RunError(
+            f"the {config.architecture} network cannot take {height}x{width} images: its layers shrink them to "
+            "nothing; give a larger --image-size (or a resnet9-* architecture)"
+        ) from None
     if config.init_from:
         load_initial_weights(model, Path(config.init_from))
 

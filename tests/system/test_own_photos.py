@@ -48,7 +48,8 @@ def test_the_walkthrough_turns_a_folder_of_photos_into_a_served_model(tmp_path: 
         outputs.append(result.stdout + result.stderr)
     train, evaluate, export, card = outputs
     assert "wrote runs/photos/photos.card.md" in card
-    assert "skipped files that are not images by their suffix: .heic 1, .txt 1" in train
+    assert "skipped in class folder 'leaves' (not images, by suffix or kind): .heic=1" in train
+    assert "skipped in class folder 'sky' (not images, by suffix or kind): .txt=1" in train
     assert "class folder 'empty' holds no images" in train and "IMG_9999.jpg" in train
     assert "images per class: apples=61 leaves=61 sky=61" in train and "train=165 validation=18" in train
     assert ".ipynb_checkpoints" not in train

@@ -147,3 +147,15 @@ def test_image_folder_split_by_load_splits(tmp_path: Path) -> None:
     assert np.bincount(splits.validation.labels).tolist() == [2, 2, 2]
     assert len(splits.train) == 18
     Image.fromarray(splits.train.images[0])  # a valid RGB image
+
+
+def test_a_class_whose_every_file_is_corrupt_is_left_out_with_skip_invalid(tmp_path: Path) -> None:
+    data = make_image_folder(tmp_path / "data", per_class=3)
+    (data / "junk").mkdir()
+    for index in range(3):
+        (data / "junk" / f"{index}.jpg").write_bytes(b"\xff\xd8\xff\xe0 cut short")
+    dataset, skipped = load_image_folder(data, size=(32, 32), skip_invalid=True)
+    assert dataset.class_names == ["blue", "green", "red"] and len(skipped) == 3
+    assert set(np.unique(dataset.labels)) == {0, 1, 2}
+    with pytest.raises(DataError, match=r"\['junk'\].*no image that could be decoded"):
+        load_image_folder(data, size=(32, 32), skip_invalid=True, class_names=["blue", "junk"])

@@ -71,6 +71,27 @@ def too_few_calibration_images(tmp: Path, run: Path) -> list[str]:
     return ["export", "--run-dir", str(run), "--output", str(output), "--quantize", "int8", "--calibration-images", "0"]
 
 
+def resume_with_flags(tmp: Path, run: Path) -> list[str]:
+    return ["train", "--run-dir", str(run), "--resume", "--epochs", "50"]
+
+
+def export_over_an_existing_file(tmp: Path, run: Path) -> list[str]:
+    return ["export", "--run-dir", str(run), "--output", str(run / "model.onnx")]
+
+
+def export_to_the_runs_model(tmp: Path, run: Path) -> list[str]:
+    return ["export", "--run-dir", str(run), "--output", str(run / "model.keras")]
+
+
+def card_of_another_model(tmp: Path, run: Path) -> list[str]:
+    return ["card", "--run-dir", str(run), "--model", str(REPO / "models" / "default.onnx"), "--out", str(tmp / "c")]
+
+
+def evaluate_a_file_that_is_no_model(tmp: Path, run: Path) -> list[str]:
+    (tmp / "notes.txt").write_text("not a model\n")
+    return ["evaluate", "--model", str(tmp / "notes.txt"), "--data", str(make_image_folder(tmp / "data", per_class=3))]
+
+
 MISTAKES: list[tuple[str, Setup, str]] = [
     ("one class", one_class, "has images of one class only ('blue'); a classifier needs at least two classes"),
     ("empty class named", empty_class_named, "class folder(s) ['purple']"),
@@ -82,6 +103,11 @@ MISTAKES: list[tuple[str, Setup, str]] = [
     ("image size not a size", image_size_not_a_size, "argument --image-size: '64x' is not SIZE or HEIGHTxWIDTH"),
     ("image size too small", image_size_too_small_for_the_network, "the baseline network cannot take 16x16 images"),
     ("too few calibration images", too_few_calibration_images, "argument --calibration-images: must be at least 1"),
+    ("resume with flags", resume_with_flags, "--resume continues the run as it was started; it takes no --epochs"),
+    ("export over a file", export_over_an_existing_file, "exists: give another --output, or --overwrite to replace it"),
+    ("export over the run's model", export_to_the_runs_model, "model.keras must be a .onnx file"),
+    ("card of another model", card_of_another_model, "default.onnx is not an export of"),
+    ("evaluate a non-model", evaluate_a_file_that_is_no_model, "notes.txt is neither a .onnx nor a .keras file"),
 ]
 
 

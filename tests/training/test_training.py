@@ -56,13 +56,14 @@ def test_resume_continues_from_the_last_completed_epoch(tmp_path: Path) -> None:
     config = TrainConfig(
         data=str(data), run_dir=str(tmp_path / "run"), epochs=1, batch_size=8, validation_fraction=0.25
     )
-    run_dir = train(config)
+    run_dir = train(config, command="python -m training train ...")
     assert [row["epoch"] for row in RunDirectory(run_dir).read_history()] == [0]
     # Raise the epoch count in the saved config (as if the first run had been stopped after epoch 1).
     record = json.loads((run_dir / "run.json").read_text())
     (run_dir / "run.json").write_text(json.dumps(record | {"epochs": 3}))
     train(TrainConfig(data="", run_dir=str(run_dir)), resume=True)
     assert [row["epoch"] for row in RunDirectory(run_dir).read_history()] == [0, 1, 2]
+    assert RunDirectory(run_dir).read_record().command == "python -m training train ..."  # what reproduces the run
 
 
 def test_compute_metrics_by_hand() -> None:
