@@ -351,7 +351,9 @@ def main(argv: list[str] | None = None) -> None:
         print(f"error: {error}", file=sys.stderr)
         raise SystemExit(2) from None
     except KeyboardInterrupt:
-        resumable = args.command == "train" and (Path(args.run_dir) / "run.json").is_file()
+        from training.run import RunDirectory
+
+        resumable = args.command == "train" and RunDirectory(args.run_dir).exists()
         print(
             "interrupted" + (f": continue with --run-dir {args.run_dir} --resume" if resumable else ""), file=sys.stderr
         )
