@@ -123,7 +123,7 @@ def build_card(
             f"{onnx_path} is not an export of {run_dir}: its classes {list(exported.info.labels)} are not the run's "
             f"{record.class_names}"
         )
-    metrics = evaluate_model(onnx_predictor(exported), run.load_splits().validation)
+    metrics = evaluate_model(onnx_predictor(exported), record.splits().validation)
     stages = training_stages(run_dir)
     model = keras.saving.load_model(run.final_model, compile=False)
     properties = exported.info.metadata
@@ -153,7 +153,7 @@ def build_card(
             ),
             "test_split": "none: every choice was made on the validation split" if folder else "none",
         },
-        "architecture": record.config.architecture,
+        "architecture": config.architecture,
         "parameters": int(model.count_params()),
         "flops_per_image": count_flops(with_flip_averaging(model) if flip_averaging else model),
         "serving_graph": {

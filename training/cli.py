@@ -46,12 +46,12 @@ def _train(args: argparse.Namespace) -> None:
 
     # The run dir and the data are checked before TensorFlow is imported: a mistake there is said at once, without
     # TensorFlow's start-up lines before it.
+    # A flag given on the command line overrides the preset; one not given is None and leaves it be.
+    given = {name: value for name in FIELDS if name not in _NOT_FLAGS and (value := getattr(args, name)) is not None}
     if args.resume:
-        given = [
-            f"--{name.replace('_', '-')}" for name in FIELDS if name != "run_dir" and getattr(args, name) is not None
-        ]
         if given or args.preset or args.overwrite:
-            extra = given + ["--preset"] * bool(args.preset) + ["--overwrite"] * args.overwrite
+            flags = [f"--{name.replace('_', '-')}" for name in given]
+            extra = flags + ["--preset"] * bool(args.preset) + ["--overwrite"] * args.overwrite
             raise CommandError(f"--resume continues the run as it was started; it takes no {' '.join(extra)}")
         config = RunDirectory(args.run_dir).read_record().config
         splits = splits_for(config)
@@ -61,9 +61,7 @@ def _train(args: argparse.Namespace) -> None:
         return
     fields: dict[str, object] = load_preset(args.preset) if args.preset else {}
     fields.pop("description", None)
-    # A flag given on the command line overrides the preset; one not given is None and leaves it be.
-    given = {name: getattr(args, name) for name in FIELDS if name not in _NOT_FLAGS}
-    fields |= {name: value for name, value in given.items() if value is not None}
+    fields |= given
     if "data" not in fields:
         raise CommandError("--data is required unless --resume (or a preset gives it)")
     config = TrainConfig(run_dir=args.run_dir, **fields)  # type: ignore[arg-type]
@@ -238,7 +236,7 @@ def build_parser() -> argparse.ArgumentParser:
     export.add_argument("--quantize", choices=["int8"], help="post-training static quantization of the export")
     export.add_argument(
         "--calibration-images",
-        type=_at_least_one,
+        type=_bounded(int, minimum=1),
         default=512,
         help="training images that calibrate int8 (default 512; fewer if the run has fewer)",
     )
@@ -269,7 +267,7 @@ def _add_setting(
     default, help = item.default, help or item.metadata["help"]
     flag = "--" + item.name.replace("_", "-")
     if default is True:  # on unless turned off
-        parser.add_argument(f"--no-{item.name.replace('_', '-')}", dest=item.name, action="store_false",
+        parser.add_argument(flag.replace("--", "--no-", 1), dest=item.name, action="store_false",
                             default=True if with_default else None, help=f"turn off: {help}")  # fmt: skip
     elif default is False:
         parser.add_argument(flag, action="store_true", default=False if with_default else None, help=help)
@@ -293,7 +291,11 @@ def _flag_type(item: dataclasses.Field[Any]) -> Any:
     if list[str] in kinds:
         return _names
     kind = next((kind for kind in (int, float) if kind in kinds), str)
-    minimum, maximum = item.metadata["minimum"], item.metadata["maximum"]
+    return _bounded(kind, item.metadata["minimum"], item.metadata["maximum"])
+
+
+def _bounded(kind: type, minimum: float | None = None, maximum: float | None = None) -> Any:
+    """A flag type: `kind` of the text, refused below `minimum` or above `maximum`."""
 
     def parse(text: str) -> Any:
         value = kind(text)
@@ -317,13 +319,6 @@ def _names(text: str) -> list[str]:
     return names
 
 
-def _at_least_one(text: str) -> int:
-    value = int(text)
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"must be at least 1, not {value}")
-    return value
-
-
 def _image_size(text: str) -> tuple[int, int]:
     """SIZE or HEIGHTxWIDTH, in pixels."""
     parts = text.lower().split("x")
@@ -342,7 +337,7 @@ def main(argv: list[str] | None = None) -> None:
     args.command_line = shlex.join(["python", "-m", "training", *argv])
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s %(message)s")
     from training.data import DataError
-    from training.run import RunError
+    from training.run import RunDirectory, RunError
 
     handlers = {"train": _train, "evaluate": _evaluate, "export": _export, "card": _card}
     try:
@@ -351,8 +346,6 @@ def main(argv: list[str] | None = None) -> None:
         print(f"error: {error}", file=sys.stderr)
         raise SystemExit(2) from None
     except KeyboardInterrupt:
-        from training.run import RunDirectory
-
         resumable = args.command == "train" and RunDirectory(args.run_dir).exists()
         print(
             "interrupted" + (f": continue with --run-dir {args.run_dir} --resume" if resumable else ""), file=sys.stderr

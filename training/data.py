@@ -278,19 +278,19 @@ def stratified_split(dataset: Dataset, validation_fraction: float, seed: int) ->
     if not 0 < validation_fraction < 1:
         raise DataError(f"validation fraction must be between 0 and 1, not {validation_fraction}")
     rng = np.random.default_rng(seed)
-    train_parts, validation_parts = [], []
+    train_parts, validation_parts, unvalidated = [], [], []
     for label in np.unique(dataset.labels):
         members = rng.permutation(np.flatnonzero(dataset.labels == label))
         count = round(len(members) * validation_fraction)
         count = min(max(count, 1), len(members) - 1) if len(members) > 1 else 0
         validation_parts.append(members[:count])
         train_parts.append(members[count:])
+        if count == 0:
+            unvalidated.append(dataset.class_names[label])
     train_indices = rng.permutation(np.concatenate(train_parts))
     validation_indices = np.sort(np.concatenate(validation_parts))
     if len(validation_indices) == 0:
         raise DataError("no image can be held out for validation: every class has a single image; add images")
-    unvalidated = [dataset.class_names[label] for label in np.unique(dataset.labels) if not np.any(
-        dataset.labels[validation_indices] == label)]  # fmt: skip
     if unvalidated:
         log.warning("classes %s have one image each: it trains, and nothing of theirs is validated", unvalidated)
     return dataset.subset(train_indices), dataset.subset(validation_indices)

@@ -14,7 +14,7 @@ import numpy as np
 from training.data import DataError, Splits
 from training.evaluation import Predictor, compute_metrics, keras_predictor, onnx_model, onnx_predictor
 from training.models import INPUT_NAME, OUTPUT_NAME
-from training.run import RunDirectory, RunError
+from training.run import RunDirectory, RunError, RunRecord
 
 log = logging.getLogger(__name__)
 
@@ -126,7 +126,7 @@ def export_run(
             len(images), validation_images, len(images) - validation_images,
         )  # fmt: skip
         if flip_averaging or quantize:
-            splits = run_splits(run)
+            splits = run_splits(record)
             validation = splits.validation
             probabilities = onnx_predictor(onnx_model(exported))(validation.images)
             if quantize:
@@ -163,12 +163,12 @@ def check_output(output: Path, run: RunDirectory, model_path: Path, *, overwrite
         raise ExportError(f"the Keras copy written beside {output} would replace the run's {copy.name}")
 
 
-def run_splits(run: RunDirectory) -> Splits:
+def run_splits(record: RunRecord) -> Splits:
     """The training run's data, split as it was for training; an ExportError if it cannot be read."""
     try:
-        return run.load_splits()
+        return record.splits()
     except (DataError, FileNotFoundError) as error:
-        data = run.read_record().config.data
+        data = record.config.data
         raise ExportError(f"the run's data {data!r} is needed to calibrate or evaluate: {error}") from error
 
 

@@ -36,6 +36,10 @@ class RunRecord:
     machine: str | None = None
     """The machine it trained on, as measured (`training.machine.describe`)."""
 
+    def splits(self) -> Splits:
+        """The run's data, split as it was for training (same seed, fraction, classes and image size)."""
+        return splits_for(self.config, self.class_names)
+
 
 class RunDirectory:
     """A training run's folder and its files.
@@ -105,8 +109,7 @@ class RunDirectory:
 
     def load_splits(self) -> Splits:
         """The run's data, split as it was for training (same seed, fraction, classes and image size)."""
-        record = self.read_record()
-        return splits_for(record.config, record.class_names)
+        return self.read_record().splits()
 
     def save_parity_images(self, images: np.ndarray) -> None:
         """Keep up to PARITY_COUNT validation images for the export's parity gate."""
