@@ -1,83 +1,87 @@
 # syntax=docker/dockerfile:1
-# Images: `cpu` (default, slim Python + onnxruntime), `gpu` (CUDA 13 + cuDNN 9 + onnxruntime-gpu, which needs
-# exactly those majors) and `train` (TensorFlow, for training and export). The serving images hold no TensorFlow.
-#   docker build --target cpu -t image-classifier:cpu .
+# Images, all built on one Debian (bookworm) Python image:
+#   cpu    the service on ONNX Runtime's CPU build (the default target)
+#   gpu    the service on onnxruntime-gpu, with CUDA 13 and cuDNN 9 from NVIDIA's PyPI wheels (ONNX Runtime's
+#          documented way): the host needs only the NVIDIA driver and the NVIDIA Container Toolkit
+#   proxy  HAProxy from Debian's packages: the load balancer in front of the replicas in docker-compose.yml
+#   train  TensorFlow, for training and export
+# Python packages are installed from requirements/*.txt only (pinned, with hashes; `make lock` writes them from
+# pyproject.toml). The serving images hold no TensorFlow and run as uid 10001 with a read-only root filesystem.
+#   docker build -t image-classifier:cpu .
 #   docker build --target gpu -t image-classifier:gpu .
-#   docker build --target train -t image-classifier:train .
+# Where no registry can be reached, `make image` builds the base image from Debian's packages first.
 
 ARG PYTHON_IMAGE=python:3.11.11-slim-bookworm
-ARG CUDA_IMAGE=nvidia/cuda:13.0.2-cudnn-runtime-ubuntu24.04
-ARG ONNXRUNTIME_GPU_VERSION=1.31.1
 
-# ---- CPU serving -----------------------------------------------------------------------------------------------
-FROM ${PYTHON_IMAGE} AS cpu-build
-ENV PIP_NO_CACHE_DIR=1 PIP_DISABLE_PIP_VERSION_CHECK=1
-RUN python -m venv /opt/venv
-WORKDIR /src
-COPY pyproject.toml README.md ./
-COPY service ./service
-COPY training ./training
-RUN /opt/venv/bin/pip install ".[cpu]"
+FROM ${PYTHON_IMAGE} AS base
+ENV PIP_NO_CACHE_DIR=1 PIP_DISABLE_PIP_VERSION_CHECK=1 PYTHONUNBUFFERED=1 PYTHONDONTWRITEBYTECODE=1
+# /models: where a named volume or a bind mount puts other model files (a new volume takes this owner).
+RUN groupadd --system --gid 10001 app \
+    && useradd --system --uid 10001 --gid 10001 --home-dir /tmp --no-create-home --shell /usr/sbin/nologin app \
+    && mkdir /models && chown 10001:10001 /models
 
-FROM ${PYTHON_IMAGE} AS cpu
-RUN useradd --system --uid 10001 --no-create-home --shell /usr/sbin/nologin app
-COPY --from=cpu-build /opt/venv /opt/venv
+# ---- Python environments, from the lock files -------------------------------------------------------------------
+FROM base AS cpu-packages
+COPY requirements/cpu.txt /tmp/requirements.txt
+RUN python -m venv /opt/venv \
+    && /opt/venv/bin/pip install --no-deps --require-hashes -r /tmp/requirements.txt \
+    && /opt/venv/bin/pip check
+
+FROM base AS gpu-packages
+COPY requirements/gpu.txt /tmp/requirements.txt
+RUN python -m venv /opt/venv \
+    && /opt/venv/bin/pip install --no-deps --require-hashes -r /tmp/requirements.txt \
+    && /opt/venv/bin/pip check
+
+FROM base AS train-packages
+COPY requirements/train.txt /tmp/requirements.txt
+RUN python -m venv /opt/venv \
+    && /opt/venv/bin/pip install --no-deps --require-hashes -r /tmp/requirements.txt \
+    && /opt/venv/bin/pip check
+
+# ---- Serving ----------------------------------------------------------------------------------------------------
+FROM base AS serving
+COPY service /app/service
 COPY models/default.onnx /app/models/default.onnx
+RUN python -m compileall -q /app/service
 ENV PATH=/opt/venv/bin:$PATH \
-    PYTHONUNBUFFERED=1 \
+    PYTHONPATH=/app \
     CLASSIFIER_HOST=0.0.0.0 \
     CLASSIFIER_PORT=8000 \
     CLASSIFIER_MODEL_PATH=/app/models/default.onnx
 WORKDIR /app
-USER 10001
+USER 10001:10001
 EXPOSE 8000
 HEALTHCHECK --interval=10s --timeout=5s --start-period=30s --retries=3 CMD ["python", "-m", "service.healthcheck"]
 CMD ["python", "-m", "service"]
 
-# ---- GPU serving -----------------------------------------------------------------------------------------------
-FROM ${CUDA_IMAGE} AS gpu-build
-ARG ONNXRUNTIME_GPU_VERSION
-ENV PIP_NO_CACHE_DIR=1 PIP_DISABLE_PIP_VERSION_CHECK=1 DEBIAN_FRONTEND=noninteractive
+FROM serving AS gpu
+COPY --from=gpu-packages /opt/venv /opt/venv
+
+# ---- Load balancer (docker-compose.yml) ---------------------------------------------------------------------------
+FROM base AS proxy
 RUN apt-get update \
-    && apt-get install -y --no-install-recommends python3 python3-venv \
+    && apt-get install -y --no-install-recommends haproxy \
     && rm -rf /var/lib/apt/lists/*
-RUN python3 -m venv /opt/venv
-WORKDIR /src
-COPY pyproject.toml README.md ./
-COPY service ./service
-COPY training ./training
-RUN /opt/venv/bin/pip install ".[gpu]" "onnxruntime-gpu==${ONNXRUNTIME_GPU_VERSION}"
+COPY deploy/compose/haproxy.cfg /etc/haproxy/haproxy.cfg
+COPY deploy/compose/errors /etc/haproxy/json-errors
+USER haproxy
+EXPOSE 8080
+HEALTHCHECK --interval=10s --timeout=5s --retries=3 \
+    CMD ["python", "-c", "import urllib.request as u; u.urlopen('http://127.0.0.1:8080/proxy/health', timeout=3)"]
+CMD ["haproxy", "-W", "-db", "-f", "/etc/haproxy/haproxy.cfg"]
 
-FROM ${CUDA_IMAGE} AS gpu
-ENV DEBIAN_FRONTEND=noninteractive
-RUN apt-get update \
-    && apt-get install -y --no-install-recommends python3 \
-    && rm -rf /var/lib/apt/lists/* \
-    && useradd --system --uid 10001 --no-create-home --shell /usr/sbin/nologin app
-COPY --from=gpu-build /opt/venv /opt/venv
-COPY models/default.onnx /app/models/default.onnx
-ENV PATH=/opt/venv/bin:$PATH \
-    PYTHONUNBUFFERED=1 \
-    CLASSIFIER_HOST=0.0.0.0 \
-    CLASSIFIER_PORT=8000 \
-    CLASSIFIER_MODEL_PATH=/app/models/default.onnx
+# ---- Training (TensorFlow) ----------------------------------------------------------------------------------------
+FROM base AS train
+COPY --from=train-packages /opt/venv /opt/venv
+COPY service /app/service
+COPY training /app/training
+ENV PATH=/opt/venv/bin:$PATH PYTHONPATH=/app TF_CPP_MIN_LOG_LEVEL=2 KERAS_HOME=/tmp/keras
 WORKDIR /app
-USER 10001
-EXPOSE 8000
-HEALTHCHECK --interval=10s --timeout=5s --start-period=60s --retries=3 CMD ["python", "-m", "service.healthcheck"]
-CMD ["python", "-m", "service"]
-
-# ---- Training (TensorFlow) -------------------------------------------------------------------------------------
-FROM ${PYTHON_IMAGE} AS train
-ENV PIP_NO_CACHE_DIR=1 PIP_DISABLE_PIP_VERSION_CHECK=1 PYTHONUNBUFFERED=1 TF_CPP_MIN_LOG_LEVEL=2 \
-    PATH=/opt/venv/bin:$PATH
-RUN useradd --system --uid 10001 --create-home --shell /usr/sbin/nologin app \
-    && python -m venv /opt/venv
-WORKDIR /app
-COPY pyproject.toml README.md ./
-COPY service ./service
-COPY training ./training
-RUN /opt/venv/bin/pip install ".[cpu,train]"
-USER 10001
+USER 10001:10001
 ENTRYPOINT ["python", "-m", "training"]
 CMD ["--help"]
+
+# ---- CPU serving: the default target, so it comes last ------------------------------------------------------------
+FROM serving AS cpu
+COPY --from=cpu-packages /opt/venv /opt/venv

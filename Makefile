@@ -7,7 +7,10 @@ DATA_DIR ?= data/cifar10-train
 RUN_DIR ?= runs/baseline
 EPOCHS ?= 15
 
-.PHONY: venv browser serve test lint bench soak fuzz train train-default export-default card-default export evaluate \
+# Container images (Dockerfile): TARGET=cpu|gpu|proxy|train.
+TARGET ?= cpu
+
+.PHONY: venv browser serve test lint lock image bench soak fuzz train train-default export-default card-default export evaluate \
 	photos data clean
 
 $(BIN)/python:
@@ -56,6 +59,21 @@ soak: $(VENV)/.dev-installed
 # 200,000 mutated image files through the decoder (not part of the tests; a seeded 3,000 are): exit 1 on a failure.
 fuzz: $(VENV)/.dev-installed
 	$(BIN)/python -m benchmarks.fuzz_decode --cases 200000
+
+# The lock files the images install from (pinned, with hashes), written from pyproject.toml by uv. A pin already in
+# a file is kept unless pyproject.toml no longer allows it; `make lock UPGRADE=1` moves every pin to the newest.
+LOCK_DIR ?= requirements
+LOCK = $(BIN)/uv pip compile pyproject.toml --quiet --universal --python-version 3.11 --generate-hashes \
+	--custom-compile-command "make lock" $(if $(UPGRADE),--upgrade)
+lock: $(VENV)/.dev-installed
+	$(LOCK) --extra cpu -o $(LOCK_DIR)/cpu.txt
+	$(LOCK) --extra gpu -o $(LOCK_DIR)/gpu.txt
+	$(LOCK) --extra cpu --extra train -o $(LOCK_DIR)/train.txt
+
+# Builds image-classifier:$(TARGET) with docker, else podman (installed from Debian's packages where it can be, as
+# root); where the Dockerfile's base image cannot be pulled, the base is made from Debian's packages first.
+image:
+	$(PYTHON) -m tests.container.engine image --target $(TARGET)
 
 lint: $(VENV)/.dev-installed
 	$(BIN)/python -m ruff check service training tests benchmarks

@@ -60,6 +60,7 @@ Errors are JSON: `{"error": "<code>", "detail": "<what was wrong>"}`.
 def create_app(settings: Settings | None = None, drain: DrainState = DRAIN) -> FastAPI:
     """Build the app; the model is loaded and warmed up when the lifespan starts, not here."""
     settings = settings or load_settings()
+    drain.delay_s = settings.shutdown_delay_s
     metrics = Metrics()
     lean_records()
 

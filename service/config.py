@@ -49,6 +49,11 @@ class Settings(BaseSettings):
     request_timeout_s: float = Field(default=30.0, ge=0)
     """A request taking longer, reading a slowly trickled upload included, is answered 504; 0 turns this off."""
 
+    shutdown_delay_s: float = Field(default=0.0, ge=0)
+    """On SIGTERM, how long to go on accepting new requests while readiness answers 503, before refusing them:
+    time for a load balancer that polls readiness to take this replica out (docker compose's HAProxy does; on
+    Kubernetes the preStop sleep does this job, so leave it 0 there)."""
+
     drain_timeout_s: float = Field(default=20.0, ge=0)
     """On SIGTERM, how long to wait for requests in flight before stopping (keep it below the orchestrator's
     grace period, 30 s on Kubernetes)."""

@@ -111,6 +111,7 @@ def _checked(data: bytes, filename: str, size: tuple[int, int], max_pixels: int,
     """The opened image (its header read) and what the check found; raises a client error over a limit."""
     if not data:
         raise EmptyFile(f"{filename!r} is empty (0 bytes)")
+    _check_gif_frame(data, filename, max_pixels)
     try:
         image = _open(data, header_only=header_only)
     except UnidentifiedImageError as error:
@@ -206,6 +207,30 @@ def _open(content: bytes, *, header_only: bool = False) -> Image.Image:
                 f"no image data within its first {HEADER_WINDOW} bytes (a header that long is refused), or corrupt"
             ) from error
     return Image.open(io.BytesIO(content), formats=ACCEPTED_FORMATS)
+
+
+def _check_gif_frame(content: bytes, filename: str, max_pixels: int) -> None:
+    """Refuse a GIF whose first frame declares more than `max_pixels`, from its image descriptor, before Pillow
+    opens it: Pillow fills a frame's disposal area while opening (a 37-byte file declaring a 65535x65535 frame
+    took 4 GB), and only its own process-wide limit, which the service leaves to `max_pixels`, would stop it."""
+    if not content.startswith(b"GIF8") or len(content) < 13:
+        return
+    position = 13
+    if content[10] & 0x80:  # a global colour table follows the logical screen descriptor
+        position += 3 << ((content[10] & 0x07) + 1)
+    while position < len(content) and content[position] == 0x21:  # extensions: a label, then sub-blocks
+        position += 2
+        while position < len(content) and content[position]:
+            position += content[position] + 1
+        position += 1
+    if position + 9 > len(content) or content[position] != 0x2C:
+        return  # no frame: Pillow reports the file
+    width, height = struct.unpack_from("<HH", content, position + 5)
+    if width * height > max_pixels:
+        raise ImageTooLarge(
+            f"{filename!r} is a GIF whose first frame is {width}x{height} = {width * height} pixels; "
+            f"the limit is {max_pixels}"
+        )
 
 
 MAX_TIFF_VALUES = 65_536

@@ -1,5 +1,6 @@
-"""Graceful shutdown: on SIGTERM, readiness turns 503 and new /predict requests are refused at once, requests
-already accepted finish, then the server stops and exits 0, within the drain timeout. With several workers, each
+"""Graceful shutdown: on SIGTERM, readiness turns 503 and, after the shutdown delay (0 by default), new /predict
+requests are refused; requests already accepted finish, then the server stops and exits 0, within the drain
+timeout. With several workers, each
 drains the same way under a supervisor. A fatal fault (the batcher's loop gone) exits 1 instead."""
 
 import logging
@@ -22,11 +23,23 @@ class DrainState:
     def __init__(self) -> None:
         self.started_at: float | None = None
         self.failure: str | None = None
+        self.delay_s = 0.0
+        """How long after the signal new requests are still accepted (the shutdown delay): meanwhile only readiness
+        says 503, so that a load balancer polling it stops sending requests here before they would be refused."""
 
     @property
     def draining(self) -> bool:
         """True from the first SIGTERM or SIGINT on."""
         return self.started_at is not None
+
+    @property
+    def refusing(self) -> bool:
+        """True once draining and the shutdown delay has passed: new requests are refused from then on."""
+        return self.started_at is not None and self.elapsed() >= self.delay_s
+
+    def elapsed(self) -> float:
+        """Seconds since draining began (0 when not draining)."""
+        return 0.0 if self.started_at is None else time.monotonic() - self.started_at
 
     def start(self) -> None:
         """Begin draining (idempotent)."""
@@ -34,10 +47,9 @@ class DrainState:
             self.started_at = time.monotonic()
 
     def remaining(self, timeout_s: float) -> float:
-        """What is left of a drain of `timeout_s` seconds (all of it when not draining)."""
-        if self.started_at is None:
-            return timeout_s
-        return max(0.0, timeout_s - (time.monotonic() - self.started_at))
+        """What is left of a drain of `timeout_s` seconds, which begins once the shutdown delay is over (all of it
+        when not draining)."""
+        return max(0.0, timeout_s - max(0.0, self.elapsed() - self.delay_s))
 
     def fail(self, reason: str) -> None:
         """A fault this process cannot serve through: stop taking work and exit non-zero, to be restarted."""
@@ -77,16 +89,17 @@ class DrainingServer(uvicorn.Server):
         log.info("event=drain_started signal=%s in_flight=%d", signal.Signals(sig).name, len(self.server_state.tasks))
 
     async def on_tick(self, counter: int) -> bool:
-        """Stop once draining and idle, when the drain timeout runs out, or at once after a fatal fault."""
+        """Stop once draining, past the shutdown delay and idle, when the drain timeout runs out, or at once after a
+        fatal fault."""
         if await super().on_tick(counter):
             return True
         if self.drain.failure is not None:
             return True
-        if self.drain.started_at is None:
+        if not self.drain.refusing:
             return False
-        waited = time.monotonic() - self.drain.started_at
+        waited = self.drain.elapsed()
         in_flight = len(self.server_state.tasks)
-        if in_flight and waited < self.drain_timeout_s:
+        if in_flight and self.drain.remaining(self.drain_timeout_s) > 0:
             return False
         log.info("event=drain_finished waited_s=%.2f still_in_flight=%d", waited, in_flight)
         return True

@@ -51,8 +51,9 @@ class Admission:
         self.in_flight = 0
 
     def check(self) -> None:
-        """Raise ShuttingDown (draining) or Overloaded (every slot taken) for a request arriving now."""
-        if self.drain.draining:
+        """Raise ShuttingDown (draining, past the shutdown delay) or Overloaded (every slot taken) for a request
+        arriving now."""
+        if self.drain.refusing:
             raise ShuttingDown("the server is shutting down; retry on another replica", self.retry_after_s)
         self._check_free()
 

@@ -1,8 +1,10 @@
 """Helpers shared by the tests and the benchmarks: a real server on a free loopback port, its metrics, upload bodies,
 crafted images and models, and a process's memory. Test modules import these (and conftest's), never each other."""
 
+import io
 import json
 import os
+import re
 import socket
 import struct
 import subprocess
@@ -16,6 +18,7 @@ from pathlib import Path
 import httpx2 as httpx
 import numpy as np
 import onnx
+import yaml
 from onnx import TensorProto, helper
 from PIL import Image
 from prometheus_client.parser import text_string_to_metric_families
@@ -196,3 +199,63 @@ def make_photo_folder(root: Path, per_class: int = 61) -> Path:
     (root / ".ipynb_checkpoints" / "IMG_0000.png").write_bytes(photo((0, 0, 0), 0)[0])
     (root / "empty").mkdir()
     return root
+
+
+# ---- Worst-case uploads and the shipped memory settings -----------------------------------------------------------
+
+SIDE = 5000
+"""The side of the worst-case images: large single-colour images are small files that decode to hundreds of MB."""
+
+
+def gif_dispose_bomb(width: int = 65535, height: int = 65535) -> bytes:
+    """37 bytes: a 1x1 GIF whose first frame declares itself `width` x `height`, with a transparent colour and
+    disposal to background. Pillow fills the frame's disposal area while opening it (4 GB for 65535x65535), before
+    any check of the decoded size, unless its own decompression-bomb check stops it."""
+    header = b"GIF89a" + struct.pack("<HHBBB", 1, 1, 0, 0, 0)
+    graphic_control = b"\x21\xf9\x04\x09\x00\x00\x00\x00"  # disposal 2 (background), transparency on
+    frame = b"," + struct.pack("<HHHHB", 0, 0, width, height, 0) + b"\x02\x02\x4c\x01\x00"
+    return header + graphic_control + frame + b";"
+
+
+def worst_cases() -> dict[str, bytes]:
+    """Files of a few KB to 1 MB whose decoding is expensive, in every accepted format and costly mode."""
+    palette = Image.new("P", (SIDE, SIDE), 1)
+    palette.putpalette([0, 0, 0, 255, 0, 0] * 128)
+    frames = [Image.new("P", (SIDE, SIDE), index) for index in range(3)]
+    rgba = [Image.new("RGBA", (SIDE, SIDE), (index, 0, 0, 200)) for index in range(2)]
+
+    def save(image: Image.Image, fmt: str, **options: object) -> bytes:
+        buffer = io.BytesIO()
+        image.save(buffer, fmt, **options)
+        return buffer.getvalue()
+
+    return {
+        "dispose.gif": gif_dispose_bomb(),
+        "rgba.png": save(rgba[0], "PNG"),
+        "grey16.png": save(Image.new("I;16", (SIDE, SIDE), 40000), "PNG"),
+        "palette.png": save(palette, "PNG", transparency=0),
+        "cmyk.jpg": save(Image.new("CMYK", (SIDE, SIDE), (1, 2, 3, 4)), "JPEG", progressive=True),
+        "animated.gif": save(frames[0], "GIF", save_all=True, append_images=frames[1:]),
+        "frames.tif": save(rgba[0], "TIFF", save_all=True, append_images=rgba[1:], compression="tiff_deflate"),
+        "big.webp": save(Image.new("RGBA", (SIDE, SIDE), (1, 2, 3, 4)), "WEBP", lossless=True),  # 413: too costly
+        "small.webp": save(Image.new("RGBA", (3000, 3000), (1, 2, 3, 4)), "WEBP", lossless=True),
+    }
+
+
+def memory_limit_bytes() -> int:
+    """The api container's memory limit in the shipped Kubernetes manifests."""
+    deployment = yaml.safe_load((REPO / "deploy" / "base" / "deployment.yaml").read_text())
+    (container,) = deployment["spec"]["template"]["spec"]["containers"]
+    limit = container["resources"]["limits"]["memory"]
+    number, unit = re.fullmatch(r"(\d+)(Mi|Gi)", limit).groups()  # type: ignore[union-attr]
+    return int(number) * {"Mi": 2**20, "Gi": 2**30}[unit]
+
+
+def manifest_settings() -> dict[str, str]:
+    """The shipped ConfigMap's service settings (but where to listen), as `running_server` takes them."""
+    configmap = yaml.safe_load((REPO / "deploy" / "base" / "configmap.yaml").read_text())
+    return {
+        name.removeprefix("CLASSIFIER_").lower(): value
+        for name, value in configmap["data"].items()
+        if name not in {"CLASSIFIER_HOST", "CLASSIFIER_PORT"}
+    }

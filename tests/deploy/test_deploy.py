@@ -51,7 +51,7 @@ def test_hadolint_passes() -> None:
 
 def test_hadolint_fails_on_a_broken_dockerfile(tmp_path: Path) -> None:
     broken = tmp_path / "Dockerfile"
-    broken.write_text(DOCKERFILE.read_text().replace("WORKDIR /src\n", "RUN cd /src\n", 1))
+    broken.write_text(DOCKERFILE.read_text().replace("WORKDIR /app\n", "RUN cd /app\n", 1))
     result = hadolint(broken)
     assert result.returncode != 0
     assert "DL3003" in result.stdout  # "use WORKDIR to switch to a directory"
@@ -61,13 +61,18 @@ def test_hadolint_fails_on_a_broken_dockerfile(tmp_path: Path) -> None:
 
 
 def stage(dockerfile: str, name: str) -> dict[str, Any]:
-    """ENV, CMD and HEALTHCHECK of one build stage, read from the Dockerfile text."""
+    """ENV, CMD and HEALTHCHECK of one build stage, with what it inherits from the stages it is built on, read from
+    the Dockerfile text."""
     lines = dockerfile.replace("\\\n", " ").splitlines()
     start = next(i for i, line in enumerate(lines) if re.match(rf"FROM \S+ AS {name}$", line))
     end = next((i for i in range(start + 1, len(lines)) if lines[i].startswith("FROM ")), len(lines))
-    env: dict[str, str] = {}
-    command: list[str] = []
-    healthcheck: list[str] = []
+    parent = lines[start].split()[1]
+    inherited = {"env": {}, "cmd": [], "healthcheck": []}
+    if any(re.match(rf"FROM \S+ AS {re.escape(parent)}$", line) for line in lines):
+        inherited = stage(dockerfile, parent)
+    env: dict[str, str] = dict(inherited["env"])
+    command: list[str] = inherited["cmd"]
+    healthcheck: list[str] = inherited["healthcheck"]
     for line in lines[start:end]:
         if line.startswith("ENV "):
             env |= dict(re.findall(r"(\w+)=(\S+)", line))
@@ -123,6 +128,27 @@ def test_a_broken_cmd_is_caught(bundled_model: Path) -> None:
     assert "No module named servic" in result.stderr
 
 
+# ---- The lock files the images install from ------------------------------------------------------------------
+
+
+def test_the_lock_files_are_current_with_pyproject(tmp_path: Path) -> None:
+    """`make lock` on copies of the lock files changes nothing: every pin is still allowed by pyproject.toml and
+    nothing is missing (uv keeps a pin that is still allowed, so new releases do not make this fail)."""
+    locks = sorted((REPO / "requirements").glob("*.txt"))
+    assert [path.name for path in locks] == ["cpu.txt", "gpu.txt", "train.txt"]
+    for path in locks:
+        shutil.copy(path, tmp_path / path.name)
+    result = subprocess.run(
+        ["make", "-s", "lock", f"LOCK_DIR={tmp_path}", f"VENV={Path(sys.executable).parent.parent}"],
+        cwd=REPO, capture_output=True, text=True, timeout=300,
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr
+    stale = [path.name for path in locks if (tmp_path / path.name).read_text() != path.read_text()]
+    assert not stale, f"requirements/{stale} are out of date with pyproject.toml: run `make lock`"
+    for path in locks:
+        assert all("--hash=sha256:" in block for block in re.split(r"\n(?=[a-z])", path.read_text())[1:])
+
+
 # ---- docker-compose.yml -----------------------------------------------------------------------------------------
 
 
@@ -144,35 +170,24 @@ def test_compose_file_is_valid() -> None:
 
 
 def test_compose_services_gpu_reservation_and_healthcheck() -> None:
-    config = yaml.safe_load(compose(COMPOSE_FILE, "config").stdout)
+    config = yaml.safe_load(compose(COMPOSE_FILE, "--profile", "gpu", "config").stdout)
     services = config["services"]
-    assert {"api", "api-cpu", "prometheus", "train"} <= set(services)
-    (device,) = services["api"]["deploy"]["resources"]["reservations"]["devices"]
+    assert {"proxy", "api-cpu", "proxy-gpu", "api-gpu", "prometheus", "train"} <= set(services)
+    (device,) = services["api-gpu"]["deploy"]["resources"]["reservations"]["devices"]
     assert device["capabilities"] == ["gpu"] and device["driver"] == "nvidia"
-    assert services["api"]["build"]["target"] == "gpu" and services["api-cpu"]["build"]["target"] == "cpu"
-    for name in ("api", "api-cpu"):
+    assert services["api-gpu"]["build"]["target"] == "gpu" and services["api-cpu"]["build"]["target"] == "cpu"
+    for name in ("api-gpu", "api-cpu"):
         assert services[name]["healthcheck"]["test"] == ["CMD", "python", "-m", "service.healthcheck"]
+        assert "ports" not in services[name]  # reached through the proxy only, so it can be scaled
+        assert services[name]["networks"]["default"]["aliases"] == ["api"]
         for variable in services[name]["environment"]:
             assert variable.removeprefix(ENV_PREFIX).lower() in Settings.model_fields, variable
+    # Every service belongs to a profile: `--profile monitoring` alone must not start a GPU service.
+    assert all(service.get("profiles") for service in services.values())
     assert "models" in config["volumes"]
-    prometheus = (REPO / "deploy" / "prometheus" / "prometheus.yml").read_text()
-    assert "/metrics" in prometheus and "api:8000" in prometheus
-
-
-def test_compose_publishes_on_loopback_unless_told_otherwise() -> None:
-    def published(env: dict[str, str]) -> dict[str, set[str]]:
-        result = compose(COMPOSE_FILE, "config", env=env)
-        assert result.returncode == 0, result.stderr
-        services = yaml.safe_load(result.stdout)["services"]
-        return {
-            name: {port.get("host_ip", "0.0.0.0") for port in service.get("ports", [])}
-            for name, service in services.items()
-            if service.get("ports")
-        }
-
-    assert published({}) == {"api": {"127.0.0.1"}, "api-cpu": {"127.0.0.1"}, "prometheus": {"127.0.0.1"}}
-    exposed = published({"CLASSIFIER_PUBLISH_ADDRESS": "0.0.0.0", "CLASSIFIER_API_KEYS": "k"})
-    assert exposed["api"] == exposed["api-cpu"] == {"0.0.0.0"} and exposed["prometheus"] == {"127.0.0.1"}
+    prometheus = yaml.safe_load((REPO / "deploy" / "prometheus" / "prometheus.yml").read_text())
+    (job,) = prometheus["scrape_configs"]
+    assert job["metrics_path"] == "/metrics" and job["dns_sd_configs"][0]["names"] == ["api"]
 
 
 def test_compose_healthcheck_command_sees_a_running_service(bundled_model: Path) -> None:

@@ -3,62 +3,15 @@ single-colour images that decode to hundreds of MB each) leave the server's peak
 memory limit, every answer is 200, a 4xx or a 503 in JSON, and the server keeps serving."""
 
 import asyncio
-import io
 import re
 from pathlib import Path
 
 import httpx2 as httpx
-import yaml
-from PIL import Image
 
-from tests.conftest import REPO, encode, noisy_image
-from tests.helpers import image_files, running_server_process
+from tests.conftest import encode, noisy_image
+from tests.helpers import SIDE, image_files, manifest_settings, memory_limit_bytes, running_server_process, worst_cases
 
-SIDE = 5000
 CONCURRENT = 32
-
-
-def worst_cases() -> dict[str, bytes]:
-    """Files of a few KB to 1 MB whose decoding is expensive, in every accepted format and costly mode."""
-    palette = Image.new("P", (SIDE, SIDE), 1)
-    palette.putpalette([0, 0, 0, 255, 0, 0] * 128)
-    frames = [Image.new("P", (SIDE, SIDE), index) for index in range(3)]
-    rgba = [Image.new("RGBA", (SIDE, SIDE), (index, 0, 0, 200)) for index in range(2)]
-
-    def save(image: Image.Image, fmt: str, **options: object) -> bytes:
-        buffer = io.BytesIO()
-        image.save(buffer, fmt, **options)
-        return buffer.getvalue()
-
-    return {
-        "rgba.png": save(rgba[0], "PNG"),
-        "grey16.png": save(Image.new("I;16", (SIDE, SIDE), 40000), "PNG"),
-        "palette.png": save(palette, "PNG", transparency=0),
-        "cmyk.jpg": save(Image.new("CMYK", (SIDE, SIDE), (1, 2, 3, 4)), "JPEG", progressive=True),
-        "animated.gif": save(frames[0], "GIF", save_all=True, append_images=frames[1:]),
-        "frames.tif": save(rgba[0], "TIFF", save_all=True, append_images=rgba[1:], compression="tiff_deflate"),
-        "big.webp": save(Image.new("RGBA", (SIDE, SIDE), (1, 2, 3, 4)), "WEBP", lossless=True),  # 413: too costly
-        "small.webp": save(Image.new("RGBA", (3000, 3000), (1, 2, 3, 4)), "WEBP", lossless=True),
-    }
-
-
-def memory_limit_bytes() -> int:
-    """The api container's memory limit in the shipped Kubernetes manifests."""
-    deployment = yaml.safe_load((REPO / "deploy" / "base" / "deployment.yaml").read_text())
-    (container,) = deployment["spec"]["template"]["spec"]["containers"]
-    limit = container["resources"]["limits"]["memory"]
-    number, unit = re.fullmatch(r"(\d+)(Mi|Gi)", limit).groups()  # type: ignore[union-attr]
-    return int(number) * {"Mi": 2**20, "Gi": 2**30}[unit]
-
-
-def manifest_settings() -> dict[str, str]:
-    """The shipped ConfigMap's service settings (but where to listen), as `running_server` takes them."""
-    configmap = yaml.safe_load((REPO / "deploy" / "base" / "configmap.yaml").read_text())
-    return {
-        name.removeprefix("CLASSIFIER_").lower(): value
-        for name, value in configmap["data"].items()
-        if name not in {"CLASSIFIER_HOST", "CLASSIFIER_PORT"}
-    }
 
 
 def peak_rss_bytes(pid: int) -> int:

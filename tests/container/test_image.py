@@ -1,0 +1,104 @@
+"""The CPU image as the Kubernetes manifests run it (uid 10001, read-only root filesystem, no capabilities, the
+memory limit): ready quickly, no TensorFlow inside, the same answers as the in-process server, its own HEALTHCHECK
+passing, and a clean exit on SIGTERM."""
+
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import httpx2 as httpx
+from fastapi.testclient import TestClient
+
+from service.app import create_app
+from service.config import Settings
+from tests.conftest import REPO
+from tests.container.engine import Container, Engine
+from tests.helpers import image_files, memory_limit_bytes
+
+SAMPLES = sorted((REPO / "tests" / "data" / "cifar10-sample").glob("*/*.jpg"))[::10]
+READY_WITHIN_S = 2.0
+GRACE_PERIOD_S = 30
+
+
+def hardened(memory_bytes: int) -> list[str]:
+    """`run` options of the manifests' securityContext and limits, published on a loopback port."""
+    return [
+        "--read-only", "--tmpfs", "/tmp", "--cap-drop", "ALL", "--security-opt", "no-new-privileges",
+        "--user", "10001:10001", "--memory", str(memory_bytes), "--memory-swap", str(memory_bytes),
+        "--publish", "127.0.0.1::8000",
+    ]  # fmt: skip
+
+
+def url_of(container: Container) -> str:
+    """The base URL of the container's published port 8000."""
+    mapping = container.engine.run("port", container.name, "8000/tcp").stdout.split()[0]
+    return "http://" + mapping.replace("0.0.0.0", "127.0.0.1")
+
+
+def wait_ready(url: str, container: Container, seconds: float = 60) -> float:
+    """Seconds until /ready answered 200 (polled every 20 ms)."""
+    started = time.monotonic()
+    while time.monotonic() - started < seconds:
+        try:
+            if httpx.get(f"{url}/ready", timeout=1).status_code == 200:
+                return time.monotonic() - started
+        except httpx.TransportError:
+            pass
+        assert container.inspect("{{.State.Running}}") == "true", container.logs()
+        time.sleep(0.02)
+    raise AssertionError(f"not ready within {seconds} s:\n{container.logs()}")
+
+
+def labels(answer: httpx.Response) -> list[str]:
+    assert answer.status_code == 200, answer.text
+    return [prediction["label"] for prediction in answer.json()["predictions"]]
+
+
+def test_the_image_runs_hardened_and_answers_like_the_in_process_server(
+    engine: Engine, cpu_image: str, start: Callable[..., Container], bundled_model: Path
+) -> None:
+    container = start(cpu_image, *hardened(memory_limit_bytes()))
+    url = url_of(container)
+    ready_s = wait_ready(url, container)
+    print(f"\n/ready answered 200 {ready_s:.2f} s after `{engine.name} run` returned")
+    assert ready_s < READY_WITHIN_S
+
+    assert container.exec("id", "-u").stdout.strip() == "10001"
+    assert container.inspect("{{.HostConfig.ReadonlyRootfs}}") == "true"
+    assert container.exec("touch", "/app/written").returncode != 0  # the root filesystem refuses writes
+    no_tensorflow = container.exec("python", "-c", "import tensorflow")
+    assert "No module named 'tensorflow'" in no_tensorflow.stderr
+    assert container.exec("pip", "check").returncode == 0
+
+    files = image_files(*((path.name, path.read_bytes()) for path in SAMPLES))
+    served = labels(httpx.post(f"{url}/predict", files=files, timeout=30))
+    with TestClient(create_app(Settings(model_path=bundled_model))) as client:
+        in_process = labels(client.post("/predict", files=files))
+    assert len(served) == len(SAMPLES) and served == in_process
+
+    # The image's own HEALTHCHECK (docker runs it by itself; podman here has no systemd timer, so it is run once).
+    assert container.inspect("{{json .Config.Healthcheck}}") != "null"
+    if engine.name == "podman":
+        assert engine.run("healthcheck", "run", container.name, check=False).returncode == 0
+    else:
+        deadline = time.monotonic() + 60
+        while container.inspect("{{.State.Health.Status}}") != "healthy":
+            assert time.monotonic() < deadline, container.logs()
+            time.sleep(0.5)
+
+    stopping = time.monotonic()
+    engine.run("stop", "--time", str(GRACE_PERIOD_S), container.name, timeout=GRACE_PERIOD_S + 30)
+    stopped_s = time.monotonic() - stopping
+    print(f"stopped {stopped_s:.2f} s after SIGTERM, exit code {container.inspect('{{.State.ExitCode}}')}")
+    assert container.inspect("{{.State.ExitCode}}") == "0", container.logs()
+    assert stopped_s < GRACE_PERIOD_S  # drained and exited by itself, not killed at the end of the grace period
+    assert "event=drain_finished" in container.logs()
+
+
+def test_the_image_refuses_an_unusable_model_with_one_clear_line(
+    cpu_image: str, start: Callable[..., Container]
+) -> None:
+    container = start(cpu_image, "--read-only", "--env", "CLASSIFIER_MODEL_PATH=/app/models/missing.onnx")
+    container.engine.run("wait", container.name, timeout=60)
+    assert container.inspect("{{.State.ExitCode}}") == "3"
+    assert "/app/models/missing.onnx" in container.logs()
