@@ -31,6 +31,13 @@ HOST_CA_BUNDLE = Path("/etc/ssl/certs/ca-certificates.crt")
 TARGETS = ("cpu", "gpu", "proxy", "train")
 
 
+class CommandFailed(subprocess.CalledProcessError):
+    """A command that failed, with the end of what it printed in its message."""
+
+    def __str__(self) -> str:
+        return f"{super().__str__()}\n{(self.stdout or '')[-3000:]}{(self.stderr or '')[-3000:]}"
+
+
 class Unavailable(RuntimeError):
     """No container engine can be used on this machine; the message says why."""
 
@@ -53,7 +60,7 @@ class Engine:
             [self.name, *args], capture_output=True, text=True, timeout=timeout, env=self.environment
         )
         if check and result.returncode != 0:
-            raise subprocess.CalledProcessError(result.returncode, result.args, result.stdout, result.stderr)
+            raise CommandFailed(result.returncode, result.args, result.stdout, result.stderr)
         return result
 
     def has_image(self, name: str) -> bool:
@@ -195,7 +202,7 @@ def build(engine: Engine, target: str, tag: str | None = None, *, show: bool = F
     command = [engine.name, *arguments, "-t", tag, str(REPO)]
     result = subprocess.run(command, capture_output=not show, text=True, timeout=timeout, env=engine.environment)
     if result.returncode != 0:
-        raise subprocess.CalledProcessError(result.returncode, command, result.stdout or "", result.stderr or "")
+        raise CommandFailed(result.returncode, command, result.stdout or "", result.stderr or "")
     return tag
 
 
