@@ -57,6 +57,10 @@ CMD ["python", "-m", "service"]
 
 FROM serving AS gpu
 COPY --from=gpu-packages /opt/venv /opt/venv
+# Where the NVIDIA wheels put CUDA and cuDNN (ONNX Runtime looks only on the loader's path); the driver's own
+# libcuda.so.1 comes from the host, through the NVIDIA Container Toolkit.
+ENV LD_LIBRARY_PATH=/opt/venv/lib/python3.11/site-packages/nvidia/cu13/lib:/opt/venv/lib/python3.11/site-packages/nvidia/cudnn/lib
+HEALTHCHECK --interval=10s --timeout=5s --start-period=60s --retries=3 CMD ["python", "-m", "service.healthcheck"]
 
 # ---- Load balancer (docker-compose.yml) ---------------------------------------------------------------------------
 FROM base AS proxy

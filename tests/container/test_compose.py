@@ -92,6 +92,7 @@ def stack(engine: Engine, cpu_image: str, proxy_image: str) -> Iterator[Stack]:
         leftovers = engine.run("ps", "-a", "-q", "--filter", f"label=com.docker.compose.project={running.project}")
         for container in leftovers.stdout.split():
             engine.run("rm", "--force", container, check=False)
+        engine.run("pod", "rm", "--force", f"pod_{running.project}", check=False)  # podman-compose's pod
         engine.run("network", "rm", f"{running.project}_default", check=False)
         engine.run("volume", "rm", f"{running.project}_models", check=False)
 

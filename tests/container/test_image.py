@@ -7,6 +7,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 import httpx2 as httpx
+import pytest
 from fastapi.testclient import TestClient
 
 from service.app import create_app
@@ -102,3 +103,23 @@ def test_the_image_refuses_an_unusable_model_with_one_clear_line(
     container.engine.run("wait", container.name, timeout=60)
     assert container.inspect("{{.State.ExitCode}}") == "3"
     assert "/app/models/missing.onnx" in container.logs()
+
+
+def test_the_gpu_image_without_a_gpu_reports_the_cpu_or_refuses_as_told(
+    engine: Engine, start: Callable[..., Container]
+) -> None:
+    """image-classifier:gpu (CUDA and cuDNN from NVIDIA's wheels) on a machine without a GPU: serves on the CPU and
+    says so, or, with CLASSIFIER_REQUIRE_GPU=true, exits 3 with one line naming the reason."""
+    if not engine.has_image("image-classifier:gpu"):
+        pytest.skip("image-classifier:gpu is not built here (`make image TARGET=gpu`: 3 GB of CUDA wheels)")
+    container = start("image-classifier:gpu", "--read-only", "--tmpfs", "/tmp", "--publish", "127.0.0.1::8000")
+    url = url_of(container)
+    wait_ready(url, container)
+    assert httpx.get(f"{url}/ready", timeout=5).json()["provider"] == "CPUExecutionProvider"
+    assert "event=provider_fallback" in container.logs()
+    # CUDA's own libraries load (from the wheels); only the driver, which a GPU host provides, is missing.
+    assert "libcuda.so.1" in container.logs() and "libcublasLt.so" not in container.logs()
+    refusing = start("image-classifier:gpu", "--env", "CLASSIFIER_REQUIRE_GPU=true")
+    engine.run("wait", refusing.name, timeout=120)
+    assert refusing.inspect("{{.State.ExitCode}}") == "3"
+    assert "a GPU is required (require_gpu) but ONNX Runtime is using ['CPUExecutionProvider']" in refusing.logs()

@@ -277,9 +277,44 @@ def test_rendered_overlays_pass_strict_schema_validation(rendered: list[dict[str
     assert schema_errors(rendered) == []
 
 
-def test_hpa_example_passes_strict_schema_validation() -> None:
-    example = yaml.safe_load((REPO / "deploy" / "examples" / "hpa-queue-depth.yaml").read_text())
-    assert schema_errors([example]) == []
+@pytest.mark.parametrize("example", ["hpa-queue-depth.yaml", "ingress.yaml", "api-keys-secret.yaml"])
+def test_examples_pass_strict_schema_validation(example: str) -> None:
+    assert schema_errors([yaml.safe_load((REPO / "deploy" / "examples" / example).read_text())]) == []
+
+
+def ingress_problems(ingress: dict[str, Any], docs: list[dict[str, Any]]) -> list[str]:
+    """Whether the Ingress example's ingress-nginx limits match the service's settings in the ConfigMap."""
+    annotations = ingress["metadata"]["annotations"]
+    (configmap,) = [doc["data"] for doc in docs if doc["kind"] == "ConfigMap"]
+    (service,) = [doc for doc in docs if doc["kind"] == "Service"]
+
+    def setting(name: str) -> float:
+        return float(configmap.get(f"{ENV_PREFIX}{name.upper()}", Settings.model_fields[name].default))
+
+    problems = []
+    size = annotations["nginx.ingress.kubernetes.io/proxy-body-size"]
+    number, unit = re.fullmatch(r"(\d+)([kmg]?)", size.lower()).groups()  # type: ignore[union-attr]
+    if int(number) * {"": 1, "k": 2**10, "m": 2**20, "g": 2**30}[unit] != setting("max_body_bytes"):
+        problems.append(f"proxy-body-size {size} is not the service's max_body_bytes")
+    for timeout in ("proxy-read-timeout", "proxy-send-timeout"):
+        if float(annotations[f"nginx.ingress.kubernetes.io/{timeout}"]) <= setting("request_timeout_s"):
+            problems.append(f"{timeout} is not above the service's request timeout")
+    backend = ingress["spec"]["rules"][0]["http"]["paths"][0]["backend"]["service"]
+    if backend["name"] != service["metadata"]["name"] or backend["port"]["name"] not in {
+        port["name"] for port in service["spec"]["ports"]
+    }:
+        problems.append("the Ingress does not point at the Service's port")
+    return problems
+
+
+def test_the_ingress_example_matches_the_service_limits_and_fails_when_it_does_not() -> None:
+    docs = render(REPO / "deploy" / "overlays" / "cpu")
+    ingress = yaml.safe_load((REPO / "deploy" / "examples" / "ingress.yaml").read_text())
+    assert ingress_problems(ingress, docs) == []
+    broken = copy.deepcopy(ingress)
+    broken["metadata"]["annotations"]["nginx.ingress.kubernetes.io/proxy-body-size"] = "1m"
+    broken["metadata"]["annotations"]["nginx.ingress.kubernetes.io/proxy-read-timeout"] = "30"
+    assert len(ingress_problems(broken, docs)) == 2
 
 
 def test_schema_validation_fails_on_a_misspelt_field() -> None:
@@ -332,6 +367,13 @@ def cross_resource_problems(docs: list[dict[str, Any]]) -> list[str]:
                     problems.append(f"{probe_name} port {probe['port']} is not a container port")
             env: dict[str, str] = {}
             for source in container.get("envFrom", []):
+                if "secretRef" in source:  # the API keys' Secret: an example, created by the operator
+                    secret = yaml.safe_load((REPO / "deploy" / "examples" / "api-keys-secret.yaml").read_text())
+                    if source["secretRef"] != {"name": secret["metadata"]["name"], "optional": True}:
+                        problems.append(f"envFrom names a Secret other than the example's: {source['secretRef']}")
+                    if set(secret["stringData"]) != {"CLASSIFIER_API_KEYS"}:
+                        problems.append("the API keys' Secret holds something other than CLASSIFIER_API_KEYS")
+                    continue
                 ref = source.get("configMapRef", {}).get("name")
                 if ref not in config_maps:
                     problems.append(f"envFrom names a ConfigMap {ref} that does not exist")
