@@ -63,3 +63,35 @@ def test_a_fatal_fault_stops_the_server_at_once_even_with_requests_in_flight() -
     assert asyncio.run(server.on_tick(1)) is False  # draining waits for it
     drain.fail("the batcher's loop stopped")
     assert asyncio.run(server.on_tick(1)) is True
+
+
+def test_during_the_shutdown_delay_readiness_says_draining_but_requests_are_still_served(bundled_model: Path) -> None:
+    drain = DrainState()
+    good = image_files(("good.png", encode(noisy_image((10, 200, 10)), "PNG")))
+    with TestClient(create_app(Settings(model_path=bundled_model, shutdown_delay_s=5), drain=drain)) as client:
+        drain.start()
+        ready = client.get("/ready")
+        served = client.post("/predict", files=good)
+        assert drain.started_at is not None
+        drain.started_at -= 5  # the delay is over
+        refused = client.post("/predict", files=good)
+    assert ready.status_code == 503 and ready.json()["status"] == "draining"
+    assert served.status_code == 200
+    assert refused.status_code == 503 and refused.json()["error"] == "shutting_down"
+
+
+def test_an_idle_server_stops_only_after_the_shutdown_delay_and_the_drain_timeout_counts_from_its_end() -> None:
+    async def app(scope: dict, receive: object, send: object) -> None:
+        pass
+
+    drain = DrainState()
+    drain.delay_s = 5
+    server = DrainingServer(uvicorn.Config(app), drain_timeout_s=20, drain=drain)
+    drain.start()
+    assert drain.draining and not drain.refusing
+    assert asyncio.run(server.on_tick(1)) is False  # idle, but still within the delay
+    assert drain.remaining(20) == 20
+    assert drain.started_at is not None
+    drain.started_at -= 8  # 3 s past the delay
+    assert drain.refusing and 16 < drain.remaining(20) <= 17
+    assert asyncio.run(server.on_tick(1)) is True
