@@ -193,12 +193,22 @@ def make_debian_base(engine: Engine) -> None:
             raise Unavailable(f"{engine.name} import failed: {imported.stderr}")
 
 
-def build(engine: Engine, target: str, tag: str | None = None, *, show: bool = False, timeout: float = 1800) -> str:
-    """Build one target of the Dockerfile as `tag` (image-classifier:TARGET), its output shown or captured (and
-    in the CalledProcessError if it fails); returns the tag."""
+def build(
+    engine: Engine,
+    target: str | None,
+    tag: str | None = None,
+    *,
+    containerfile: Path = DOCKERFILE,
+    show: bool = False,
+    timeout: float = 1800,
+) -> str:
+    """Build one target of the Dockerfile (or all of another `containerfile`, on the same base) as `tag`
+    (image-classifier:TARGET), its output shown or captured (and in the error if it fails); returns the tag."""
     tag = tag or f"image-classifier:{target}"
     base = base_image(engine)
-    arguments = ["build", *engine.build_flags(), "--build-arg", f"PYTHON_IMAGE={base}", "--target", target]
+    arguments = ["build", *engine.build_flags(), "--build-arg", f"PYTHON_IMAGE={base}", "-f", str(containerfile)]
+    if target is not None:
+        arguments += ["--target", target]
     command = [engine.name, *arguments, "-t", tag, str(REPO)]
     result = subprocess.run(command, capture_output=not show, text=True, timeout=timeout, env=engine.environment)
     if result.returncode != 0:

@@ -1,7 +1,8 @@
-"""docker-compose.yml as a user runs it (`--profile cpu up -d --scale api-cpu=2`), with the compose of the engine
-that answers (docker compose, or podman-compose): HAProxy in front of two replicas classifies, passes the request
-id both ways and enforces its limits; then every replica is replaced, one after another, under a steady load
-through the proxy, and not one request fails."""
+"""docker-compose.yml as a user runs it (`--profile cpu --profile monitoring up -d --scale api-cpu=2`), with the
+compose of the engine that answers (docker compose, or podman-compose): HAProxy in front of two replicas classifies,
+passes the request id both ways and enforces its limits; Prometheus scrapes each replica; a model written into the
+models volume is served from it; then every replica is replaced, one after another, under a steady load through
+the proxy, and not one request fails."""
 
 import os
 import socket
@@ -9,20 +10,21 @@ import subprocess
 import threading
 import time
 from collections import Counter
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 
 import httpx2 as httpx
 import pytest
 
 from tests.conftest import REPO
-from tests.container.engine import Engine
+from tests.container.engine import Container, Engine, build
 from tests.helpers import free_port, image_files
 
 SAMPLES = sorted((REPO / "tests" / "data" / "cifar10-sample").glob("*/*.jpg"))[::15]
 REPLICAS = 2
 LOAD_CLIENTS = 8
 MAX_LOAD_S = 180  # the load stops by itself even if the replacement hangs
+PROFILES = ["--profile", "cpu", "--profile", "monitoring"]
 
 
 @dataclass
@@ -32,12 +34,13 @@ class Stack:
     engine: Engine
     project: str
     url: str
+    prometheus: str
     env: dict[str, str]
 
     def compose(self, *args: str, timeout: float = 300) -> subprocess.CompletedProcess[str]:
         command = [*self.engine.compose(), "-p", self.project, "-f", str(REPO / "docker-compose.yml")]
         result = subprocess.run(
-            [*command, "--profile", "cpu", *args], capture_output=True, text=True, env=self.env, timeout=timeout
+            [*command, *PROFILES, *args], capture_output=True, text=True, env=self.env, timeout=timeout
         )
         assert result.returncode == 0, result.stdout + result.stderr
         return result
@@ -71,10 +74,22 @@ def answers(url: str) -> bool:
 
 
 @pytest.fixture(scope="module")
-def stack(engine: Engine, cpu_image: str, proxy_image: str) -> Iterator[Stack]:
-    port = free_port()
-    env = engine.environment | {"CLASSIFIER_PUBLISHED_PORT": str(port)}
-    running = Stack(engine, f"classifier-test-{os.getpid()}", f"http://127.0.0.1:{port}", env)
+def prometheus_image(engine: Engine) -> str:
+    """Prometheus from Debian's packages (no registry here for prom/prometheus)."""
+    containerfile = REPO / "tests" / "container" / "prometheus.Containerfile"
+    return build(engine, None, "localhost/prometheus-debian:test", containerfile=containerfile)
+
+
+@pytest.fixture(scope="module")
+def stack(engine: Engine, cpu_image: str, proxy_image: str, prometheus_image: str) -> Iterator[Stack]:
+    port, prometheus_port = free_port(), free_port()
+    env = engine.environment | {
+        "CLASSIFIER_PUBLISHED_PORT": str(port),
+        "PROMETHEUS_PUBLISHED_PORT": str(prometheus_port),
+        "PROMETHEUS_IMAGE": prometheus_image,
+    }
+    project = f"classifier-test-{os.getpid()}"
+    running = Stack(engine, project, f"http://127.0.0.1:{port}", f"http://127.0.0.1:{prometheus_port}", env)
     try:
         running.compose("up", "-d", "--scale", f"api-cpu={REPLICAS}")
         wait_for(lambda: len(running.containers("api-cpu")) == REPLICAS, "the replicas")
@@ -84,7 +99,7 @@ def stack(engine: Engine, cpu_image: str, proxy_image: str) -> Iterator[Stack]:
         yield running
     finally:
         subprocess.run(
-            [*engine.compose(), "-p", running.project, "-f", str(REPO / "docker-compose.yml"), "--profile", "cpu",
+            [*engine.compose(), "-p", running.project, "-f", str(REPO / "docker-compose.yml"), *PROFILES,
              "down", "--volumes", "--timeout", "5"],
             capture_output=True, env=env, timeout=300,
         )  # fmt: skip
@@ -131,6 +146,36 @@ def test_the_proxy_refuses_large_heads_large_bodies_and_slow_clients(stack: Stac
         waited = time.monotonic() - started
     assert reply.startswith(b"HTTP/1.1 408"), reply
     print(f"\nan unfinished request head was cut off after {waited:.1f} s")
+
+
+def test_prometheus_scrapes_every_replica_and_lists_no_target_that_does_not_run(stack: Stack) -> None:
+    def targets() -> list[dict[str, object]]:
+        try:
+            answer = httpx.get(f"{stack.prometheus}/api/v1/targets", timeout=5)
+        except httpx.TransportError:
+            return []
+        return answer.json()["data"]["activeTargets"] if answer.status_code == 200 else []
+
+    wait_for(lambda: len(targets()) == REPLICAS and all(t["health"] == "up" for t in targets()), "the scrapes", 90)
+    scraped = {str(target["labels"]["instance"]) for target in targets()}  # type: ignore[index]
+    print(f"\nPrometheus scrapes {sorted(scraped)}, all up")
+
+
+def test_a_model_written_into_the_models_volume_is_served_from_it(
+    stack: Stack, cpu_image: str, start: Callable[..., Container]
+) -> None:
+    """What the train profile does: write a model into the `models` volume as the images' user (10001), then
+    serve it with CLASSIFIER_MODEL_PATH=/models/<file> (the train image itself, TensorFlow, is not built here)."""
+    volume = f"{stack.project}_models"
+    model = "/app/models/default.onnx"
+    stack.engine.run("run", "--rm", "--volume", f"{volume}:/models", cpu_image, "cp", model, "/models/trained.onnx")
+    served = start(
+        cpu_image, "--read-only", "--volume", f"{volume}:/models:ro", "--publish", "127.0.0.1::8000",
+        "--env", "CLASSIFIER_MODEL_PATH=/models/trained.onnx",
+    )  # fmt: skip
+    port = stack.engine.run("port", served.name, "8000/tcp").stdout.split()[0].rsplit(":", 1)[1]
+    wait_for(lambda: answers(f"http://127.0.0.1:{port}/ready"), "the model from the volume to be served", 60)
+    assert "path=/models/trained.onnx" in served.logs()
 
 
 @dataclass
