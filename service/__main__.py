@@ -11,6 +11,7 @@ import uvicorn
 
 from service.app import create_app
 from service.config import Settings, SettingsError, load_settings
+from service.connections import ConnectionLimits
 from service.lifecycle import DRAIN, DrainingServer, WorkerSupervisor
 from service.logs import logging_config
 from service.metrics import MULTIPROCESS_ENV, forget_process, remove_metric_files
@@ -35,11 +36,11 @@ def main() -> None:
         "log_config": logging_config(settings.log_level, settings.log_format),  # applied in every worker too
         "access_log": False,  # the service logs one structured line per request itself
         "timeout_graceful_shutdown": UVICORN_GRACE_S,
+        "timeout_keep_alive": settings.keep_alive_timeout_s,
     }
     if settings.workers == 1:
-        server = DrainingServer(
-            uvicorn.Config(create_app(settings), **options), drain_timeout_s=settings.drain_timeout_s
-        )
+        config = connection_limits(settings).apply(uvicorn.Config(create_app(settings), **options))
+        server = DrainingServer(config, drain_timeout_s=settings.drain_timeout_s)
         server.run()
         if not server.started:
             raise SystemExit(3)  # the model did not load: the reason is logged
@@ -47,6 +48,18 @@ def main() -> None:
             raise SystemExit(1)  # a fatal fault: the reason is logged; let the orchestrator restart us
         return
     serve_workers(settings, options)
+
+
+def connection_limits(settings: Settings) -> ConnectionLimits:
+    """The HTTP server's per-connection limits, from the settings."""
+    return ConnectionLimits(
+        max_head_bytes=settings.max_head_bytes,
+        max_headers=settings.max_headers,
+        head_timeout_s=settings.head_timeout_s,
+        max_pipelined=settings.max_pipelined_requests,
+        write_timeout_s=settings.write_timeout_s,
+        max_connections=settings.max_connections,
+    )
 
 
 def serve_workers(settings: Settings, options: dict[str, object]) -> None:
@@ -60,6 +73,7 @@ def serve_workers(settings: Settings, options: dict[str, object]) -> None:
     remove_metric_files(folder)
     try:
         config = uvicorn.Config("service.app:create_app", factory=True, workers=settings.workers, **options)  # type: ignore[arg-type]
+        connection_limits(settings).apply(config)
         log.info("event=workers_starting workers=%d metrics_dir=%s", settings.workers, folder)
         supervisor = WorkerSupervisor(
             config, [config.bind_socket()], drain_timeout_s=settings.drain_timeout_s, on_worker_died=forget_process

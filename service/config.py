@@ -49,6 +49,30 @@ class Settings(BaseSettings):
     request_timeout_s: float = Field(default=30.0, ge=0)
     """A request taking longer, reading a slowly trickled upload included, is answered 504; 0 turns this off."""
 
+    max_head_bytes: int = Field(default=64 * 1024, ge=1024)
+    """Largest request head (request line and headers) in bytes; a larger one gets 431 and its connection is
+    closed, with no more than this (and one read) buffered."""
+
+    max_headers: int = Field(default=100, ge=1)
+    """Most headers one request may have (431 beyond)."""
+
+    head_timeout_s: float = Field(default=10.0, ge=0)
+    """A request head must arrive whole within this long of the connection opening or of the previous answer on it
+    (408, then closed; a connection that sent nothing is just closed); 0 turns this off."""
+
+    keep_alive_timeout_s: float = Field(default=5.0, ge=0)
+    """An idle keep-alive connection is closed after this long."""
+
+    max_pipelined_requests: int = Field(default=8, ge=1)
+    """Most requests a client may send ahead of their answers on one connection; more closes the connection."""
+
+    write_timeout_s: float = Field(default=30.0, ge=0)
+    """A client that does not read its answer for this long has its connection closed; 0 turns this off."""
+
+    max_connections: int = Field(default=4096, ge=1)
+    """Most connections open at once per process; one more is answered 503 and closed before it is read. Keep it
+    below the process's file descriptor limit."""
+
     shutdown_delay_s: float = Field(default=0.0, ge=0)
     """On SIGTERM, how long to go on accepting new requests while readiness answers 503, before refusing them:
     time for a load balancer that polls readiness to take this replica out (docker compose's HAProxy does; on

@@ -71,6 +71,10 @@ def error_body(error: ServiceError) -> JsonResponse:
 # ---- reading an infer request ----
 
 
+MAX_ID_CHARS = 256
+"""Longest request `id` accepted: it is echoed in the answer, so a long one is held again for every slow reader."""
+
+
 @dataclass
 class InferRequest:
     """An infer request, read and checked: its images (pixels, or encoded files) and what the answer holds."""
@@ -110,6 +114,8 @@ def read_request(body: bytes, header_length: int | None, info: ModelInfo, max_im
     request_id = request.get("id")
     if request_id is not None and not isinstance(request_id, str):
         raise InvalidRequest("`id` must be a string")
+    if request_id is not None and len(request_id) > MAX_ID_CHARS:
+        raise InvalidRequest(f"`id` is {len(request_id)} characters; at most {MAX_ID_CHARS} are accepted")
     parameters = _object(request.get("parameters"), "parameters")
     inputs = request.get("inputs")
     if not isinstance(inputs, list) or not inputs:

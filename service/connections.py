@@ -1,0 +1,247 @@
+"""Per-connection limits of the HTTP server, below the app: uvicorn's httptools protocol with budgets for what one
+connection can make the server hold before a request reaches the app (uvicorn has none of these of its own).
+
+- the request head (request line and headers): at most `max_head_bytes` received before it is complete, and at
+  most `max_headers` headers; beyond either, 431 and the connection is closed, having buffered at most the limit
+  and one read;
+- time: a request head must arrive whole within `head_timeout_s` of the connection opening or of the previous
+  answer (a byte now and then does not extend it); an idle keep-alive connection is closed after uvicorn's
+  keep-alive timeout;
+- pipelining: at most `max_pipelined` requests parsed and waiting behind the one in progress; reading stops until
+  they are answered, and a client that sends more in one go is cut off;
+- slow readers: an answer the client does not read for `write_timeout_s` closes the connection;
+- connections: at most `max_connections` open at once per process; one more is answered 503 and closed before
+  anything of it is read.
+
+Malformed requests (a bad request line, a NUL in a header, a URL over the head limit) get a JSON 400 like every
+other error of the service."""
+
+import asyncio
+import logging
+from typing import Any
+
+import orjson
+from uvicorn.config import Config
+from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
+from uvicorn.server import ServerState
+
+log = logging.getLogger(__name__)
+
+_REASONS = {400: b"Bad Request", 408: b"Request Timeout", 431: b"Request Header Fields Too Large",
+            503: b"Service Unavailable"}  # fmt: skip
+
+
+class ConnectionLimits:
+    """The per-connection budgets; see the module's docstring."""
+
+    def __init__(
+        self,
+        *,
+        max_head_bytes: int = 64 * 1024,
+        max_headers: int = 100,
+        head_timeout_s: float = 10.0,
+        max_pipelined: int = 8,
+        write_timeout_s: float = 30.0,
+        max_connections: int = 4096,
+    ) -> None:
+        self.max_head_bytes = max_head_bytes
+        self.max_headers = max_headers
+        self.head_timeout_s = head_timeout_s
+        self.max_pipelined = max_pipelined
+        self.write_timeout_s = write_timeout_s
+        self.max_connections = max_connections
+
+    def apply(self, config: Config) -> Config:
+        """Make uvicorn's `config` serve with BoundedHttpToolsProtocol and these limits (kept on the config, which
+        travels to worker processes)."""
+        config.http = BoundedHttpToolsProtocol
+        config.connection_limits = self  # type: ignore[attr-defined]
+        return config
+
+
+class BoundedHttpToolsProtocol(HttpToolsProtocol):
+    """uvicorn's httptools protocol with the ConnectionLimits its config carries (the defaults if none)."""
+
+    def __init__(
+        self,
+        config: Config,
+        server_state: ServerState,
+        app_state: dict[str, Any],
+        _loop: asyncio.AbstractEventLoop | None = None,
+    ) -> None:
+        super().__init__(config, server_state, app_state, _loop)
+        self.limits: ConnectionLimits = getattr(config, "connection_limits", None) or _DEFAULT_LIMITS
+        self._in_head = True  # between the end of one request's head (or the connection's start) and the next's
+        self._head_bytes = 0
+        self._header_count = 0
+        self._refusal: tuple[int, str, str] | None = None
+        self._head_timer: asyncio.TimerHandle | None = None
+        self._write_timer: asyncio.TimerHandle | None = None
+
+    # -- the connection ---------------------------------------------------------------------------------------------
+
+    def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
+        """Count the connection; over the cap, answer 503 and close at once."""
+        super().connection_made(transport)
+        if len(self.connections) > self.limits.max_connections:
+            self._refuse(
+                503,
+                "too_many_connections",
+                f"the server has {self.limits.max_connections} connections open, its limit; retry later",
+            )
+            return
+        self._arm_head_timer()
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        """Forget the timers and whatever was queued."""
+        self._cancel(self._head_timer)
+        self._cancel(self._write_timer)
+        self.pipeline.clear()
+        super().connection_lost(exc)
+
+    # -- the request head --------------------------------------------------------------------------------------------
+
+    def data_received(self, data: bytes) -> None:
+        """Feed the parser, and stop at the first budget passed: the head's size or header count, the queue of
+        pipelined requests."""
+        if self.transport.is_closing():
+            return
+        if self._in_head:
+            self._head_bytes += len(data)
+        self._unset_keepalive_if_required()
+        try:
+            self.parser.feed_data(data)
+        except _Refused:
+            pass
+        except Exception as error:  # httptools' errors: a malformed request (or an upgrade we do not offer)
+            if self._refusal is None and not self.transport.is_closing():
+                self._refusal = (400, "bad_request", f"the request could not be parsed as HTTP/1.1: {error}")
+        if self._refusal is None and self._in_head and self._head_bytes > self.limits.max_head_bytes:
+            self._refusal = (
+                431,
+                "request_head_too_large",
+                f"the request line and headers are over {self.limits.max_head_bytes} bytes",
+            )
+        if self._refusal is not None:
+            self._refuse(*self._refusal)
+
+    def on_message_begin(self) -> None:
+        """A new request begins: its head is counted from here."""
+        super().on_message_begin()
+        self._in_head = True
+        self._header_count = 0
+
+    def on_url(self, url: bytes) -> None:
+        """Parts of the request target, counted against the head's limit."""
+        super().on_url(url)
+        if len(self.url) > self.limits.max_head_bytes:
+            self._refusal = (
+                431,
+                "request_head_too_large",
+                f"the request line is over {self.limits.max_head_bytes} bytes",
+            )
+            raise _Refused
+
+    def on_header(self, name: bytes, value: bytes) -> None:
+        """One header, counted against the header limit."""
+        self._header_count += 1
+        if self._header_count > self.limits.max_headers:
+            self._refusal = (431, "too_many_headers", f"the request has more than {self.limits.max_headers} headers")
+            raise _Refused
+        super().on_header(name, value)
+
+    def on_headers_complete(self) -> None:
+        """The head is whole: stop its clock and its byte count, and bound the pipeline."""
+        self._in_head = False
+        self._head_bytes = 0
+        self._cancel(self._head_timer)
+        if len(self.pipeline) >= self.limits.max_pipelined:
+            self._refusal = (
+                400,
+                "too_many_pipelined_requests",
+                f"more than {self.limits.max_pipelined} requests were sent ahead of their answers",
+            )
+            raise _Refused
+        super().on_headers_complete()
+
+    def on_response_complete(self) -> None:
+        """An answer is sent: the next request's head has its own time and byte budget; reading resumes only once
+        nothing is queued (uvicorn resumes at once, which let one connection queue without bound)."""
+        super().on_response_complete()
+        if self.transport.is_closing():
+            return
+        if self.pipeline:
+            self.flow.pause_reading()
+        self._head_bytes = 0
+        self._arm_head_timer()
+
+    def _arm_head_timer(self) -> None:
+        self._cancel(self._head_timer)
+        if self.limits.head_timeout_s > 0:
+            self._head_timer = self.loop.call_later(self.limits.head_timeout_s, self._head_timed_out)
+
+    def _head_timed_out(self) -> None:
+        self._head_timer = None
+        if (
+            self.transport.is_closing()
+            or not self._in_head
+            or (self.cycle is not None and not self.cycle.response_complete)
+        ):
+            return
+        if self._head_bytes == 0:  # nothing sent since the last answer (or ever): an idle connection, just closed
+            self.transport.close()
+            return
+        self._refuse(
+            408,
+            "request_head_timeout",
+            f"the request line and headers did not arrive within {self.limits.head_timeout_s:g} s",
+        )
+
+    # -- answers ------------------------------------------------------------------------------------------------
+
+    def pause_writing(self) -> None:
+        """The client is not reading: give it `write_timeout_s` to catch up, then close."""
+        super().pause_writing()
+        if self._write_timer is None and self.limits.write_timeout_s > 0:
+            self._write_timer = self.loop.call_later(self.limits.write_timeout_s, self._write_timed_out)
+
+    def resume_writing(self) -> None:
+        """The client read enough."""
+        self._cancel(self._write_timer)
+        self._write_timer = None
+        super().resume_writing()
+
+    def _write_timed_out(self) -> None:
+        self._write_timer = None
+        log.info("event=connection_closed reason=client_not_reading client=%s", self.client)
+        self.transport.abort()
+
+    def send_400_response(self, msg: str) -> None:
+        """uvicorn's plain-text 400, as JSON."""
+        self._refuse(400, "bad_request", msg)
+
+    def _refuse(self, status: int, error: str, detail: str) -> None:
+        """Answer `status` with the service's JSON error body, and close the connection."""
+        self._cancel(self._head_timer)
+        if self.transport.is_closing():
+            return
+        if self.cycle is None or self.cycle.response_complete:  # else an answer is being written: just close
+            body = orjson.dumps({"error": error, "detail": detail})
+            head = b"HTTP/1.1 %d %s\r\ncontent-type: application/json\r\ncontent-length: %d\r\nconnection: close\r\n"
+            extra = b"retry-after: 1\r\n" if status == 503 else b""
+            self.transport.write(head % (status, _REASONS[status], len(body)) + extra + b"\r\n" + body)
+        log.info("event=connection_refused status=%d error=%s client=%s", status, error, self.client)
+        self.pipeline.clear()
+        self.transport.close()
+
+    @staticmethod
+    def _cancel(timer: asyncio.TimerHandle | None) -> None:
+        if timer is not None:
+            timer.cancel()
+
+
+_DEFAULT_LIMITS = ConnectionLimits()
+
+
+class _Refused(Exception):
+    """Raised from a parser callback to stop parsing at once; the refusal is already recorded."""

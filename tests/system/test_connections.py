@@ -1,0 +1,168 @@
+"""What one connection can make the server hold, through the real server: each attack of issue 23's table at the
+HTTP layer (pipelining, a huge or many-fielded head, a head that never ends, silent connections, a client that
+does not read) is cut off, costs the server little memory, and does not hold up a normal request meanwhile."""
+
+import contextlib
+import socket
+import threading
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import httpx2 as httpx
+import pytest
+
+from tests.conftest import encode, noisy_image
+from tests.helpers import image_files, rss_mb, running_server_process
+
+LIMITS = {"head_timeout_s": "2", "write_timeout_s": "2", "max_connections": "200"}
+PREDICT = image_files(("cat.png", encode(noisy_image((200, 120, 60)), "PNG")))
+
+
+@pytest.fixture(scope="module")
+def server(bundled_model: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[str, int]]:
+    log = tmp_path_factory.mktemp("connections") / "server.log"
+    with running_server_process(bundled_model, log, **LIMITS) as (url, process):
+        yield url, process.pid
+
+
+def connect(url: str) -> socket.socket:
+    host, port = url.removeprefix("http://").split(":")
+    return socket.create_connection((host, int(port)), timeout=30)
+
+
+def read_all(connection: socket.socket) -> bytes:
+    """Everything the server sends until it closes the connection."""
+    received = b""
+    try:
+        while chunk := connection.recv(65536):
+            received += chunk
+    except ConnectionResetError:
+        pass
+    return received
+
+
+def during(attack: Callable[[], object], url: str) -> tuple[object, float]:
+    """Run `attack` on a thread; once it has had a moment, time a normal /predict. Returns the attack's result
+    and the normal request's seconds."""
+    outcome: list[object] = []
+    thread = threading.Thread(target=lambda: outcome.append(attack()))
+    thread.start()
+    time.sleep(0.3)
+    started = time.monotonic()
+    answer = httpx.post(f"{url}/predict", files=PREDICT, timeout=10)
+    normal_s = time.monotonic() - started
+    thread.join(timeout=60)
+    assert answer.status_code == 200, answer.text
+    return outcome[0], normal_s
+
+
+def test_a_flood_of_pipelined_requests_is_cut_off(server: tuple[str, int]) -> None:
+    url, pid = server
+    before = rss_mb(pid)
+
+    def flood() -> str:
+        request = b"GET /health HTTP/1.1\r\nHost: x\r\n\r\n" * 2000
+        with connect(url) as connection:
+            deadline = time.monotonic() + 5
+            try:
+                while time.monotonic() < deadline:
+                    connection.sendall(request)
+            except OSError as error:
+                return f"cut off: {type(error).__name__}"
+            return "still open"
+
+    outcome, normal_s = during(flood, url)
+    print(f"\npipelining: {outcome}; RSS {before:.0f} -> {rss_mb(pid):.0f} MB; a normal /predict took {normal_s:.3f} s")
+    assert str(outcome).startswith("cut off")
+    assert rss_mb(pid) - before < 100
+    assert normal_s < 1
+
+
+@pytest.mark.parametrize(
+    "head",
+    [
+        b"POST /predict HTTP/1.1\r\nHost: x\r\nContent-Type: multipart/form-data; b=" + b"a" * 20_000_000 + b"\r\n\r\n",
+        b"GET /health HTTP/1.1\r\n" + b"".join(b"X-%d: 1\r\n" % index for index in range(5000)) + b"\r\n",
+        b"GET /" + b"a" * 100_000 + b" HTTP/1.1\r\nHost: x\r\n\r\n",
+    ],
+    ids=["20-MB-header", "5000-headers", "100-KB-url"],
+)
+def test_an_oversized_request_head_gets_431_without_being_buffered(server: tuple[str, int], head: bytes) -> None:
+    url, pid = server
+    before = rss_mb(pid)
+
+    def send() -> bytes:
+        with connect(url) as connection:
+            with contextlib.suppress(OSError):  # closed by the server before the whole head was sent
+                connection.sendall(head)
+            return read_all(connection)
+
+    reply, normal_s = during(send, url)
+    print(f"\n{len(head)} bytes of head: {bytes(reply)[:60]!r}; RSS {before:.0f} -> {rss_mb(pid):.0f} MB")
+    assert bytes(reply).startswith(b"HTTP/1.1 431 ") and b"application/json" in bytes(reply)
+    assert rss_mb(pid) - before < 100
+    assert normal_s < 1
+
+
+@pytest.mark.parametrize(
+    ("head", "status", "error"),
+    [
+        (b"GET /health HTTP/1.1\r\nX-A: a\x00b\r\n\r\n", 400, b"bad_request"),
+        (b"NOT-HTTP\r\n\r\n", 400, b"bad_request"),
+    ],
+)
+def test_a_malformed_request_gets_a_json_400(server: tuple[str, int], head: bytes, status: int, error: bytes) -> None:
+    with connect(server[0]) as connection:
+        connection.sendall(head)
+        reply = read_all(connection)
+    assert reply.startswith(b"HTTP/1.1 %d " % status) and b'"error":"' + error + b'"' in reply
+
+
+def test_a_request_head_that_never_ends_is_answered_408_and_closed(server: tuple[str, int]) -> None:
+    with connect(server[0]) as connection:
+        connection.sendall(b"GET /health HTTP/1.1\r\n")
+        for _ in range(3):  # a byte now and then does not extend the head's time
+            time.sleep(0.5)
+            connection.sendall(b"X")
+        reply = read_all(connection)
+    assert reply.startswith(b"HTTP/1.1 408 ") and b"request_head_timeout" in reply
+
+
+def test_silent_connections_are_closed_and_capped(server: tuple[str, int]) -> None:
+    url, _ = server
+    silent = [connect(url) for _ in range(250)]
+    try:
+        # Over the cap (200 per process): answered 503 at once and closed. The rest are closed after the head
+        # timeout, having sent nothing.
+        replies = [read_all(connection) for connection in silent]
+        refused = [reply for reply in replies if reply.startswith(b"HTTP/1.1 503 ")]
+        closed = [reply for reply in replies if reply == b""]
+        print(f"\n250 silent connections: {len(refused)} answered 503, {len(closed)} closed unanswered")
+        assert len(refused) >= 50 and len(refused) + len(closed) == 250
+        assert all(b"too_many_connections" in reply for reply in refused)
+    finally:
+        for connection in silent:
+            connection.close()
+    assert httpx.post(f"{url}/predict", files=PREDICT, timeout=10).status_code == 200
+
+
+def test_a_client_that_does_not_read_its_answers_is_disconnected(server: tuple[str, int]) -> None:
+    url, pid = server
+    before = rss_mb(pid)
+    connection = socket.socket()
+    connection.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+    host, port = url.removeprefix("http://").split(":")
+    connection.connect((host, int(port)))
+    # Eight pipelined requests for a 1.5 MB file, never read: more than the sockets' buffers hold.
+    request = b"GET /static-offline-docs/swagger-ui-bundle.js HTTP/1.1\r\nHost: x\r\n\r\n"
+    connection.sendall(request * 8)
+    size = len(httpx.get(f"{url}/static-offline-docs/swagger-ui-bundle.js", timeout=30).content)
+    with connection:
+        time.sleep(4)  # the write timeout is 2 s
+        connection.settimeout(30)
+        received = read_all(connection)  # what was already in the sockets' buffers, then the end
+    print(f"\na client not reading: {len(received)} of {8 * size} bytes, then disconnected; RSS {before:.0f} -> "
+          f"{rss_mb(pid):.0f} MB")  # fmt: skip
+    assert len(received) < 8 * size
+    assert rss_mb(pid) - before < 100
