@@ -10,7 +10,8 @@ from fastapi import APIRouter, Depends, Request
 from fastapi.responses import FileResponse, JSONResponse, Response
 from fastapi.routing import APIRoute
 from starlette.requests import ClientDisconnect
-from starlette.types import Receive
+from starlette.staticfiles import StaticFiles
+from starlette.types import Receive, Scope
 
 from service.config import Settings
 from service.errors import ClientDisconnected, InvalidRequest, NotReady
@@ -241,6 +242,16 @@ PAGE_HEADERS = {
     "X-Content-Type-Options": "nosniff",
     "Referrer-Policy": "no-referrer",
 }
+
+
+class PageFiles(StaticFiles):
+    """The web page's script and style under `/web/`, with the page's headers (index.html there too)."""
+
+    async def get_response(self, path: str, scope: Scope) -> Response:
+        """The file, or Starlette's answer for it, with PAGE_HEADERS."""
+        response = await super().get_response(path, scope)
+        response.headers.update(PAGE_HEADERS)
+        return response
 
 
 @router.api_route("/", methods=["GET", "HEAD"], include_in_schema=False)

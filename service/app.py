@@ -11,13 +11,12 @@ from typing import Any
 import numpy as np
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
-from fastapi.staticfiles import StaticFiles
 from fastapi_offline import FastAPIOffline
 from prometheus_client import multiprocess
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from service import open_inference
-from service.api import WEB, ServingState, router
+from service.api import WEB, PageFiles, ServingState, router
 from service.batching import Batcher
 from service.config import Settings, load_settings
 from service.errors import InvalidRequest, ModelLoadError, ProviderUnavailable, ServiceError
@@ -132,7 +131,7 @@ def create_app(settings: Settings | None = None, drain: DrainState = DRAIN) -> F
         # every request walks through (about 5% of a request's time).
         routes=[*router.routes, *open_inference.router.routes],
     )
-    app.mount("/web", StaticFiles(directory=WEB), name="web")
+    app.mount("/web", PageFiles(directory=WEB), name="web")
     if settings.api_keys:
         _declare_api_key(app, settings.api_key_header)
     app.state.settings = settings

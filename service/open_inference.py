@@ -272,7 +272,7 @@ def _base64_elements(data: Any, name: str, expected: int) -> list[bytes]:
         return [b""] * min(len(data), expected + 1)  # the caller reports the count; nothing decoded
     try:
         return [base64.b64decode(item, validate=True) for item in data]
-    except binascii.Error:
+    except (binascii.Error, ValueError):  # ValueError: a character outside ASCII
         raise InvalidRequest(f"input {name!r}: BYTES `data` in JSON must be base64 strings") from None
 
 

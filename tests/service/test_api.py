@@ -204,3 +204,11 @@ def test_the_docs_pages_load_everything_from_the_server_itself(client: TestClien
     assert any(asset.endswith(".js") for asset in assets)
     for asset in assets:
         assert client.get(asset).status_code == 200, asset
+
+
+@pytest.mark.parametrize("path", ["/", "/web/index.html", "/web/app.js", "/web/style.css"])
+def test_the_page_and_its_files_carry_its_security_headers(client: TestClient, path: str) -> None:
+    answer = client.get(path)
+    assert answer.status_code == 200
+    assert "frame-ancestors 'none'" in answer.headers["Content-Security-Policy"]
+    assert answer.headers["X-Content-Type-Options"] == "nosniff"

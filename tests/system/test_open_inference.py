@@ -213,6 +213,8 @@ MALFORMED: dict[str, tuple[tuple[bytes, dict[str, str]], int, str]] = {
     ),
     "BYTES count disagrees with the shape": (_json({"inputs": [ONE_FILE]}), 400, "says 2 files, the data holds 1"),
     "BYTES in JSON not base64": (_json({"inputs": [NOT_BASE64]}), 400, "base64"),
+    "BYTES in JSON not ASCII": (_json({"inputs": [NOT_BASE64 | {"data": ["\u00e9t\u00e9"]}]}), 400, "base64"),
+    "an id too long to echo": (_json({"id": "i" * 257, "inputs": [NOT_BASE64]}), 400, "at most 256"),
     "too many images": (_json(_uint8([13, 32, 32, 3], ZEROS * 13)), 413, "the limit is 12"),
     "unknown output": (
         _json(_uint8([1, 32, 32, 3], ZEROS) | {"outputs": [{"name": "logits"}]}),
