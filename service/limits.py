@@ -151,6 +151,19 @@ class CountedBody:
             budget.held += size
         return message
 
+    @contextmanager
+    def copy_held(self, size: int) -> Iterator[None]:
+        """Count `size` more bytes for the block: a copy of (part of) the body held beside it; 503 with Retry-After
+        if the budget has no room for it."""
+        budget = self.budget
+        if budget.held + size > budget.budget_bytes:
+            raise budget.over_budget()
+        budget.held += size
+        try:
+            yield
+        finally:
+            budget.held -= size
+
     def release(self) -> None:
         """The request has ended: its body's bytes no longer count."""
         self.budget.held -= self.received

@@ -13,8 +13,10 @@ show."""
 import asyncio
 import base64
 import binascii
+import contextlib
 import math
 import struct
+from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any
@@ -38,7 +40,7 @@ from service.errors import (
 )
 from service.gateway import JsonResponse, http_headers, http_status
 from service.inference import ModelInfo, ranked
-from service.limits import MAX_BYTE_COUNT_DIGITS, header
+from service.limits import MAX_BYTE_COUNT_DIGITS, CountedBody, header
 from service.schemas import ModelReadyResponse, ProtocolErrorResponse, ServerLiveResponse, ServerReadyResponse
 from service.uploads import INLINE_BODY_BYTES
 
@@ -86,8 +88,8 @@ class InferRequest:
     classification: int = 0
 
 
-def read_request(body: bytes, header_length: int | None, info: ModelInfo, max_images: int, max_file_bytes: int
-                 ) -> InferRequest:  # fmt: skip
+def read_request(body: bytes | bytearray, header_length: int | None, info: ModelInfo, max_images: int,
+                 max_file_bytes: int) -> InferRequest:  # fmt: skip
     """Parse `body` (JSON, then binary tensor data when `header_length` says where the JSON ends) into images for
     `info`'s model; InvalidRequest or MalformedBody naming what is wrong."""
     if header_length is None:
@@ -106,7 +108,7 @@ def read_request(body: bytes, header_length: int | None, info: ModelInfo, max_im
     if (lists := body.count(b"[", 0, header_length)) > most_lists:
         raise InvalidRequest(f"the request's JSON opens {lists} lists; at most {most_lists} are accepted")
     try:
-        request = orjson.loads(body[:header_length])
+        request = orjson.loads(memoryview(body)[:header_length])
     except orjson.JSONDecodeError as error:
         raise MalformedBody(f"the request is not valid JSON: {error}") from None
     if not isinstance(request, dict):
@@ -127,7 +129,7 @@ def read_request(body: bytes, header_length: int | None, info: ModelInfo, max_im
         raise InvalidRequest("each input must be a JSON object")
     if tensor.get("name") != info.input_name:
         raise InvalidRequest(f"unknown input {tensor.get('name')!r}; the model's input is {info.input_name!r}")
-    binary = body[header_length:]
+    binary = memoryview(body)[header_length:]  # not a copy: each file is copied out of it once
     result = InferRequest(id=request_id)
     _read_input(tensor, binary, info, max_images, max_file_bytes, result)
     result.binary_output = parameters.get("binary_data_output") is True
@@ -148,7 +150,7 @@ def _object(value: Any, what: str) -> dict[str, Any]:
     return value
 
 
-def _read_input(tensor: dict[str, Any], binary: bytes, info: ModelInfo, max_images: int, max_file_bytes: int,
+def _read_input(tensor: dict[str, Any], binary: memoryview, info: ModelInfo, max_images: int, max_file_bytes: int,
                 result: InferRequest) -> None:  # fmt: skip
     name, datatype, shape = tensor["name"], tensor.get("datatype"), tensor.get("shape")
     if not isinstance(shape, list) or not all(_is_count(n) for n in shape):
@@ -200,7 +202,7 @@ def _read_input(tensor: dict[str, Any], binary: bytes, info: ModelInfo, max_imag
         )
 
 
-def _pixels(tensor: dict[str, Any], binary: bytes | None, shape: list[int], info: ModelInfo) -> np.ndarray:
+def _pixels(tensor: dict[str, Any], binary: memoryview | None, shape: list[int], info: ModelInfo) -> np.ndarray:
     name = tensor["name"]
     expected = [shape[0], info.height, info.width, 3]
     if shape != expected:
@@ -246,7 +248,7 @@ def _uint8_values(data: Any, count: int, name: str) -> list[int]:
     return values
 
 
-def _split_bytes(binary: bytes, name: str, expected: int) -> list[bytes]:
+def _split_bytes(binary: memoryview, name: str, expected: int) -> list[bytes]:
     """A BYTES tensor's binary data: each element a 4-byte little-endian length, then that many bytes. Stops past
     `expected` elements (the caller then reports the count), so zero-length elements cost no more than real ones."""
     elements: list[bytes] = []
@@ -260,7 +262,7 @@ def _split_bytes(binary: bytes, name: str, expected: int) -> list[bytes]:
             raise InvalidRequest(
                 f"input {name!r}: BYTES element {len(elements)} says {length} bytes, only {len(binary) - offset} follow"
             )
-        elements.append(binary[offset : offset + length])
+        elements.append(bytes(binary[offset : offset + length]))
         offset += length
     return elements
 
@@ -449,19 +451,31 @@ async def infer(request: Request) -> Response:
         if not declared.isdigit() or len(declared) > MAX_BYTE_COUNT_DIGITS:
             raise InvalidRequest(f"{HEADER_LENGTH} must be a number of bytes")
         header_length = int(declared)
-    body = b"".join([chunk async for chunk in upload(request)])
+    body = bytearray()  # grown in place: one copy of the body, as the body budget counts it
+    async for chunk in upload(request):
+        body += chunk
     settings = request.app.state.settings
-    arguments = (body, header_length, info, settings.max_images_per_request, settings.max_image_bytes)
-    # JSON costs far more to read than to send (an 8 MiB list of numbers: 0.35 s): past a small body, on a thread.
-    parsed = (
-        read_request(*arguments)
-        if len(body) <= INLINE_BODY_BYTES
-        else await asyncio.get_running_loop().run_in_executor(_PARSER, read_request, *arguments)
-    )
-    del body
+    limits = (info, settings.max_images_per_request, settings.max_image_bytes)
+    # The files are copied out of the body (then the body is dropped): both are held meanwhile, and both count.
+    copies = request.receive.copy_held if isinstance(request.receive, CountedBody) else _nothing_more
+    with copies(len(body) - min(header_length or len(body), len(body))):
+        # JSON costs far more to read than to send (an 8 MiB list of numbers: 0.35 s): past a small body, on a thread.
+        parsed = (
+            read_request(body, header_length, *limits)
+            if len(body) <= INLINE_BODY_BYTES
+            else await asyncio.get_running_loop().run_in_executor(_PARSER, read_request, body, header_length, *limits)
+        )
+        if parsed.pixels is None:
+            del body  # the files are copies; binary pixels are a view of the body, which then stays (counted once)
     images = parsed.pixels if parsed.pixels is not None else parsed.files
     classified = await classify(request, pipeline, images)
     return response(parsed, classified.probabilities, info)
+
+
+@contextlib.contextmanager
+def _nothing_more(size: int) -> Iterator[None]:
+    """No body budget (an app built without one): nothing to count."""
+    yield
 
 
 INFER_BODY = {
