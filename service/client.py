@@ -5,16 +5,22 @@
 Each request carries `--batch` images; `--concurrency` requests are in flight at once. A 503 (overloaded, draining)
 is retried after the server's Retry-After. The service fails a whole request for one bad file, so a request
 refused for its contents (4xx) is retried one file at a time, and each bad file is reported with its own reason.
-The exit status is 0 when every file was classified, 1 when any failed, 2 for a usage error."""
+The exit status is 0 when every file was classified, 1 when any failed, 2 for a usage error.
+
+The server's answers are not trusted: an answer is read up to a size limit, before and after decompression (a
+gzip bomb costs no more than that), anything but a classifier's answer is an error of the files it was for, and
+what is printed is neutralised (control characters in every format; spreadsheet formulas in CSV)."""
 
 import argparse
 import csv
 import glob
 import json
+import math
 import os
 import re
 import sys
 import time
+import zlib
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -72,6 +78,68 @@ class Unavailable(Exception):
     """The server could not be reached, or kept refusing, through every retry."""
 
 
+class BadAnswer(Exception):
+    """An answer too large, or not readable as the service's JSON."""
+
+
+BAD_ANSWER = "bad_answer"
+
+ANSWER_BYTES_FIXED = 64 * 1024
+ANSWER_BYTES_PER_FILE = 16 * 1024
+"""An answer may take at most FIXED + PER_FILE x files bytes, compressed or not: the service's is about 300 bytes
+per file at --top-k 3."""
+
+
+def read_answer(response: httpx.Response, limit: int) -> bytes:
+    """The body of a streamed `response`, at most `limit` bytes before and after decompression (gzip or deflate;
+    any other encoding is refused), else BadAnswer."""
+    declared = response.headers.get("Content-Length", "")
+    if declared.isdigit() and int(declared) > limit:
+        raise BadAnswer(f"an answer of {declared} bytes, over the client's limit of {limit}")
+    encoding = response.headers.get("Content-Encoding", "identity").strip().lower()
+    if encoding not in ("identity", "", "gzip", "x-gzip", "deflate"):
+        raise BadAnswer(f"an answer in the {encoding!r} encoding, which the client does not read")
+    inflate = None if encoding in ("identity", "") else zlib.decompressobj(zlib.MAX_WBITS | 32)  # gzip or zlib
+    received, answer = 0, bytearray()
+    for chunk in _raw_chunks(response):
+        received += len(chunk)
+        if received > limit:
+            raise BadAnswer(f"an answer over the client's limit of {limit} bytes")
+        if inflate is None:
+            answer += chunk
+            continue
+        try:
+            answer += inflate.decompress(chunk, limit + 1 - len(answer))
+        except zlib.error as error:
+            raise BadAnswer(f"an answer that does not decompress: {error}") from None
+        if len(answer) > limit or inflate.unconsumed_tail:
+            raise BadAnswer(f"an answer that decompresses to over the client's limit of {limit} bytes")
+    return bytes(answer)
+
+
+def _raw_chunks(response: httpx.Response) -> Iterator[bytes]:
+    """The body as it arrives, not decoded; a response made whole in memory (httpx's MockTransport) at once."""
+    try:
+        yield from response.iter_raw()
+    except httpx.StreamConsumed:
+        yield response.content
+
+
+def _top_k(prediction: Any) -> list[dict[str, Any]] | None:
+    """A prediction's top labels if it is shaped as the service answers (labels as text, probabilities finite
+    within 0-1), else None."""
+    top_k = prediction.get("top_k") if isinstance(prediction, dict) else None
+    if not isinstance(top_k, list) or not top_k:
+        return None
+    for entry in top_k:
+        if not isinstance(entry, dict) or not isinstance(entry.get("label"), str):
+            return None
+        probability = entry.get("probability")
+        if type(probability) not in (int, float) or not math.isfinite(probability) or not 0 <= probability <= 1:
+            return None
+    return top_k
+
+
 class Classifier:
     """Sends files to `url`/predict, retrying 503s and 429s after Retry-After. Once one request has given up on an
     unavailable server, the requests still to come give up at once rather than each waiting through its retries."""
@@ -110,11 +178,18 @@ class Classifier:
         except Unavailable as error:
             self.gave_up = str(error)
             return [Result(_shown(path), error=str(error)) for path, _ in files]
+        if isinstance(body, dict) and body.get("error") == BAD_ANSWER:
+            return [Result(_shown(path), error=_reason(status, body)) for path, _ in files]
         if status == 200:
             predictions = body.get("predictions") if isinstance(body, dict) else None
             if isinstance(predictions, list) and len(predictions) == len(files):
-                pairs = zip(files, predictions, strict=True)
-                return [Result(_shown(path), top_k=p.get("top_k", [])) for (path, _), p in pairs]
+                ranked = [_top_k(prediction) for prediction in predictions]
+                return [
+                    Result(_shown(path), top_k=top_k)
+                    if top_k is not None
+                    else Result(_shown(path), error="200, but not a classifier's answer for this file")
+                    for (path, _), top_k in zip(files, ranked, strict=True)
+                ]
             return [Result(_shown(path), error="200, but not the answer of a classifier") for path, _ in files]
         if len(files) > 1 and status in PER_FILE_STATUSES:
             return [result for one in files for result in self._send([one])]
@@ -124,17 +199,21 @@ class Classifier:
         form = [("files", (_wire_name(path), data)) for path, data in files]
         for attempt in range(self.retries + 1):
             last = attempt == self.retries
+            limit = ANSWER_BYTES_FIXED + ANSWER_BYTES_PER_FILE * len(files)
             try:
-                response = self.client.post(self.url, params={"top_k": self.top_k}, files=form)
+                with self.client.stream("POST", self.url, params={"top_k": self.top_k}, files=form) as response:
+                    text = read_answer(response, limit)
             except httpx.TransportError as error:
                 if last:
                     raise Unavailable(f"the server was unreachable: {type(error).__name__}: {error}") from None
                 time.sleep(1)
                 continue
+            except BadAnswer as error:
+                return response.status_code, {"error": BAD_ANSWER, "detail": str(error)}
             try:
-                body = response.json()
-            except ValueError:
-                body = {"error": "http_error", "detail": f"not JSON: {response.text[:120]!r}"}
+                body = json.loads(text, parse_constant=_no_constant)
+            except (ValueError, RecursionError):
+                body = {"error": "http_error", "detail": f"not JSON: {text[:120]!r}"}
             if response.status_code not in RETRY_STATUSES:
                 return response.status_code, body
             if last:
@@ -144,6 +223,10 @@ class Classifier:
 
     def close(self) -> None:
         self.client.close()
+
+
+def _no_constant(name: str) -> None:
+    raise ValueError(f"{name} is not a number the service sends")
 
 
 def _wire_name(path: Path) -> str:
@@ -165,7 +248,7 @@ def _retry_after(value: str | None) -> float:
 
 def _reason(status: int, body: Any) -> str:
     if isinstance(body, dict):
-        return f"{status} {body.get('error', '')}: {body.get('detail', '')}".strip()
+        return f"{status} {str(body.get('error', ''))[:200]}: {str(body.get('detail', ''))[:1000]}".strip()
     return f"{status}"
 
 
@@ -181,6 +264,16 @@ def _printable(text: str) -> str:
     """`text` with control characters (newlines, terminal escapes) shown as `?`: names and server messages are
     not ours to let steer the terminal."""
     return _CONTROL.sub("?", text)
+
+
+_FORMULA_START = ("=", "+", "-", "@", "\t", "\r")
+
+
+def _cell(text: str) -> str:
+    """A CSV cell that a spreadsheet shows as text: printable, and a leading formula character escaped with `'`
+    (OWASP's advice against CSV injection)."""
+    text = _printable(text)
+    return "'" + text if text.startswith(_FORMULA_START) else text
 
 
 class Output:
@@ -203,9 +296,10 @@ class Output:
                           "top_k": result.top_k, "error": result.error}  # fmt: skip
                 self.stream.write(json.dumps(record) + "\n")
             elif self.format == "csv":
-                others = " ".join(f"{k['label']}:{k['probability']:.4f}" for k in result.top_k)
+                others = " ".join(f"{_printable(k['label'])}:{k['probability']:.4f}" for k in result.top_k)
                 probability = f"{result.probability:.4f}" if result.probability is not None else ""
-                self.csv.writerow([result.path, result.label, probability, others, result.error or ""])
+                cells = [result.path, result.label, probability, others, result.error or ""]
+                self.csv.writerow([_cell(cell) for cell in cells])
             elif result.error:
                 self.stream.write(f"{_printable(result.path):<{self.width}}  FAILED  {_printable(result.error)}\n")
             else:
