@@ -210,27 +210,56 @@ def _open(content: bytes, *, header_only: bool = False) -> Image.Image:
 
 
 def _check_gif_frame(content: bytes, filename: str, max_pixels: int) -> None:
-    """Refuse a GIF whose first frame declares more than `max_pixels`, from its image descriptor, before Pillow
-    opens it: Pillow fills a frame's disposal area while opening (a 37-byte file declaring a 65535x65535 frame
-    took 4 GB), and only its own process-wide limit, which the service leaves to `max_pixels`, would stop it."""
+    """Refuse a GIF whose first frame declares more than `max_pixels`, before Pillow opens it: Pillow fills a
+    frame's disposal area while opening (a 37-byte file declaring a 65535x65535 frame took 4 GB), and only its own
+    process-wide limit, which the service leaves to `max_pixels`, would stop it.
+
+    Walks the blocks exactly as Pillow's GIF reader does (GifImageFile._seek), quirks included: a byte that starts
+    no block is skipped, and after an extension whose first sub-block is empty one more run of sub-blocks is read;
+    any other walk would find another frame than Pillow does."""
     if not content.startswith(b"GIF8") or len(content) < 13:
         return
+    screen_width, screen_height = struct.unpack_from("<HH", content, 6)
     position = 13
     if content[10] & 0x80:  # a global colour table follows the logical screen descriptor
         position += 3 << ((content[10] & 0x07) + 1)
-    while position < len(content) and content[position] == 0x21:  # extensions: a label, then sub-blocks
-        position += 2
-        while position < len(content) and content[position]:
-            position += content[position] + 1
+
+    def sub_block(at: int) -> tuple[bytes | None, int]:  # Pillow's GifImageFile.data()
+        if at < len(content) and content[at]:
+            return content[at + 1 : at + 1 + content[at]], at + 1 + content[at]
+        return None, at + 1
+
+    while position < len(content):
+        kind = content[position]
         position += 1
-    if position + 9 > len(content) or content[position] != 0x2C:
-        return  # no frame: Pillow reports the file
-    width, height = struct.unpack_from("<HH", content, position + 5)
-    if width * height > max_pixels:
-        raise ImageTooLarge(
-            f"{filename!r} is a GIF whose first frame is {width}x{height} = {width * height} pixels; "
-            f"the limit is {max_pixels}"
-        )
+        if kind == 0x3B:  # the trailer: no frame
+            return
+        if kind == 0x21:  # an extension: its label, then sub-blocks
+            if position >= len(content):
+                return
+            label = content[position]
+            block, position = sub_block(position + 1)
+            if label == 0xFE:  # a comment: its sub-blocks up to the first empty one
+                while block:
+                    block, position = sub_block(position)
+                continue
+            if label == 0xFF and block is not None and block.startswith(b"NETSCAPE2.0"):
+                block, position = sub_block(position)
+            while True:
+                block, position = sub_block(position)
+                if not block:
+                    break
+        elif kind == 0x2C:  # the first frame's image descriptor
+            if position + 8 > len(content):
+                return
+            left, top, width, height = struct.unpack_from("<HHHH", content, position)
+            extent = max(left + width, screen_width) * max(top + height, screen_height)
+            if max(width * height, extent) > max_pixels:
+                raise ImageTooLarge(
+                    f"{filename!r} is a GIF whose first frame is {width}x{height} at ({left}, {top}) in a "
+                    f"{screen_width}x{screen_height} screen; the limit is {max_pixels} pixels"
+                )
+            return
 
 
 MAX_TIFF_VALUES = 65_536

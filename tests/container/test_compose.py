@@ -124,9 +124,17 @@ def test_the_proxy_classifies_and_passes_the_request_id_both_ways(stack: Stack) 
     assert given.headers["X-Request-ID"] == "compose-test-1"
     made = httpx.post(f"{stack.url}/predict", headers={"X-Request-ID": "bad id!"}, timeout=30, **upload())
     assert made.status_code == 200 and made.headers["X-Request-ID"] not in {"", "bad id!"}
+    # Two values (or a list in one header): the proxy makes one id, and the service answers with the proxy's.
+    doubled = httpx.post(
+        f"{stack.url}/predict", headers=[("X-Request-ID", "bad id!,looks-ok-1")], timeout=30, **upload()
+    )
+    assert doubled.status_code == 200 and doubled.headers["X-Request-ID"] != "looks-ok-1"
     (proxy,) = stack.containers("proxy")
     log = stack.engine.run("logs", proxy).stdout + stack.engine.run("logs", proxy).stderr
-    assert "request_id=compose-test-1 " in log and f"request_id={made.headers['X-Request-ID']} " in log
+    for request_id in ("compose-test-1", made.headers["X-Request-ID"], doubled.headers["X-Request-ID"]):
+        assert f"request_id={request_id} " in log
+    # Metrics come from each replica (Prometheus scrapes them), never through the proxy.
+    assert httpx.get(f"{stack.url}/metrics", timeout=10).status_code == 404
 
 
 def test_the_proxy_refuses_large_heads_large_bodies_and_slow_clients(stack: Stack) -> None:

@@ -8,6 +8,8 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from PIL import Image
 
 from service.errors import EmptyFile, ImageTooLarge, InvalidImage
@@ -330,3 +332,67 @@ def test_scans_inside_an_exif_thumbnail_or_icc_profile_are_not_counted() -> None
     data = encode(image, "JPEG", progressive=True, icc_profile=noise)
     assert data.count(b"\xff\xda") > 1000
     assert jpeg_scans(data, MAX_JPEG_SCANS) == 10
+
+
+# ---- GIF frames declared larger than the limit: found as Pillow finds them -------------------------------------
+
+GIF_HEADER = b"GIF89a" + struct.pack("<HHBBB", 1, 1, 0, 0, 0)
+GRAPHIC_CONTROL = b"\x21\xf9\x04\x09\x00\x00\x00\x00"  # disposal to background, transparency on
+
+
+def gif_frame(width: int, height: int, left: int = 0, top: int = 0) -> bytes:
+    return b"," + struct.pack("<HHHHB", left, top, width, height, 0) + b"\x02\x02\x4c\x01\x00"
+
+
+@pytest.mark.parametrize(
+    "data",
+    [
+        GIF_HEADER + GRAPHIC_CONTROL + gif_frame(65535, 65535) + b";",
+        GIF_HEADER + GRAPHIC_CONTROL + b"\x00" + gif_frame(20000, 20000) + b";",  # a byte Pillow skips
+        GIF_HEADER + b"\x00" + GRAPHIC_CONTROL + gif_frame(20000, 20000) + b";",
+        b"GIF87a" + GIF_HEADER[6:] + GRAPHIC_CONTROL + b"B" + gif_frame(20000, 20000) + b";",
+        GIF_HEADER + GRAPHIC_CONTROL + gif_frame(1, 1, left=65534, top=65534) + b";",  # the extent grows the image
+        GIF_HEADER + b"\x21\xf9\x00\x03abc\x00" + GRAPHIC_CONTROL + gif_frame(20000, 20000) + b";",  # Pillow's quirk
+    ],
+    ids=["37-bytes", "junk-before-frame", "junk-after-header", "gif87a-junk", "offset-frame", "empty-extension"],
+)
+def test_a_gif_frame_over_the_limit_is_refused_before_pillow_fills_it(data: bytes) -> None:
+    with pytest.raises(ImageTooLarge, match="GIF whose first frame"):
+        open_image(data, filename="f.gif", size=(32, 32), max_pixels=36_000_000, max_decode_bytes=2**30)
+
+
+_SEGMENTS = st.sampled_from(
+    [
+        b"\x00", b"B", b"\xff", GRAPHIC_CONTROL, b"\x21\xfe\x03abc\x02de\x00", b"\x21\xf9\x00", b"\x21\xfe\x00",
+        b"\x21\xff\x0bNETSCAPE2.0\x03\x01\x00\x00\x00", b"\x21\xff\x00\x02\x2c\x2c\x00", b"\x02\x2c\x2c",
+        gif_frame(3000, 3000), gif_frame(2, 2), gif_frame(1, 1, left=3000, top=3000), b";",
+    ]
+)  # fmt: skip
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.lists(_SEGMENTS, max_size=8))
+def test_the_gif_walk_finds_the_frame_pillow_finds(segments: list[bytes]) -> None:
+    """Whatever the blocks before it, a frame Pillow would fill beyond the limit is refused first: with Pillow's
+    own limit set just above ours, Pillow never reaches one that our walk let through."""
+    data = GIF_HEADER + b"".join(segments) + gif_frame(2, 2) + b";"
+    limit = 1_000_000
+    try:
+        open_image(data, filename="f.gif", size=(32, 32), max_pixels=limit, max_decode_bytes=2**30)
+    except ImageTooLarge as refusal:
+        if "GIF whose first frame" in str(refusal):
+            return  # refused before Pillow opened it; any other refusal came after Pillow's fill
+    except InvalidImage:
+        pass
+    previous = Image.MAX_IMAGE_PIXELS
+    Image.MAX_IMAGE_PIXELS = limit // 2  # Pillow refuses above twice this
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+            Image.open(io.BytesIO(data)).close()
+    except Image.DecompressionBombError as error:
+        raise AssertionError(f"Pillow reached a frame our walk missed: {data!r}") from error
+    except Exception:
+        pass  # Pillow refuses the file for another reason
+    finally:
+        Image.MAX_IMAGE_PIXELS = previous
