@@ -125,6 +125,11 @@ def _checked(data: bytes, filename: str, size: tuple[int, int], max_pixels: int,
             raise ImageTooLarge(
                 f"{filename!r} is {image.width}x{image.height} = {pixels} pixels; the limit is {max_pixels}"
             )
+        if image.tile and image.tile[0].codec_name == "bmp_rle" and pixels > MAX_RLE_PIXELS:
+            raise ImageTooLarge(
+                f"{filename!r} is a run-length encoded BMP of {pixels} pixels; at most {MAX_RLE_PIXELS} are accepted "
+                "(it decodes in Python, a step per pixel): send it uncompressed, or as PNG"
+            )
         declared = (image.width, image.height)
         try:
             image.draft("RGB", (max(size), max(size)))
@@ -199,6 +204,8 @@ def _open(content: bytes, *, header_only: bool = False) -> Image.Image:
     otherwise parse without a bound. With `header_only`, a JPEG, PNG or GIF is opened from its first
     HEADER_WINDOW bytes only (enough for the header; not for decoding)."""
     _check_tiff_directories(content)
+    _check_jpeg_segments(content)
+    _check_png_chunks(content)
     if header_only and len(content) > HEADER_WINDOW and content.startswith(_WINDOWED_MAGIC):
         try:
             return Image.open(io.BytesIO(content[:HEADER_WINDOW]), formats=ACCEPTED_FORMATS)
@@ -260,6 +267,58 @@ def _check_gif_frame(content: bytes, filename: str, max_pixels: int) -> None:
                     f"{screen_width}x{screen_height} screen; the limit is {max_pixels} pixels"
                 )
             return
+
+
+MAX_JPEG_SEGMENTS = 1024
+"""Most marker segments a JPEG may have before its first scan. Pillow reads each in Python (a 2 MB file of empty
+APP markers took 3.6 s of CPU, twice per upload: header check and decode); real files have a few dozen (EXIF, ICC
+profile in 64 KB pieces, tables)."""
+
+
+def _check_jpeg_segments(content: bytes) -> None:
+    """Refuse a JPEG with more than MAX_JPEG_SEGMENTS segments before its first scan, counted by their lengths."""
+    if not content.startswith(b"\xff\xd8"):
+        return
+    segments, position = 0, 2
+    while position + 4 <= len(content) and content[position] == 0xFF:
+        marker = content[position + 1]
+        if marker == 0xDA:  # the first scan: Pillow's part ends here
+            return
+        if marker == 0xFF:  # fill byte
+            position += 1
+            continue
+        segments += 1
+        if segments > MAX_JPEG_SEGMENTS:
+            raise ValueError(f"more than {MAX_JPEG_SEGMENTS} marker segments before the image data")
+        position += (
+            2
+            if marker in (0x01, 0xD8) or 0xD0 <= marker <= 0xD7
+            else 2 + (content[position + 2] << 8 | content[position + 3])
+        )
+
+
+MAX_PNG_CHUNKS = 16_384
+"""Most chunks a PNG may have. Pillow reads each in Python and keeps every private one (10 MiB of empty private
+chunks after the image data: 3.9 s of CPU and +113 MB); a 10 MiB PNG written in 8 KiB IDAT chunks has 1,300."""
+
+
+def _check_png_chunks(content: bytes) -> None:
+    """Refuse a PNG of more than MAX_PNG_CHUNKS chunks, counted from their lengths (the walk stops at the limit)."""
+    if not content.startswith(b"\x89PNG\r\n\x1a\n"):
+        return
+    position = 8
+    for _ in range(MAX_PNG_CHUNKS):
+        if position + 8 > len(content) or content[position + 4 : position + 8] == b"IEND":
+            return
+        position += 12 + int.from_bytes(content[position : position + 4], "big")
+    if position + 8 <= len(content):
+        raise ValueError(f"more than {MAX_PNG_CHUNKS} chunks")
+
+
+MAX_RLE_PIXELS = 512 * 512
+"""Most pixels of a run-length encoded BMP: Pillow decodes those in Python, a step per pixel in the worst case (a
+1 KB RLE8 file of 36,000,000 x 1 pixels took 4 s of CPU; 900,000 pixels 0.2 s). Real ones are icons and scans of
+old software."""
 
 
 MAX_TIFF_VALUES = 65_536

@@ -259,3 +259,29 @@ def manifest_settings() -> dict[str, str]:
         for name, value in configmap["data"].items()
         if name not in {"CLASSIFIER_HOST", "CLASSIFIER_PORT"}
     }
+
+
+# ---- Files that are cheap to send and costly to read: Pillow parses them in Python ---------------------------------
+
+
+def jpeg_of_empty_markers(count: int) -> bytes:
+    """A small JPEG with `count` empty APP1 segments before its image data (4 bytes each)."""
+    photo_bytes = encode(Image.new("RGB", (16, 16), (200, 100, 50)), "JPEG")
+    return photo_bytes[:2] + b"\xff\xe1\x00\x02" * count + photo_bytes[2:]
+
+
+def png_of_private_chunks(count: int) -> bytes:
+    """A small PNG with `count` empty private chunks after its image data (12 bytes each)."""
+    photo_bytes = encode(Image.new("RGB", (16, 16), (200, 100, 50)), "PNG")
+    end = photo_bytes.rindex(b"IEND") - 4
+    chunk = struct.pack(">I", 0) + b"prIv" + struct.pack(">I", zlib.crc32(b"prIv"))
+    return photo_bytes[:end] + chunk * count + photo_bytes[end:]
+
+
+def bmp_rle8_row(width: int) -> bytes:
+    """A 1 KB RLE8 BMP of `width` x 1: one pixel, then an end of line that Pillow pads in Python, pixel by pixel."""
+    palette = b"\x00\x00\x00\x00" * 256
+    data = b"\x01\x05\x00\x00\x00\x01"  # one pixel of colour 5, end of line, end of bitmap
+    offset = 14 + 40 + len(palette)
+    info = struct.pack("<IiiHHIIiiII", 40, width, 1, 1, 8, 1, len(data), 2835, 2835, 256, 0)
+    return b"BM" + struct.pack("<IHHI", offset + len(data), 0, 0, offset) + info + palette + data

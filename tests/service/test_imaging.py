@@ -2,6 +2,7 @@
 
 import io
 import struct
+import time
 import warnings
 import zlib
 from pathlib import Path
@@ -13,9 +14,16 @@ from hypothesis import strategies as st
 from PIL import Image
 
 from service.errors import EmptyFile, ImageTooLarge, InvalidImage
-from service.imaging import MAX_JPEG_SCANS, decode_image, jpeg_scans, open_image
+from service.imaging import (
+    MAX_JPEG_SCANS,
+    MAX_JPEG_SEGMENTS,
+    MAX_RLE_PIXELS,
+    decode_image,
+    jpeg_scans,
+    open_image,
+)
 from tests.conftest import encode, noisy_image
-from tests.helpers import png_declaring
+from tests.helpers import bmp_rle8_row, jpeg_of_empty_markers, png_declaring, png_of_private_chunks
 
 SIZE = (32, 32)
 RED = (230, 30, 30)
@@ -294,10 +302,17 @@ def test_a_tiff_exif_directory_of_a_million_numbers_is_refused() -> None:
         decode(data)
 
 
-def test_a_jpeg_header_of_millions_of_markers_is_refused_without_reading_them_all() -> None:
+def test_a_jpeg_header_longer_than_the_window_is_refused_without_reading_it_all() -> None:
+    photo = encode(noisy_image(RED, (64, 64)), "JPEG")
+    markers = (b"\xff\xe5\xff\xff" + bytes(65533)) * 50  # 50 full APP5 segments: 3.2 MB before the image data
+    with pytest.raises(InvalidImage, match="no image data within its first 2097152 bytes"):
+        decode(photo[:2] + markers + photo[2:])
+
+
+def test_a_jpeg_header_of_millions_of_markers_is_refused_by_their_count() -> None:
     photo = encode(noisy_image(RED, (64, 64)), "JPEG")
     markers = b"\xff\xe5\x00\x02" * 700_000  # empty APP5 segments: 2.8 MB before the image data
-    with pytest.raises(InvalidImage, match="no image data within its first 2097152 bytes"):
+    with pytest.raises(InvalidImage, match="more than 1024 marker segments"):
         decode(photo[:2] + markers + photo[2:])
 
 
@@ -396,3 +411,31 @@ def test_the_gif_walk_finds_the_frame_pillow_finds(segments: list[bytes]) -> Non
         pass  # Pillow refuses the file for another reason
     finally:
         Image.MAX_IMAGE_PIXELS = previous
+
+
+# ---- Files that cost more CPU to read than their size says: refused before Pillow's Python parsers run ----------
+
+
+@pytest.mark.parametrize(
+    ("data", "refusal"),
+    [
+        (jpeg_of_empty_markers(500_000), InvalidImage),  # 2 MB: 3.6 s of CPU in Pillow before
+        (png_of_private_chunks(800_000), InvalidImage),  # 9 MB: 3.9 s and +113 MB before
+        (bmp_rle8_row(36_000_000), ImageTooLarge),  # 1 KB: 4 s before
+    ],
+    ids=["jpeg-empty-markers", "png-private-chunks", "bmp-rle-row"],
+)
+def test_a_file_pillow_would_parse_for_seconds_is_refused_at_once(data: bytes, refusal: type[Exception]) -> None:
+    started = time.process_time()
+    with pytest.raises(refusal):
+        decode_image(data, filename="f", size=(32, 32), max_pixels=36_000_000)
+    print(f"\nrefused after {1000 * (time.process_time() - started):.1f} ms of CPU")
+
+
+@pytest.mark.parametrize(
+    "data",
+    [jpeg_of_empty_markers(MAX_JPEG_SEGMENTS - 20), png_of_private_chunks(1000), bmp_rle8_row(MAX_RLE_PIXELS)],
+    ids=["jpeg", "png", "bmp"],
+)
+def test_the_same_files_within_the_limits_still_decode(data: bytes) -> None:
+    assert decode_image(data, filename="f", size=(32, 32), max_pixels=36_000_000).shape == (32, 32, 3)
