@@ -14,10 +14,15 @@ connection can make the server hold before a request reaches the app (uvicorn ha
   anything of it is read.
 
 Malformed requests (a bad request line, a NUL in a header, a URL over the head limit) get a JSON 400 like every
-other error of the service."""
+other error of the service.
+
+And no connection is closed under a client that may be sending on it: while the server drains, every answer says
+`Connection: close`, and at the end of the drain an idle connection is closed only once it has been idle for
+IDLE_CLOSE_S (uvicorn closes it at once: a request the client sent meanwhile was lost to a reset)."""
 
 import asyncio
 import logging
+import time
 from typing import Any
 
 import orjson
@@ -25,7 +30,13 @@ from uvicorn.config import Config
 from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 from uvicorn.server import ServerState
 
+from service.lifecycle import DRAIN
+
 log = logging.getLogger(__name__)
+
+IDLE_CLOSE_S = 1.0
+"""At the end of a drain, how long a connection must have been idle before it is closed: a client that was about
+to send on it has sent by then, and is answered (with `Connection: close`) instead of reset."""
 
 _REASONS = {400: b"Bad Request", 408: b"Request Timeout", 431: b"Request Header Fields Too Large",
             503: b"Service Unavailable"}  # fmt: skip
@@ -77,6 +88,7 @@ class BoundedHttpToolsProtocol(HttpToolsProtocol):
         self._refusal: tuple[int, str, str] | None = None
         self._head_timer: asyncio.TimerHandle | None = None
         self._write_timer: asyncio.TimerHandle | None = None
+        self._idle_since = time.monotonic()
 
     # -- the connection ---------------------------------------------------------------------------------------------
 
@@ -163,11 +175,14 @@ class BoundedHttpToolsProtocol(HttpToolsProtocol):
             )
             raise _Refused
         super().on_headers_complete()
+        if DRAIN.refusing and self.cycle is not None:
+            self.cycle.keep_alive = False  # answered with `Connection: close`: the client will not send on it again
 
     def on_response_complete(self) -> None:
         """An answer is sent: the next request's head has its own time and byte budget; reading resumes only once
         nothing is queued (uvicorn resumes at once, which let one connection queue without bound)."""
         super().on_response_complete()
+        self._idle_since = time.monotonic()
         if self.transport.is_closing():
             return
         if self.pipeline:
@@ -196,6 +211,23 @@ class BoundedHttpToolsProtocol(HttpToolsProtocol):
             "request_head_timeout",
             f"the request line and headers did not arrive within {self.limits.head_timeout_s:g} s",
         )
+
+    def shutdown(self) -> None:
+        """The server is stopping: a connection in the middle of a request is closed after its answer (uvicorn's
+        way); an idle one once it has been idle for IDLE_CLOSE_S, unless a request arrives first."""
+        if self.cycle is not None and not self.cycle.response_complete:
+            self.cycle.keep_alive = False
+            return
+        self._close_when_idle()
+
+    def _close_when_idle(self) -> None:
+        if self.transport.is_closing() or (self.cycle is not None and not self.cycle.response_complete):
+            return  # closed, or a request came: it is answered with `Connection: close`
+        idle = time.monotonic() - self._idle_since
+        if idle >= IDLE_CLOSE_S and self._head_bytes == 0:
+            self.transport.close()
+        else:
+            self.loop.call_later(max(IDLE_CLOSE_S - idle, 0.05), self._close_when_idle)
 
     # -- answers ------------------------------------------------------------------------------------------------
 

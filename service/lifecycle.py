@@ -174,6 +174,13 @@ class WorkerSupervisor(Multiprocess):
             log.warning("event=worker_died pid=%s exitcode=%s", process.pid, process.exitcode)
             self.processes[index] = self._new_worker()
 
+    def terminate_all(self) -> None:
+        """Drain every worker (SIGTERM), and close this process's copy of the listening socket: once the workers
+        have closed theirs, a new connection is refused at once rather than left in the backlog to be reset."""
+        for sock in self.sockets:
+            sock.close()
+        super().terminate_all()
+
     def handle_hup(self) -> None:
         """Not offered: restart the whole server instead."""
         log.warning("event=signal_ignored signal=SIGHUP")
