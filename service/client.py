@@ -241,9 +241,10 @@ def _shown(path: Path) -> str:
 
 def _retry_after(value: str | None) -> float:
     try:
-        return min(max(float(value or 1), 0.0), 60.0)
+        seconds = float(value or 1)
     except ValueError:
         return 1.0
+    return min(max(seconds, 0.0), 60.0) if math.isfinite(seconds) else 1.0
 
 
 def _reason(status: int, body: Any) -> str:

@@ -25,6 +25,7 @@ import logging
 import time
 from typing import Any
 
+import httptools
 import orjson
 from uvicorn.config import Config
 from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
@@ -89,6 +90,7 @@ class BoundedHttpToolsProtocol(HttpToolsProtocol):
         self._head_timer: asyncio.TimerHandle | None = None
         self._write_timer: asyncio.TimerHandle | None = None
         self._idle_since = time.monotonic()
+        self._since_progress = 0  # bytes fed since the parser last reported progress (a head, body bytes, an end)
 
     # -- the connection ---------------------------------------------------------------------------------------------
 
@@ -120,12 +122,20 @@ class BoundedHttpToolsProtocol(HttpToolsProtocol):
             return
         if self._in_head:
             self._head_bytes += len(data)
+        self._since_progress += len(data)
         self._unset_keepalive_if_required()
         try:
             self.parser.feed_data(data)
         except _Refused:
             pass
-        except Exception as error:  # httptools' errors: a malformed request (or an upgrade we do not offer)
+        except httptools.HttpParserUpgrade:  # as uvicorn: WebSocket if offered, else the request is served plainly
+            if self._should_upgrade():
+                self.handle_websocket_upgrade()
+            else:
+                self._unsupported_upgrade_warning()
+                if self.cycle is not None:
+                    self.cycle.keep_alive = False
+        except Exception as error:  # httptools' errors: a malformed request
             if self._refusal is None and not self.transport.is_closing():
                 self._refusal = (400, "bad_request", f"the request could not be parsed as HTTP/1.1: {error}")
         if self._refusal is None and self._in_head and self._head_bytes > self.limits.max_head_bytes:
@@ -133,6 +143,13 @@ class BoundedHttpToolsProtocol(HttpToolsProtocol):
                 431,
                 "request_head_too_large",
                 f"the request line and headers are over {self.limits.max_head_bytes} bytes",
+            )
+        elif self._refusal is None and self._since_progress > self.limits.max_head_bytes:
+            # bytes the parser holds without a word to us: a chunked body's trailers, or chunk extensions
+            self._refusal = (
+                431,
+                "request_trailers_too_large",
+                f"over {self.limits.max_head_bytes} bytes of chunk headers or trailers",
             )
         if self._refusal is not None:
             self._refuse(*self._refusal)
@@ -162,10 +179,21 @@ class BoundedHttpToolsProtocol(HttpToolsProtocol):
             raise _Refused
         super().on_header(name, value)
 
+    def on_body(self, body: bytes) -> None:
+        """Body bytes: progress."""
+        self._since_progress = 0
+        super().on_body(body)
+
+    def on_message_complete(self) -> None:
+        """The request is whole: progress."""
+        self._since_progress = 0
+        super().on_message_complete()
+
     def on_headers_complete(self) -> None:
         """The head is whole: stop its clock and its byte count, and bound the pipeline."""
         self._in_head = False
         self._head_bytes = 0
+        self._since_progress = 0
         self._cancel(self._head_timer)
         if len(self.pipeline) >= self.limits.max_pipelined:
             self._refusal = (
@@ -183,10 +211,15 @@ class BoundedHttpToolsProtocol(HttpToolsProtocol):
         nothing is queued (uvicorn resumes at once, which let one connection queue without bound)."""
         super().on_response_complete()
         self._idle_since = time.monotonic()
+        if self.transport.get_write_buffer_size() and self._write_timer is None and self.limits.write_timeout_s > 0:
+            # an answer not yet taken by the client: it has write_timeout_s to take it (also while closing)
+            self._write_timer = self.loop.call_later(self.limits.write_timeout_s, self._write_timed_out)
         if self.transport.is_closing():
             return
         if self.pipeline:
             self.flow.pause_reading()
+        elif self.cycle is None or self.cycle.response_complete:
+            self._in_head = True  # whatever comes next counts as the next request's head, and is timed as one
         self._head_bytes = 0
         self._arm_head_timer()
 
@@ -245,6 +278,8 @@ class BoundedHttpToolsProtocol(HttpToolsProtocol):
 
     def _write_timed_out(self) -> None:
         self._write_timer = None
+        if not self.transport.get_write_buffer_size():
+            return  # taken meanwhile
         log.info("event=connection_closed reason=client_not_reading client=%s", self.client)
         self.transport.abort()
 

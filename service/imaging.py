@@ -125,11 +125,14 @@ def _checked(data: bytes, filename: str, size: tuple[int, int], max_pixels: int,
             raise ImageTooLarge(
                 f"{filename!r} is {image.width}x{image.height} = {pixels} pixels; the limit is {max_pixels}"
             )
-        if image.tile and image.tile[0].codec_name == "bmp_rle" and pixels > MAX_RLE_PIXELS:
-            raise ImageTooLarge(
-                f"{filename!r} is a run-length encoded BMP of {pixels} pixels; at most {MAX_RLE_PIXELS} are accepted "
-                "(it decodes in Python, a step per pixel): send it uncompressed, or as PNG"
-            )
+        if image.tile and image.tile[0].codec_name == "bmp_rle":
+            if pixels > MAX_RLE_PIXELS:
+                raise ImageTooLarge(
+                    f"{filename!r} is a run-length encoded BMP of {pixels} pixels; at most {MAX_RLE_PIXELS} are "
+                    "accepted (it decodes in Python, a step per pixel): send it uncompressed, or as PNG"
+                )
+            if len(data) > 2 * pixels + 65536:  # its codes can do no work beyond this (codes that draw nothing)
+                raise InvalidImage(f"{filename!r} is a run-length encoded BMP of more codes than its pixels need")
         declared = (image.width, image.height)
         try:
             image.draft("RGB", (max(size), max(size)))
@@ -166,8 +169,11 @@ def jpeg_scans(data: bytes, limit: int) -> int:
     decoder then judges the file)."""
     scans, position = 0, 2  # after the start-of-image marker
     while position + 4 <= len(data) and scans <= limit:
-        if data[position] != 0xFF:
-            break
+        if data[position] != 0xFF:  # a stray byte, which the decoder skips too
+            position = data.find(b"\xff", position)
+            if position < 0:
+                break
+            continue
         marker = data[position + 1]
         if marker == 0xFF:  # fill byte
             position += 1
@@ -216,6 +222,10 @@ def _open(content: bytes, *, header_only: bool = False) -> Image.Image:
     return Image.open(io.BytesIO(content), formats=ACCEPTED_FORMATS)
 
 
+MAX_GIF_BLOCKS = 16_384
+"""Most extension sub-blocks a GIF may have before its first frame (an XMP packet of 100 KB is 400)."""
+
+
 def _check_gif_frame(content: bytes, filename: str, max_pixels: int) -> None:
     """Refuse a GIF whose first frame declares more than `max_pixels`, before Pillow opens it: Pillow fills a
     frame's disposal area while opening (a 37-byte file declaring a 65535x65535 frame took 4 GB), and only its own
@@ -231,7 +241,13 @@ def _check_gif_frame(content: bytes, filename: str, max_pixels: int) -> None:
     if content[10] & 0x80:  # a global colour table follows the logical screen descriptor
         position += 3 << ((content[10] & 0x07) + 1)
 
+    walked = 0
+
     def sub_block(at: int) -> tuple[bytes | None, int]:  # Pillow's GifImageFile.data()
+        nonlocal walked
+        walked += 1
+        if walked > MAX_GIF_BLOCKS:  # Pillow keeps each of a comment's (1M of them: 1.4 s and 126 MB)
+            raise InvalidImage(f"{filename!r} is a GIF of more than {MAX_GIF_BLOCKS} blocks before its first frame")
         if at < len(content) and content[at]:
             return content[at + 1 : at + 1 + content[at]], at + 1 + content[at]
         return None, at + 1
@@ -275,26 +291,36 @@ APP markers took 3.6 s of CPU, twice per upload: header check and decode); real 
 profile in 64 KB pieces, tables)."""
 
 
+MAX_JPEG_JUNK_BYTES = 4096
+"""Most bytes between a JPEG's segments that are not a marker: Pillow skips them one Python step at a time."""
+
+
 def _check_jpeg_segments(content: bytes) -> None:
-    """Refuse a JPEG with more than MAX_JPEG_SEGMENTS segments before its first scan, counted by their lengths."""
+    """Refuse a JPEG with more than MAX_JPEG_SEGMENTS segments, or MAX_JPEG_JUNK_BYTES stray bytes, before its first
+    scan: walked as Pillow's JPEG reader walks it (stray bytes and FF00 skipped, FFFF a fill byte)."""
     if not content.startswith(b"\xff\xd8"):
         return
-    segments, position = 0, 2
-    while position + 4 <= len(content) and content[position] == 0xFF:
-        marker = content[position + 1]
-        if marker == 0xDA:  # the first scan: Pillow's part ends here
-            return
-        if marker == 0xFF:  # fill byte
+    segments = junk = 0
+    position = 2
+    while position + 1 < len(content):
+        if content[position] != 0xFF:  # Pillow skips a stray byte
+            junk += 1
             position += 1
-            continue
-        segments += 1
+        else:
+            marker = content[position + 1]
+            if marker == 0xDA:  # the first scan: Pillow's part ends here
+                return
+            if marker in (0xFF, 0x00):  # a fill byte; a stuffed zero Pillow skips
+                junk += marker == 0x00
+                position += 1 if marker == 0xFF else 2
+            else:
+                segments += 1
+                standalone = marker in (0x01, 0xD8) or 0xD0 <= marker <= 0xD7  # markers without a length
+                position += 2 if standalone else 2 + int.from_bytes(content[position + 2 : position + 4], "big")
         if segments > MAX_JPEG_SEGMENTS:
             raise ValueError(f"more than {MAX_JPEG_SEGMENTS} marker segments before the image data")
-        position += (
-            2
-            if marker in (0x01, 0xD8) or 0xD0 <= marker <= 0xD7
-            else 2 + (content[position + 2] << 8 | content[position + 3])
-        )
+        if junk > MAX_JPEG_JUNK_BYTES:
+            raise ValueError(f"more than {MAX_JPEG_JUNK_BYTES} stray bytes between its marker segments")
 
 
 MAX_PNG_CHUNKS = 16_384

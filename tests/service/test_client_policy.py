@@ -48,3 +48,20 @@ def test_only_a_refusal_for_a_file_is_retried_file_by_file(tmp_path: Path, monke
     results = classifier(not_found, monkeypatch).classify(files(tmp_path, 4))
     assert len(seen) == 1
     assert all(result.error == "404 not_found: Not Found" for result in results)
+
+
+def test_a_retry_after_that_is_not_a_finite_number_waits_a_second(tmp_path: Path, monkeypatch) -> None:
+    waits: list[float] = []
+    answers = iter(["nan", "inf", "-1e999"])
+
+    def refusing(request: httpx.Request) -> httpx.Response:
+        value = next(answers, None)
+        if value is None:
+            return httpx.Response(200, json={"predictions": [{"top_k": [{"label": "cat", "probability": 0.9}]}]})
+        return httpx.Response(503, headers={"Retry-After": value}, json={"error": "overloaded", "detail": "later"})
+
+    client = classifier(refusing, monkeypatch)
+    client.retries = 3
+    monkeypatch.setattr("service.client.time.sleep", waits.append)
+    (result,) = client.classify(files(tmp_path, 1))
+    assert result.label == "cat" and waits == [1.0, 1.0, 1.0]

@@ -439,3 +439,44 @@ def test_a_file_pillow_would_parse_for_seconds_is_refused_at_once(data: bytes, r
 )
 def test_the_same_files_within_the_limits_still_decode(data: bytes) -> None:
     assert decode_image(data, filename="f", size=(32, 32), max_pixels=36_000_000).shape == (32, 32, 3)
+
+
+def _rle_bmp(width: int, height: int, codes: bytes) -> bytes:
+    palette = b"\x00\x00\x00\x00" * 256
+    info = struct.pack("<IiiHHIIiiII", 40, width, height, 1, 8, 1, len(codes), 2835, 2835, 256, 0)
+    offset = 14 + 40 + len(palette)
+    return b"BM" + struct.pack("<IHHI", offset + len(codes), 0, 0, offset) + info + palette + codes
+
+
+_JPEG = encode(noisy_image(RED, (64, 64)), "JPEG")
+_APP0 = b"\xff\xe0\x00\x02"
+_GIF = encode(Image.new("P", (8, 8)), "GIF")
+_FRAME = _GIF.index(b",")
+
+
+@pytest.mark.parametrize(
+    "data",
+    [
+        _JPEG[:2] + _APP0 + b"\x00" + _APP0 * 450_000 + _JPEG[2:],  # a stray byte Pillow skips, then the flood
+        _JPEG[:2] + _APP0 + b"\x00" * 1_900_000 + _JPEG[2:],  # stray bytes, skipped one Python step at a time
+        _rle_bmp(2, 1, b"\x00\x00" * 5_000_000),  # 10 MB of end-of-line codes that draw nothing
+        _rle_bmp(2, 1, b"\x00\x02\x00\x00" * 2_500_000),  # moves of zero
+        _GIF[:_FRAME] + b"\x21\xfe" + b"\x01a" * 1_000_000 + b"\x00" + _GIF[_FRAME:],  # a comment of 1M blocks
+    ],
+    ids=["jpeg-stray-byte-then-markers", "jpeg-stray-bytes", "bmp-rle-end-of-lines", "bmp-rle-zero-moves",
+         "gif-comment-blocks"],
+)  # fmt: skip
+def test_files_of_costly_structure_found_by_a_review_are_refused_at_once(data: bytes) -> None:
+    started = time.process_time()
+    with pytest.raises((InvalidImage, ImageTooLarge)):
+        decode_image(data, filename="f", size=(32, 32), max_pixels=36_000_000)
+    assert time.process_time() - started < 0.5  # Pillow took 1.4-3.2 s of CPU on each
+
+
+def test_a_stray_byte_before_the_first_scan_does_not_hide_the_scans() -> None:
+    progressive = encode(noisy_image(RED, (256, 256)), "JPEG", progressive=True)
+    last = progressive.rindex(b"\xff\xda")
+    repeated = progressive[:-2] + progressive[last:-2] * 300 + progressive[-2:]
+    first = repeated.index(b"\xff\xda")
+    with_stray = repeated[:first] + b"\x00" + repeated[first:]
+    assert jpeg_scans(with_stray, MAX_JPEG_SCANS) > MAX_JPEG_SCANS

@@ -166,3 +166,37 @@ def test_a_client_that_does_not_read_its_answers_is_disconnected(server: tuple[s
           f"{rss_mb(pid):.0f} MB")  # fmt: skip
     assert len(received) < 8 * size
     assert rss_mb(pid) - before < 100
+
+
+def test_bytes_after_an_answer_count_as_the_next_head_and_are_timed(server: tuple[str, int]) -> None:
+    """A bare CRLF after an answer had cancelled the keep-alive timer and left the connection open for good."""
+    with connect(server[0]) as connection:
+        connection.sendall(b"GET /health HTTP/1.1\r\nHost: x\r\n\r\n")
+        time.sleep(0.5)
+        connection.sendall(b"\r\n")
+        received = read_all(connection)  # the answer, then the close at the head timeout (2 s here)
+    assert received.startswith(b"HTTP/1.1 200 ")
+
+
+def test_chunked_trailers_are_bounded_like_a_head(server: tuple[str, int]) -> None:
+    """httptools buffers a trailer's value before reporting it: 100 MB of it had cost 180 MB and 15 s of CPU."""
+    url, pid = server
+    before = rss_mb(pid)
+    with connect(url) as connection:
+        connection.sendall(b"POST /health HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n0\r\nX-T: ")
+        with contextlib.suppress(OSError):
+            for _ in range(100):
+                connection.sendall(b"a" * 1_000_000)
+        reply = read_all(connection)
+    assert reply == b"" or reply.startswith(b"HTTP/1.1 ")
+    assert rss_mb(pid) - before < 50
+
+
+def test_an_h2c_upgrade_request_is_answered_over_http_1_1(server: tuple[str, int]) -> None:
+    with connect(server[0]) as connection:
+        connection.sendall(
+            b"GET /health HTTP/1.1\r\nHost: x\r\nConnection: Upgrade, HTTP2-Settings\r\nUpgrade: h2c\r\n"
+            b"HTTP2-Settings: AAMAAABkAARAAAAAAAIAAAAA\r\n\r\n"
+        )
+        reply = read_all(connection)
+    assert reply.startswith(b"HTTP/1.1 200 ")
