@@ -98,12 +98,21 @@ def metric(url: str, name: str, **labels: str) -> float:
     return 0.0
 
 
-def wait_for(condition: object, what: str, seconds: float = 30) -> None:
-    """Poll `condition` until it is true; the deadline only guards against a hang, it is not a timing margin."""
+def wait_for(condition: object, what: str, seconds: float = 30, poll_s: float = 0.02) -> None:
+    """Poll `condition` every `poll_s` until it is true; the deadline only guards against a hang, it is not a timing
+    margin."""
     deadline = time.monotonic() + seconds
     while not condition():  # type: ignore[operator]
         assert time.monotonic() < deadline, f"gave up waiting for {what}"
-        time.sleep(0.02)
+        time.sleep(poll_s)
+
+
+def answers_200(url: str) -> bool:
+    """Whether a GET of `url` answers 200 now (False if nothing answers)."""
+    try:
+        return httpx.get(url, timeout=2).status_code == 200
+    except httpx.TransportError:
+        return False
 
 
 Files = list[tuple[str, tuple[str, bytes, str]]]

@@ -16,6 +16,8 @@ import shutil
 import subprocess
 import sys
 import tempfile
+import time
+import urllib.request
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -104,6 +106,27 @@ class Container:
         """What the container wrote to stdout and stderr."""
         result = self.engine.run("logs", self.name, check=False)
         return result.stdout + result.stderr
+
+    def url(self, port: int = 8000) -> str:
+        """The base URL of the container's published `port`, on the loopback address."""
+        mapping = self.engine.run("port", self.name, f"{port}/tcp").stdout.split()[0]
+        return "http://" + mapping.replace("0.0.0.0", "127.0.0.1")
+
+    def wait_ready(self, url: str | None = None, seconds: float = 60) -> float:
+        """Seconds until `url`/ready (the published port 8000's by default) answered 200, polled every 20 ms; fails
+        with the container's logs if it stops running or is not ready within `seconds`."""
+        url = url or self.url()
+        started = time.monotonic()
+        while time.monotonic() - started < seconds:
+            try:
+                with urllib.request.urlopen(f"{url}/ready", timeout=1) as answer:
+                    if answer.status == 200:
+                        return time.monotonic() - started
+            except OSError:  # refused, reset, timed out, or an HTTP error status (503: not ready yet)
+                pass
+            assert self.inspect("{{.State.Running}}") == "true", self.logs()
+            time.sleep(0.02)
+        raise AssertionError(f"{self.name} not ready within {seconds} s:\n{self.logs()}")
 
     def remove(self) -> None:
         """Stop at once and remove."""

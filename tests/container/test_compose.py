@@ -16,9 +16,10 @@ from dataclasses import dataclass, field
 import httpx2 as httpx
 import pytest
 
+from tests import helpers
 from tests.conftest import REPO
 from tests.container.engine import Container, Engine, build
-from tests.helpers import free_port, image_files
+from tests.helpers import answers_200, free_port, image_files
 
 SAMPLES = sorted((REPO / "tests" / "data" / "cifar10-sample").glob("*/*.jpg"))[::15]
 REPLICAS = 2
@@ -60,17 +61,8 @@ class Stack:
 
 
 def wait_for(condition: object, what: str, seconds: float = 120) -> None:
-    deadline = time.monotonic() + seconds
-    while not condition():  # type: ignore[operator]
-        assert time.monotonic() < deadline, f"timed out waiting for {what}"
-        time.sleep(0.2)
-
-
-def answers(url: str) -> bool:
-    try:
-        return httpx.get(url, timeout=2).status_code == 200
-    except httpx.TransportError:
-        return False
+    """tests.helpers.wait_for, polling every 0.2 s: the conditions here run engine commands."""
+    helpers.wait_for(condition, what, seconds, poll_s=0.2)
 
 
 @pytest.fixture(scope="module")
@@ -95,7 +87,7 @@ def stack(engine: Engine, cpu_image: str, proxy_image: str, prometheus_image: st
         wait_for(lambda: len(running.containers("api-cpu")) == REPLICAS, "the replicas")
         for name in running.containers("api-cpu"):
             wait_for(lambda name=name: running.healthy(name), f"{name} to pass its healthcheck")
-        wait_for(lambda: answers(f"{running.url}/proxy/health"), "the proxy")
+        wait_for(lambda: answers_200(f"{running.url}/proxy/health"), "the proxy")
         yield running
     finally:
         subprocess.run(
@@ -182,7 +174,7 @@ def test_a_model_written_into_the_models_volume_is_served_from_it(
         "--env", "CLASSIFIER_MODEL_PATH=/models/trained.onnx",
     )  # fmt: skip
     port = stack.engine.run("port", served.name, "8000/tcp").stdout.split()[0].rsplit(":", 1)[1]
-    wait_for(lambda: answers(f"http://127.0.0.1:{port}/ready"), "the model from the volume to be served", 60)
+    wait_for(lambda: answers_200(f"http://127.0.0.1:{port}/ready"), "the model from the volume to be served", 60)
     assert "path=/models/trained.onnx" in served.logs()
 
 

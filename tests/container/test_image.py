@@ -30,26 +30,6 @@ def hardened(memory_bytes: int) -> list[str]:
     ]  # fmt: skip
 
 
-def url_of(container: Container) -> str:
-    """The base URL of the container's published port 8000."""
-    mapping = container.engine.run("port", container.name, "8000/tcp").stdout.split()[0]
-    return "http://" + mapping.replace("0.0.0.0", "127.0.0.1")
-
-
-def wait_ready(url: str, container: Container, seconds: float = 60) -> float:
-    """Seconds until /ready answered 200 (polled every 20 ms)."""
-    started = time.monotonic()
-    while time.monotonic() - started < seconds:
-        try:
-            if httpx.get(f"{url}/ready", timeout=1).status_code == 200:
-                return time.monotonic() - started
-        except httpx.TransportError:
-            pass
-        assert container.inspect("{{.State.Running}}") == "true", container.logs()
-        time.sleep(0.02)
-    raise AssertionError(f"not ready within {seconds} s:\n{container.logs()}")
-
-
 def labels(answer: httpx.Response) -> list[str]:
     assert answer.status_code == 200, answer.text
     return [prediction["label"] for prediction in answer.json()["predictions"]]
@@ -59,8 +39,8 @@ def test_the_image_runs_hardened_and_answers_like_the_in_process_server(
     engine: Engine, cpu_image: str, start: Callable[..., Container], bundled_model: Path
 ) -> None:
     container = start(cpu_image, *hardened(memory_limit_bytes()))
-    url = url_of(container)
-    ready_s = wait_ready(url, container)
+    url = container.url()
+    ready_s = container.wait_ready()
     print(f"\n/ready answered 200 {ready_s:.2f} s after `{engine.name} run` returned")
     assert ready_s < READY_WITHIN_S
 
@@ -113,8 +93,8 @@ def test_the_gpu_image_without_a_gpu_reports_the_cpu_or_refuses_as_told(
     if not engine.has_image("image-classifier:gpu"):
         pytest.skip("image-classifier:gpu is not built here (`make image TARGET=gpu`: 3 GB of CUDA wheels)")
     container = start("image-classifier:gpu", "--read-only", "--tmpfs", "/tmp", "--publish", "127.0.0.1::8000")
-    url = url_of(container)
-    wait_ready(url, container)
+    url = container.url()
+    container.wait_ready()
     assert httpx.get(f"{url}/ready", timeout=5).json()["provider"] == "CPUExecutionProvider"
     assert "event=provider_fallback" in container.logs()
     # CUDA's own libraries load (from the wheels); only the driver, which a GPU host provides, is missing.

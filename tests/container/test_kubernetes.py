@@ -4,7 +4,6 @@ securityContext, memory limit and liveness probe applied to the container."""
 
 import shutil
 import subprocess
-import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -14,7 +13,7 @@ import pytest
 import yaml
 
 from tests.conftest import REPO
-from tests.container.engine import Engine
+from tests.container.engine import Container, Engine
 from tests.helpers import free_port, image_files, memory_limit_bytes
 
 SAMPLE = next((REPO / "tests" / "data" / "cifar10-sample" / "ship").glob("*.jpg"))
@@ -42,25 +41,21 @@ def played(engine: Engine, cpu_image: str, tmp_path: Path) -> Iterator[tuple[str
     docs = rendered(port)
     manifest = tmp_path / "single-host.yaml"
     manifest.write_text(yaml.safe_dump_all(docs))
+    kube_network = "podman-default-kube-network"  # made by the first `kube play`: removed after, if it was ours
+    had_network = engine.run("network", "exists", kube_network, check=False).returncode == 0
     try:
         engine.run("kube", "play", str(manifest), timeout=300)
         yield f"http://127.0.0.1:{port}", next(doc for doc in docs if doc["kind"] == "Deployment")
     finally:
         engine.run("kube", "down", str(manifest), check=False, timeout=120)
+        if not had_network:
+            engine.run("network", "rm", kube_network, check=False)
 
 
 def test_the_cpu_overlay_plays_ready_classifying_and_hardened(engine: Engine, played: tuple[str, dict]) -> None:
     url, deployment = played
     name = f"{deployment['metadata']['name']}-pod-0-api"  # podman's name for the Deployment's container
-    deadline = time.monotonic() + 60
-    while True:
-        try:
-            if httpx.get(f"{url}/ready", timeout=1).status_code == 200:
-                break
-        except httpx.TransportError:
-            pass
-        assert time.monotonic() < deadline, engine.run("logs", name, check=False).stderr
-        time.sleep(0.1)
+    Container(engine, name).wait_ready(url)  # on the manifest's host port (not one `podman port` knows)
     answer = httpx.post(f"{url}/predict", files=image_files((SAMPLE.name, SAMPLE.read_bytes())), timeout=30)
     assert answer.status_code == 200 and answer.json()["predictions"][0]["label"] == "ship"
 

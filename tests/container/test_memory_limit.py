@@ -35,17 +35,8 @@ def test_worst_case_uploads_never_pass_the_memory_limit(cpu_image: str, start: C
         cpu_image, "--read-only", "--tmpfs", "/tmp", "--memory", str(limit), "--memory-swap", str(limit),
         "--publish", "127.0.0.1::8000", *environment,
     )  # fmt: skip
-    url = "http://" + container.engine.run("port", container.name, "8000/tcp").stdout.split()[0]
-    url = url.replace("0.0.0.0", "127.0.0.1")
-    deadline = time.monotonic() + 60
-    while True:
-        try:
-            if httpx.get(f"{url}/ready", timeout=1).status_code == 200:
-                break
-        except httpx.TransportError:
-            pass
-        assert time.monotonic() < deadline, container.logs()
-        time.sleep(0.1)
+    url = container.url()
+    container.wait_ready()
 
     files = worst_cases() | hostile_corpus()
     names = sorted(files)

@@ -16,7 +16,7 @@ import httpx2 as httpx
 import pytest
 
 from tests.conftest import REPO, encode, noisy_image, read_response
-from tests.helpers import free_port, image_files, metric, multipart
+from tests.helpers import answers_200, free_port, image_files, metric, multipart
 
 REQUESTS = 48
 IMAGES_PER_REQUEST = 64
@@ -195,7 +195,7 @@ def test_two_workers_stop_under_keep_alive_load_answering_every_request(bundled_
         server = subprocess.Popen([sys.executable, "-m", "service"], env=env, cwd=REPO, stdout=log, stderr=log)
     try:
         deadline = time.monotonic() + 60
-        while not _ready(url):
+        while not answers_200(f"{url}/ready"):
             assert server.poll() is None and time.monotonic() < deadline, (tmp_path / "server.log").read_text()
             time.sleep(0.1)
         remaining = iter(range(300))
@@ -220,10 +220,3 @@ def test_two_workers_stop_under_keep_alive_load_answering_every_request(bundled_
     counts = {outcome: outcomes.count(outcome) for outcome in set(outcomes)}
     print(f"\n2 workers, shutdown delay {shutdown_delay_s} s, SIGTERM after 100 of 300 requests: {counts}")
     assert len(outcomes) == 300 and set(outcomes) <= answers
-
-
-def _ready(url: str) -> bool:
-    try:
-        return httpx.get(f"{url}/ready", timeout=1).status_code == 200
-    except httpx.TransportError:
-        return False
