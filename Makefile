@@ -54,7 +54,7 @@ bench: $(VENV)/.dev-installed
 # 10 minutes of constant moderate load; fails on any error or on memory growth of 10% or more.
 soak: $(VENV)/.dev-installed
 	@command -v hey >/dev/null || { echo "hey is missing: apt-get install -y hey"; exit 1; }
-	$(BIN)/python -m benchmarks.soak
+	$(BIN)/python -m benchmarks.soak --attack
 
 # 200,000 mutated image files through the decoder (not part of the tests; a seeded 3,000 are): exit 1 on a failure.
 fuzz: $(VENV)/.dev-installed

@@ -1,9 +1,12 @@
 """Soak: constant moderate load on the real server for a long time; throughput, p99 and memory over time.
 
-    python -m benchmarks.soak [--minutes 10] [--rate 200]        (or: make soak)
+    python -m benchmarks.soak [--minutes 10] [--rate 200] [--attack]        (make soak: with --attack)
 
-Writes benchmarks/results/soak.md, soak.json and soak.png. Passes when no request failed and resident memory
-grew by less than 10% between the end of the first minute (warm) and the end of the run.
+With --attack, hostile clients (benchmarks/attacks.py: issue 23's table, one attack after another) run beside
+the normal traffic all along. Writes benchmarks/results/soak.md, soak.json and soak.png (soak-attack.* with
+--attack). Passes when no normal request failed, their p99 stayed under 100 ms with --attack, and resident memory
+(the server's and its decoder processes') grew by less than 10% between the end of the first minute (warm) and the
+end of the run.
 """
 
 import argparse
@@ -14,7 +17,9 @@ from pathlib import Path
 
 import numpy as np
 
-from benchmarks.serving import REPO, RESULTS, cpu_name, hey_rows, multipart_body, rss_mb, sample_images, service
+from benchmarks.attacks import Attacker
+from benchmarks.serving import REPO, RESULTS, cpu_name, hey_rows, multipart_body, sample_images, service
+from tests.helpers import tree_rss_mb as rss_mb
 
 WINDOW_S = 30
 CONCURRENCY = 8
@@ -26,7 +31,9 @@ def main() -> None:
     parser.add_argument("--model", default=str(REPO / "models" / "default.onnx"))
     parser.add_argument("--minutes", type=float, default=10.0)
     parser.add_argument("--rate", type=float, default=200.0, help="requests per second offered (1 image each)")
+    parser.add_argument("--attack", action="store_true", help="hostile clients beside the normal traffic")
     args = parser.parse_args()
+    attacker = None
     logs = RESULTS / "logs"
     logs.mkdir(parents=True, exist_ok=True)
     body = logs / "soak-one-image.body"
@@ -44,9 +51,14 @@ def main() -> None:
         sampler = threading.Thread(target=sample)
         sampler.start()
         memory.append((0.0, rss_mb(pid)))
+        if args.attack:
+            attacker = Attacker(int(url.rsplit(":", 1)[1]))
+            attacker.start()
         rows = hey_rows(url, body, concurrency=CONCURRENCY, seconds=seconds, rate_per_worker=args.rate / CONCURRENCY)
         stop.set()
         sampler.join()
+        if attacker:
+            attacker.stop()
         memory.append((time.monotonic() - started, rss_mb(pid)))
 
     windows = []
@@ -77,20 +89,29 @@ def main() -> None:
         "rss_warm_mb": round(warm, 1),
         "rss_end_mb": round(final, 1),
         "rss_growth_after_warm_up": round(growth, 4),
-        "passed": errors == 0 and growth < 0.10,
+        "attacks": (
+            {f"{name}: {result}": count for (name, result), count in sorted(attacker.outcomes.items())}
+            if attacker
+            else None
+        ),
+        "passed": errors == 0 and growth < 0.10 and (not attacker or float(np.percentile(all_ok, 99)) < 100),
         "when": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
     }
     RESULTS.mkdir(parents=True, exist_ok=True)
-    (RESULTS / "soak.json").write_text(json.dumps({"summary": summary, "windows": windows, "memory": memory}, indent=2))
-    lines = ["# Soak", ""] + [f"- {key}: {value}" for key, value in summary.items()]
-    (RESULTS / "soak.md").write_text("\n".join(lines) + "\n")
-    plot(windows, memory)
+    name = "soak-attack" if attacker else "soak"
+    (RESULTS / f"{name}.json").write_text(
+        json.dumps({"summary": summary, "windows": windows, "memory": memory}, indent=2)
+    )
+    lines = [f"# Soak{' beside hostile clients' if attacker else ''}", ""]
+    lines += [f"- {key}: {value}" for key, value in summary.items()]
+    (RESULTS / f"{name}.md").write_text("\n".join(lines) + "\n")
+    plot(windows, memory, RESULTS / f"{name}.png")
     print(json.dumps(summary, indent=2))
     if not summary["passed"]:
         raise SystemExit("soak failed: errors or memory growth")
 
 
-def plot(windows: list[dict[str, float | None]], memory: list[tuple[float, float]]) -> None:
+def plot(windows: list[dict[str, float | None]], memory: list[tuple[float, float]], path: Path) -> None:
     """Throughput, p99 and resident memory over time."""
     import matplotlib
 
@@ -110,7 +131,7 @@ def plot(windows: list[dict[str, float | None]], memory: list[tuple[float, float
         ax.grid(alpha=0.3)
     axes[0].set_title(f"Soak: throughput and p99 per {WINDOW_S} s window, resident memory every 5 s")
     figure.tight_layout()
-    figure.savefig(RESULTS / "soak.png", dpi=100)
+    figure.savefig(path, dpi=100)
     plt.close(figure)
 
 

@@ -32,8 +32,8 @@ from service.telemetry import Telemetry
 
 log = logging.getLogger(__name__)
 
-# Decoding threads per process: enough to keep the cores busy; the memory budget, not this, bounds memory.
-DECODE_THREADS = min(4, os.cpu_count() or 1)
+# Decoder processes per server process: enough to keep the cores busy; the memory budget, not this, bounds memory.
+DECODE_PROCESSES = min(4, os.cpu_count() or 1)
 
 
 def warm_up_sizes(max_batch_size: int) -> list[int]:
@@ -82,7 +82,12 @@ def create_app(settings: Settings | None = None, drain: DrainState = DRAIN) -> F
         except (ModelLoadError, ProviderUnavailable, ServiceError) as error:
             log.error("event=startup_failed model_path=%s reason=%s", settings.model_path, error)
             raise
-        decoder = Decoder(memory_bytes=settings.decode_memory_bytes, threads=DECODE_THREADS)
+        decoder = await asyncio.to_thread(
+            Decoder,
+            memory_bytes=settings.decode_memory_bytes,
+            processes=DECODE_PROCESSES,
+            cpu_seconds=settings.decode_cpu_limit_s,
+        )
         batcher = Batcher(
             constant_answer(len(model.info.labels)) if settings.benchmark_constant_answer else model.predict,
             max_batch_size=settings.max_batch_size,

@@ -12,13 +12,16 @@ gzip bomb costs no more than that), anything but a classifier's answer is an err
 what is printed is neutralised (control characters in every format; spreadsheet formulas in CSV)."""
 
 import argparse
+import contextlib
 import csv
 import glob
 import json
 import math
 import os
 import re
+import socket
 import sys
+import threading
 import time
 import zlib
 from collections.abc import Iterator
@@ -117,6 +120,36 @@ def read_answer(response: httpx.Response, limit: int) -> bytes:
     return bytes(answer)
 
 
+class Deadline:
+    """Closes a request's connection once `seconds` have passed, whatever the server is doing: httpx's timeouts
+    are per read, so a server that trickles its answer (or sends "100 Continue" forever) would hold the client for
+    good. The connection is caught through httpx's `trace` extension as it opens."""
+
+    def __init__(self, seconds: float) -> None:
+        self.expired = False
+        self._streams: list[Any] = []
+        self._timer = threading.Timer(seconds, self._expire)
+        self._timer.daemon = True
+
+    def trace(self, event: str, info: dict[str, Any]) -> None:
+        """httpx's trace callback: keeps the connection's network stream."""
+        if event in ("connection.connect_tcp.complete", "connection.start_tls.complete"):
+            self._streams.append(info["return_value"])
+
+    def __enter__(self) -> "Deadline":
+        self._timer.start()
+        return self
+
+    def __exit__(self, *_: object) -> None:
+        self._timer.cancel()
+
+    def _expire(self) -> None:
+        self.expired = True
+        for stream in self._streams:
+            with contextlib.suppress(Exception):
+                stream.get_extra_info("socket").shutdown(socket.SHUT_RDWR)
+
+
 def _raw_chunks(response: httpx.Response) -> Iterator[bytes]:
     """The body as it arrives, not decoded; a response made whole in memory (httpx's MockTransport) at once."""
     try:
@@ -150,7 +183,9 @@ class Classifier:
         self.top_k = top_k
         self.retries = retries
         self.max_file_bytes = max_file_bytes
-        self.client = httpx.Client(headers=headers, timeout=timeout_s)
+        self.timeout_s = timeout_s
+        # A new connection per request, so that the deadline below can always close the request's own.
+        self.client = httpx.Client(headers=headers, timeout=timeout_s, limits=httpx.Limits(max_keepalive_connections=0))
         self.gave_up: str | None = None
 
     def classify(self, paths: list[Path]) -> list[Result]:
@@ -200,12 +235,23 @@ class Classifier:
         for attempt in range(self.retries + 1):
             last = attempt == self.retries
             limit = ANSWER_BYTES_FIXED + ANSWER_BYTES_PER_FILE * len(files)
+            deadline = Deadline(self.timeout_s)
             try:
-                with self.client.stream("POST", self.url, params={"top_k": self.top_k}, files=form) as response:
+                with (
+                    deadline,
+                    self.client.stream(
+                        "POST", self.url, params={"top_k": self.top_k}, files=form, extensions={"trace": deadline.trace}
+                    ) as response,
+                ):
                     text = read_answer(response, limit)
             except httpx.TransportError as error:
                 if last:
-                    raise Unavailable(f"the server was unreachable: {type(error).__name__}: {error}") from None
+                    reason = (
+                        f"the server gave no whole answer within --timeout {self.timeout_s:g} s"
+                        if deadline.expired
+                        else f"the server was unreachable: {type(error).__name__}: {error}"
+                    )
+                    raise Unavailable(reason) from None
                 time.sleep(1)
                 continue
             except BadAnswer as error:

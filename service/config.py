@@ -122,6 +122,11 @@ class Settings(BaseSettings):
     """Memory budget of all decodes in progress at once in one process; a request whose images do not fit waits
     until earlier decodes finish, one whose images could never fit is refused (413)."""
 
+    decode_cpu_limit_s: float = Field(default=2.0, gt=0)
+    """CPU time one request's images may take to check and decode (in a decoder process, which is killed past it:
+    413), whatever their format. The kernel counts it in whole seconds, so the limit in effect is up to a second
+    more. Small requests decoded on the event loop cost well under a millisecond and are not counted."""
+
     top_k: int = Field(default=3, ge=1)
     """How many labels, with probabilities, each prediction lists (capped at the number of classes)."""
 

@@ -19,12 +19,13 @@ import threading
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
-from typing import TypeVar
+from typing import Any, TypeVar
 
 import numpy as np
 from PIL import Image, PngImagePlugin, UnidentifiedImageError
 
 from service.budget import MemoryBudget
+from service.decoder_processes import DecoderProcess, Stopped, start_forkserver
 from service.errors import EmptyFile, ImageTooLarge, InvalidImage
 
 T = TypeVar("T")
@@ -548,18 +549,24 @@ millisecond of work). Anything larger is decoded on the decoding threads, in one
 
 
 class Decoder:
-    """Decodes the images of a request, within a memory budget for all decodes in progress at once: a request's
-    estimated bytes are reserved before its first pixel is decoded and given back only when its thread has
-    really finished, so a cancelled request cannot leave memory in use uncounted.
+    """Decodes the images of a request, within a memory budget for all decodes in progress at once.
 
     Small requests (see INLINE_FILE_BYTES and INLINE_PIXELS) are checked and decoded on the event loop, where a
-    thread hop would cost more than the work; their memory is a few kilobytes, not worth reserving. Others go to
-    the decoding threads once: headers checked, memory reserved (when the budget has room, without waiting), and
-    decoded in the same hand-over; only when the budget is full does the request wait for room, then hop again."""
+    hand-over would cost more than the work; their memory is a few kilobytes, not worth reserving. Every other
+    request goes to a decoder process (`service.decoder_processes`), one at a time each, so that its work can be
+    stopped the moment the request ends, and has a CPU limit: the process reads the headers, the request reserves
+    the estimated bytes (waiting for room while the budget has none), then the process decodes. The files' copy in
+    the process is reserved from its hand-over to its end."""
 
-    def __init__(self, *, memory_bytes: int, threads: int) -> None:
+    def __init__(self, *, memory_bytes: int, processes: int, cpu_seconds: float) -> None:
         self.budget = MemoryBudget(memory_bytes)
-        self._executor = ThreadPoolExecutor(max_workers=threads, thread_name_prefix="decode")
+        context = start_forkserver()
+        self._processes = [DecoderProcess(context, cpu_seconds) for _ in range(processes)]
+        self._idle: asyncio.Queue[DecoderProcess] = asyncio.Queue()
+        for process in self._processes:
+            self._idle.put_nowait(process)
+        # One thread per process, to wait on it without blocking the event loop.
+        self._executor = ThreadPoolExecutor(max_workers=processes, thread_name_prefix="decode")
 
     async def prepare(
         self, files: list[tuple[str, bytes]], *, size: tuple[int, int], max_pixels: int, max_decode_bytes: int
@@ -567,87 +574,79 @@ class Decoder:
         """The (name, bytes) files as one (N, height, width, 3) uint8 array, in order; a client error (415, 413,
         422) names the first bad one."""
         limits = {"size": size, "max_pixels": max_pixels, "max_decode_bytes": max_decode_bytes}
-
-        def check_all() -> list[CheckedImage]:
-            return [open_image(data, filename=name, **limits) for name, data in files]  # type: ignore[arg-type]
-
         if sum(len(data) for _, data in files) > INLINE_FILE_BYTES:
-            return await self._on_threads(check_all, size)
-        # Small files: headers read here, cheap small images decoded at once, the rest on a thread.
+            return await self._in_process(files, limits)
+        # Small files: headers read here, cheap small images decoded at once, the rest in a process.
         share = INLINE_PIXELS // len(files)
         results = [decode_small(data, filename=name, max_now=share, **limits) for name, data in files]  # type: ignore[arg-type]
-        pending = [result for result in results if isinstance(result, CheckedImage)]
+        pending = [(result.filename, result.content) for result in results if isinstance(result, CheckedImage)]
         if pending:
-            later = iter(await self._on_threads(lambda: pending, size))
+            later = iter(await self._in_process(pending, limits))
             results = [next(later) if isinstance(result, CheckedImage) else result for result in results]
         return np.stack(results)  # type: ignore[arg-type]
 
-    async def _on_threads(self, check: Callable[[], list[CheckedImage]], size: tuple[int, int]) -> np.ndarray:
-        """`check()` (the images' headers) then their decoding, in one hop to a decoding thread when the budget has
-        room; when it has none, the request waits for room, then hops again to decode."""
-        loop = asyncio.get_running_loop()
-        decoded = await self._in_thread(lambda stop: self._decode_if_room(check(), size, stop, loop))
-        if isinstance(decoded, np.ndarray):
-            return decoded
-        total = sum(image.decode_bytes for image in decoded)
-        await self.budget.acquire(total)
-        return await self._in_thread(lambda stop: _decode_each(decoded, size, stop), reserved=total)
-
-    async def _in_thread(self, work: Callable[[threading.Event], T], reserved: int = 0) -> T:
-        """`work(stop)` on a decoding thread; `stop` is set if this request ends first. `reserved` bytes of the
-        budget are given back once the thread has finished with it (or never started it)."""
-        loop = asyncio.get_running_loop()
-        stop = threading.Event()
+    async def _in_process(self, files: list[tuple[str, bytes]], limits: dict[str, Any]) -> np.ndarray:
+        """Check then decode `files` in a decoder process: their copy there is reserved from the hand-over, their
+        estimate (which counts the copy) from the end of the check."""
+        copied = sum(len(data) for _, data in files)
+        names = [name for name, _ in files]
+        process = await self._idle.get()
         try:
-            future = self._executor.submit(work, stop)
-        except BaseException:
-            self.budget.release(reserved)
-            raise
-        if reserved:
-            future.add_done_callback(lambda _: self._release_soon(loop, reserved))
-        try:
-            return await asyncio.wrap_future(future)
-        except asyncio.CancelledError:
-            stop.set()  # the request has ended: skip the images not decoded yet
-            raise
-
-    def _decode_if_room(self, images: list[CheckedImage], size: tuple[int, int], stop: threading.Event,
-                        loop: asyncio.AbstractEventLoop) -> np.ndarray | list[CheckedImage]:  # fmt: skip
-        """On a decoding thread: decode now if the budget has room without waiting, else hand the checked images
-        back to wait for it."""
-        total = self._check_fits(images)
-        if not self.budget.try_acquire(total):
-            return images
-        try:
-            return _decode_each(images, size, stop)
+            await self._reserve(copied, "the request's files")
+            reserved = copied
+            try:
+                estimates = await self._in_thread(lambda stop: process.check(files, limits, stop))
+                self._check_fits(names, estimates)
+                total = max(sum(estimates), copied)
+                if not self.budget.try_acquire(total - copied):
+                    # Wait holding nothing, so that two requests waiting for more cannot hold each other up; the
+                    # process keeps the files meanwhile (at most one body per process).
+                    self.budget.release(reserved)
+                    reserved = 0
+                    await self.budget.acquire(total)
+                reserved = total
+                return await self._in_thread(lambda stop: process.decode(limits["size"], stop))
+            finally:
+                self.budget.release(reserved)
         finally:
-            self._release_soon(loop, total)
+            self._idle.put_nowait(process)
 
-    def _release_soon(self, loop: asyncio.AbstractEventLoop, size: int) -> None:
-        with contextlib.suppress(RuntimeError):  # the loop has closed: nobody is left to wait for the room
-            loop.call_soon_threadsafe(self.budget.release, size)
-
-    def _check_fits(self, images: list[CheckedImage]) -> int:
-        """The bytes the request's images need together; ImageTooLarge if they could never fit the budget."""
-        total = sum(image.decode_bytes for image in images)
-        if total > self.budget.capacity:
-            largest = max(images, key=lambda image: image.decode_bytes)
+    async def _reserve(self, size: int, what: str) -> None:
+        if size > self.budget.capacity:
             raise ImageTooLarge(
-                f"the request's {len(images)} images would take up to {total / 2**20:.0f} MiB to decode "
-                f"({largest.filename!r} alone {largest.decode_bytes / 2**20:.0f} MiB); the limit for one request "
+                f"{what} need {size / 2**20:.0f} MiB to decode; the limit for one request is "
+                f"{self.budget.capacity / 2**20:.0f} MiB: send them in several requests"
+            )
+        await self.budget.acquire(size)
+
+    async def _in_thread(self, work: Callable[[threading.Event], T]) -> T:
+        """`work(stop)` on a thread that waits on a process; `stop` is set if this request ends first, and this
+        returns only once the thread has finished (its process killed: within POLL_S), so that what the request
+        reserved is given back only when nothing uses it."""
+        stop = threading.Event()
+        future = asyncio.get_running_loop().run_in_executor(self._executor, work, stop)
+        try:
+            return await asyncio.shield(future)
+        except asyncio.CancelledError:
+            stop.set()
+            with contextlib.suppress(Exception, Stopped):
+                await future
+            raise
+
+    def _check_fits(self, names: list[str], estimates: list[int]) -> None:
+        """ImageTooLarge if the request's images could never fit the budget together."""
+        total = sum(estimates)
+        if total > self.budget.capacity:
+            largest = max(range(len(names)), key=lambda index: estimates[index])
+            raise ImageTooLarge(
+                f"the request's {len(names)} images would take up to {total / 2**20:.0f} MiB to decode "
+                f"({names[largest]!r} alone {estimates[largest] / 2**20:.0f} MiB); the limit for one request "
                 f"is {self.budget.capacity / 2**20:.0f} MiB: send them in several requests"
             )
-        return total
 
     def close(self) -> None:
-        """Stop the decoding threads once their current work is done."""
+        """Kill the decoder processes (their requests are over) and stop the threads."""
+        for process in self._processes:
+            with contextlib.suppress(Exception):
+                process.kill()
         self._executor.shutdown(wait=False, cancel_futures=True)
-
-
-def _decode_each(images: list[CheckedImage], size: tuple[int, int], stop: threading.Event) -> np.ndarray:
-    arrays = []
-    for image in images:
-        if stop.is_set():
-            raise asyncio.CancelledError  # nobody awaits this any more; it only ends the thread's work
-        arrays.append(decode(image, size))
-    return np.stack(arrays)

@@ -5,7 +5,7 @@ batching, and cancellation when the client goes. No HTTP here: it raises the dom
 which each front end renders its own way."""
 
 import asyncio
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Coroutine
 from dataclasses import dataclass
 
 import numpy as np
@@ -71,36 +71,40 @@ class Pipeline:
         # The body has been read: only now does the request take an admission slot, so slow uploads hold none.
         with self.admission.slot():
             self.batcher.check_capacity(len(files))  # refuse an overload before spending time on decoding
-            with self.batcher.expecting():
-                images = await self.decoder.prepare(
-                    files,
-                    size=self.input_size,
-                    max_pixels=self.limits.max_pixels,
-                    max_decode_bytes=self.limits.max_decode_bytes,
-                )
-            files.clear()  # decoded: the encoded bytes need not wait for the model
-            return await self._run(images, client_gone)
+            return await _unless_gone(client_gone, self._decode_and_run(files))
 
     async def classify_pixels(self, images: np.ndarray, client_gone: ClientGone) -> Classified:
         """Classify `images`, uint8 [N, height, width, 3] at the model's input size (checked by the caller)."""
         self.check_count(len(images))
         with self.admission.slot():
             self.batcher.check_capacity(len(images))
-            return await self._run(images, client_gone)
+            return await _unless_gone(client_gone, self._run(images))
 
-    async def _run(self, images: np.ndarray, client_gone: ClientGone) -> Classified:
+    async def _decode_and_run(self, files: list[tuple[str, bytes]]) -> Classified:
+        with self.batcher.expecting():
+            images = await self.decoder.prepare(
+                files,
+                size=self.input_size,
+                max_pixels=self.limits.max_pixels,
+                max_decode_bytes=self.limits.max_decode_bytes,
+            )
+        files.clear()  # decoded: the encoded bytes need not wait for the model
+        return await self._run(images)
+
+    async def _run(self, images: np.ndarray) -> Classified:
         timing = RequestTiming()
-        answer = self.batcher.enqueue(images, timing)
-        return Classified(await _unless_gone(client_gone, answer), timing)
+        return Classified(await self.batcher.enqueue(images, timing), timing)
 
 
-async def _unless_gone(client_gone: ClientGone, answer: asyncio.Future[np.ndarray]) -> np.ndarray:
-    """Await `answer`, but cancel it (its images leave the queue) if the client goes first. One task per request
-    watches for that; whatever ends the wait, nothing of it keeps running."""
+async def _unless_gone(client_gone: ClientGone, work: Coroutine[None, None, Classified]) -> Classified:
+    """Await `work`, but cancel it if the client goes first: its decoding stops (its decoder process killed) and
+    its images leave the queue. One task per request watches for that; whatever ends the wait, nothing of it keeps
+    running."""
+    task = asyncio.ensure_future(work)
     watcher = asyncio.ensure_future(client_gone())
-    watcher.add_done_callback(lambda _: answer.cancel())
+    watcher.add_done_callback(lambda _: task.cancel())
     try:
-        return await answer
+        return await task
     except asyncio.CancelledError:
         if watcher.done() and not watcher.cancelled() and watcher.exception() is None:
             raise ClientDisconnected("the client disconnected before its answer was ready") from None

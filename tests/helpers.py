@@ -1,6 +1,7 @@
 """Helpers shared by the tests and the benchmarks: a real server on a free loopback port, its metrics, upload bodies,
 crafted images and models, and a process's memory. Test modules import these (and conftest's), never each other."""
 
+import contextlib
 import io
 import json
 import os
@@ -160,6 +161,47 @@ def write_model(path: Path, input_type: int, shape: list, labels: list[str] | No
         helper.set_model_props(model, {"class_names": json.dumps(labels), "model_name": "tiny"})
     onnx.save(model, path)
     return path
+
+
+def process_tree(pid: int) -> list[int]:
+    """`pid` and every process below it (a server's forkserver and decoder processes), alive now."""
+    children: dict[int, list[int]] = {}
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        with contextlib.suppress(OSError):
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+            children.setdefault(int(fields[1]), []).append(int(stat.parent.name))
+    tree, pending = [], [pid]
+    while pending:
+        tree.append(current := pending.pop())
+        pending += children.get(current, [])
+    return tree
+
+
+def tree_cpu_seconds(pid: int) -> float:
+    """CPU time (user and system) of `pid` and the processes below it, including those they have reaped: what
+    the server has spent, in its decoder processes too."""
+    total = 0
+    for member in process_tree(pid):
+        with contextlib.suppress(OSError):
+            fields = Path(f"/proc/{member}/stat").read_text().rsplit(")", 1)[1].split()
+            total += sum(int(field) for field in fields[11:15])  # utime, stime, cutime, cstime
+    return total / os.sysconf("SC_CLK_TCK")
+
+
+def tree_peak_rss_bytes(pid: int) -> int:
+    """The sum of the peak RSS (VmHWM) of `pid` and the processes below it: at least the tree's peak (pages
+    shared with the forkserver are counted in each)."""
+    total = 0
+    for member in process_tree(pid):
+        with contextlib.suppress(OSError):
+            status = Path(f"/proc/{member}/status").read_text()
+            total += int(re.search(r"VmHWM:\s+(\d+) kB", status)[1]) * 1024  # type: ignore[index]
+    return total
+
+
+def tree_rss_mb(pid: int) -> float:
+    """The resident memory of `pid` and the processes below it, summed (shared pages counted in each)."""
+    return sum(rss_mb(member) for member in process_tree(pid) if Path(f"/proc/{member}").exists())
 
 
 def rss_mb(pid: int) -> float:

@@ -38,7 +38,7 @@ def prepare(decoder: Decoder, *files: bytes) -> np.ndarray:
 
 
 def test_small_cheap_images_are_decoded_on_the_loop_without_a_thread() -> None:
-    decoder = Decoder(memory_bytes=2**30, threads=1)
+    decoder = Decoder(memory_bytes=2**30, processes=1, cpu_seconds=2)
     decoder.close()  # a thread hop would now fail: these must not need one
     files = [small_png(seed) for seed in range(3)]
     assert np.array_equal(prepare(decoder, *files), expected(*files))
@@ -48,11 +48,11 @@ def test_small_cheap_images_are_decoded_on_the_loop_without_a_thread() -> None:
 @pytest.mark.parametrize("make", [large_png, progressive_jpeg], ids=["large", "progressive-jpeg"])
 def test_larger_or_costlier_images_go_to_a_thread(make: object) -> None:
     data = make()  # type: ignore[operator]
-    closed = Decoder(memory_bytes=2**30, threads=1)
+    closed = Decoder(memory_bytes=2**30, processes=1, cpu_seconds=2)
     closed.close()
     with pytest.raises(RuntimeError, match="shutdown"):
         prepare(closed, data)
-    decoder = Decoder(memory_bytes=2**30, threads=1)
+    decoder = Decoder(memory_bytes=2**30, processes=1, cpu_seconds=2)
     try:
         assert np.array_equal(prepare(decoder, data), expected(data))
         assert decoder.budget.reserved == 0  # the reservation came back once the thread finished
@@ -62,7 +62,7 @@ def test_larger_or_costlier_images_go_to_a_thread(make: object) -> None:
 
 def test_a_mixed_request_keeps_upload_order() -> None:
     files = [small_png(1), progressive_jpeg(), small_png(2), large_png()]
-    decoder = Decoder(memory_bytes=2**30, threads=2)
+    decoder = Decoder(memory_bytes=2**30, processes=2, cpu_seconds=2)
     try:
         assert np.array_equal(prepare(decoder, *files), expected(*files))
     finally:
@@ -74,7 +74,7 @@ def test_a_request_waits_for_room_in_the_budget_then_decodes() -> None:
     need = open_image(data, filename="x", **LIMITS).decode_bytes  # type: ignore[arg-type]
 
     async def scenario() -> tuple[bool, np.ndarray]:
-        decoder = Decoder(memory_bytes=need, threads=1)
+        decoder = Decoder(memory_bytes=need, processes=1, cpu_seconds=2)
         try:
             assert decoder.budget.try_acquire(1)  # someone else holds a byte: the request cannot fit now
             waiting = asyncio.ensure_future(decoder.prepare([("x", data)], **LIMITS))  # type: ignore[arg-type]
@@ -96,7 +96,7 @@ def test_a_request_waits_for_room_in_the_budget_then_decodes() -> None:
 def test_a_request_that_could_never_fit_the_budget_is_refused() -> None:
     data = large_png()
     need = open_image(data, filename="x", **LIMITS).decode_bytes  # type: ignore[arg-type]
-    decoder = Decoder(memory_bytes=need * 2 - 1, threads=1)
+    decoder = Decoder(memory_bytes=need * 2 - 1, processes=1, cpu_seconds=2)
     try:
         with pytest.raises(ImageTooLarge, match="send them in several requests"):
             prepare(decoder, data, data)
@@ -105,7 +105,7 @@ def test_a_request_that_could_never_fit_the_budget_is_refused() -> None:
 
 
 def test_a_bad_file_is_named_whichever_path_it_takes() -> None:
-    decoder = Decoder(memory_bytes=2**30, threads=1)
+    decoder = Decoder(memory_bytes=2**30, processes=1, cpu_seconds=2)
     try:
         with pytest.raises(InvalidImage, match=r"'1\.img'"):
             prepare(decoder, small_png(), b"\x89PNG not really")
@@ -119,7 +119,7 @@ def test_an_image_with_a_transparent_palette_is_decoded_alike_on_either_path() -
     image = Image.new("P", (20, 20))
     image.putpalette([255, 0, 0, 0, 0, 255] + [0] * 762)
     data = encode(image, "PNG", transparency=0)
-    decoder = Decoder(memory_bytes=2**30, threads=1)
+    decoder = Decoder(memory_bytes=2**30, processes=1, cpu_seconds=2)
     try:
         assert np.array_equal(prepare(decoder, data), expected(data))
     finally:

@@ -6,6 +6,7 @@ import io
 import subprocess
 import sys
 import threading
+import time
 import zlib
 from collections.abc import Iterator
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -47,12 +48,29 @@ ANSWERS: dict[str, tuple[dict[str, str], bytes]] = {
     "brotli": ({"Content-Encoding": "br"}, b"\x00" * 100),
 }
 HUGE = "one-gigabyte"  # streamed: 1 GB declared and sent until the client stops reading
+# Never a whole answer, each write well within httpx's per-read timeout: "100 Continue" forever, or a body a byte
+# at a time. Both stop after a minute or when the client has gone.
+ENDLESS = {
+    "endless-continue": b"HTTP/1.1 100 Continue\r\n\r\n",
+    "trickle": b" ",
+}
 
 
 class Hostile(BaseHTTPRequestHandler):
     def do_POST(self) -> None:
         self.rfile.read(int(self.headers["Content-Length"]))
         case = self.path.strip("/").split("/")[0]
+        if case in ENDLESS:
+            if case == "trickle":
+                self.wfile.write(b"HTTP/1.1 200 OK\r\nContent-Length: 60000\r\n\r\n")
+            try:
+                for _ in range(300):
+                    self.wfile.write(ENDLESS[case])
+                    self.wfile.flush()
+                    time.sleep(0.2)
+            except OSError:
+                pass
+            return
         self.send_response(200)
         self.send_header("Content-Type", "application/json")
         if case == HUGE:
@@ -111,6 +129,18 @@ def test_each_hostile_answer_is_one_error_line_per_file_in_bounded_memory(hostil
     (line,) = out.splitlines()
     assert '"error": ' in line and '"error": null' not in line
     assert peak_mb < 300
+
+
+@pytest.mark.parametrize("case", ENDLESS)
+def test_an_answer_that_never_ends_is_given_up_at_the_timeout(hostile: str, case: str) -> None:
+    """httpx's timeouts are per read: without the client's own deadline, both had held it for the minute."""
+    started = time.monotonic()
+    status, out, err, _ = run_client(f"{hostile}/{case}", "--timeout", "2")
+    elapsed = time.monotonic() - started
+    print(f"\n{case}: exit {status} after {elapsed:.1f} s: {out.strip()[:160]}")
+    assert status == 1, err
+    assert "no whole answer within --timeout 2 s" in out
+    assert elapsed < 30  # the deadline is 2 s; the rest is the client starting up on a busy machine
 
 
 def test_labels_are_neutralised_in_every_format(hostile: str) -> None:

@@ -4,7 +4,6 @@ markers, PNGs of private chunks, run-length BMPs padded pixel by pixel), through
 request meanwhile is answered within a second."""
 
 import asyncio
-import os
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -19,15 +18,8 @@ from tests.helpers import (
     jpeg_of_empty_markers,
     png_of_private_chunks,
     running_server_process,
+    tree_cpu_seconds,
 )
-
-TICKS = os.sysconf("SC_CLK_TCK")
-
-
-def cpu_seconds(pid: int) -> float:
-    """User and system CPU time of a process so far."""
-    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / TICKS
 
 
 @pytest.mark.parametrize(
@@ -56,10 +48,10 @@ def test_costly_files_cost_the_server_little_cpu(
             return list(await asyncio.gather(*attacks)), normal_s
 
     with running_server_process(bundled_model, tmp_path / "server.log") as (url, server):
-        before = cpu_seconds(server.pid)
+        before = tree_cpu_seconds(server.pid)
         answers, normal_s = asyncio.run(run(url))
         time.sleep(1)  # anything the attack left running would still be burning CPU now
-        spent = cpu_seconds(server.pid) - before
+        spent = tree_cpu_seconds(server.pid) - before
     print(f"\n2 x {files} files of {len(data)} bytes: {[a.status_code for a in answers]}; server CPU {spent:.2f} s; "
           f"a normal /predict meanwhile {normal_s * 1000:.0f} ms")  # fmt: skip
     assert [answer.status_code for answer in answers] == [status, status]
