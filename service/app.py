@@ -1,6 +1,7 @@
 """The app factory: builds the FastAPI app, opens the model in the lifespan, renders every error as JSON."""
 
 import asyncio
+import contextlib
 import dataclasses
 import logging
 import os
@@ -66,6 +67,15 @@ def create_app(settings: Settings | None = None, drain: DrainState = DRAIN) -> F
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         state: ServingState = app.state.serving
+        # The decoder processes start (a forkserver importing Pillow: about 0.3 s of CPU) while the model loads.
+        decoder_started = asyncio.ensure_future(
+            asyncio.to_thread(
+                Decoder,
+                memory_bytes=settings.decode_memory_bytes,
+                processes=DECODE_PROCESSES,
+                cpu_seconds=settings.decode_cpu_limit_s,
+            )
+        )
         try:
             model = await asyncio.to_thread(
                 OnnxModel,
@@ -81,13 +91,14 @@ def create_app(settings: Settings | None = None, drain: DrainState = DRAIN) -> F
                 model.info = dataclasses.replace(model.info, name=settings.model_name)
         except (ModelLoadError, ProviderUnavailable, ServiceError) as error:
             log.error("event=startup_failed model_path=%s reason=%s", settings.model_path, error)
+            with contextlib.suppress(Exception):
+                (await decoder_started).close()
             raise
-        decoder = await asyncio.to_thread(
-            Decoder,
-            memory_bytes=settings.decode_memory_bytes,
-            processes=DECODE_PROCESSES,
-            cpu_seconds=settings.decode_cpu_limit_s,
-        )
+        try:
+            decoder = await decoder_started
+        except OSError as error:  # e.g. no writable temporary folder for the forkserver's socket
+            log.error("event=startup_failed reason=%s", f"the decoder processes could not start: {error!r}")
+            raise
         batcher = Batcher(
             constant_answer(len(model.info.labels)) if settings.benchmark_constant_answer else model.predict,
             max_batch_size=settings.max_batch_size,
