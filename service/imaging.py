@@ -342,10 +342,11 @@ def _check_png_chunks(content: bytes) -> None:
         raise ValueError(f"more than {MAX_PNG_CHUNKS} chunks")
 
 
-MAX_RLE_PIXELS = 512 * 512
+MAX_RLE_PIXELS = 1024 * 1024
 """Most pixels of a run-length encoded BMP: Pillow decodes those in Python, a step per pixel in the worst case (a
-1 KB RLE8 file of 36,000,000 x 1 pixels took 4 s of CPU; 900,000 pixels 0.2 s). Real ones are icons and scans of
-old software."""
+1 KB RLE8 file of 36,000,000 x 1 pixels took 4 s of CPU; 640x480 0.12 s, 2048x2048 0.8 s). Real ones are icons and
+scans of old software, up to 1024x768. The decoder process's CPU limit bounds it too; this refuses the cheap
+amplification at once."""
 
 
 MAX_TIFF_VALUES = 65_536
