@@ -88,7 +88,7 @@ class DecoderProcess:
         return np.frombuffer(pixels, dtype=np.uint8).reshape(shape)
 
     def kill(self) -> None:
-        """End the process now and reap it."""
+        """End the process now and reap it; the next `check` starts a new one."""
         self._process.kill()
         self._process.join()
         self._pipe.close()
@@ -111,6 +111,7 @@ class DecoderProcess:
         while not wait([self._pipe, self._process.sentinel], timeout=POLL_S):
             if stop.is_set():
                 self.kill()
+                self._start()  # now, so that the next request does not wait for it
                 raise Stopped
         try:
             reply: dict[str, Any] = json.loads(self._pipe.recv_bytes())

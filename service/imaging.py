@@ -25,7 +25,7 @@ import numpy as np
 from PIL import Image, PngImagePlugin, UnidentifiedImageError
 
 from service.budget import MemoryBudget
-from service.decoder_processes import DecoderProcess, Stopped, start_forkserver
+from service.decoder_processes import DecoderProcess, start_forkserver
 from service.errors import EmptyFile, ImageTooLarge, InvalidImage
 
 T = TypeVar("T")
@@ -592,11 +592,13 @@ class Decoder:
         copied = sum(len(data) for _, data in files)
         names = [name for name, _ in files]
         process = await self._idle.get()
+        holds_files = False
         try:
             await self._reserve(copied, "the request's files")
             reserved = copied
             try:
                 estimates = await self._in_thread(lambda stop: process.check(files, limits, stop))
+                holds_files = True
                 self._check_fits(names, estimates)
                 total = max(sum(estimates), copied)
                 if not self.budget.try_acquire(total - copied):
@@ -606,10 +608,13 @@ class Decoder:
                     reserved = 0
                     await self.budget.acquire(total)
                 reserved = total
+                holds_files = False  # whatever the decode's outcome, the process lets go of them
                 return await self._in_thread(lambda stop: process.decode(limits["size"], stop))
             finally:
                 self.budget.release(reserved)
         finally:
+            if holds_files:  # checked but not decoded (refused, or ended while waiting for room): drop its copy
+                process.kill()
             self._idle.put_nowait(process)
 
     async def _reserve(self, size: int, what: str) -> None:
@@ -630,8 +635,11 @@ class Decoder:
             return await asyncio.shield(future)
         except asyncio.CancelledError:
             stop.set()
-            with contextlib.suppress(Exception, Stopped):
-                await future
+            # Until the thread is done, even through another cancel (a timeout and a client gone at once): the
+            # process and the reservation must not be handed on while it still uses them.
+            while not future.done():
+                with contextlib.suppress(asyncio.CancelledError, Exception):
+                    await asyncio.shield(future)
             raise
 
     def _check_fits(self, names: list[str], estimates: list[int]) -> None:

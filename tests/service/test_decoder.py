@@ -124,3 +124,52 @@ def test_an_image_with_a_transparent_palette_is_decoded_alike_on_either_path() -
         assert np.array_equal(prepare(decoder, data), expected(data))
     finally:
         decoder.close()
+
+
+def many_scans(side: int) -> bytes:
+    """A progressive JPEG whose last scan is repeated to 99 scans: about a second of decoding at 4000x4000."""
+    data = encode(Image.new("RGB", (side, side), (200, 30, 30)), "JPEG", progressive=True)
+    last_scan = data.rindex(b"\xff\xda")
+    return data[:-2] + data[last_scan:-2] * 89 + data[-2:]
+
+
+def test_a_request_cancelled_twice_hands_its_process_on_only_once_it_is_done() -> None:
+    """A timeout and a client gone at once cancel a request twice within milliseconds: the second cancel must not
+    hand the process (still being killed by its thread) to the next request, which then failed (found by a hostile
+    review: 415 or a TypeError for innocent files)."""
+    costly, files = many_scans(4000), [large_png(), progressive_jpeg(), large_png(), progressive_jpeg()]
+
+    async def scenario() -> tuple[int, list[np.ndarray]]:
+        decoder = Decoder(memory_bytes=2**31, processes=3, cpu_seconds=60)  # free threads for the next requests
+        try:
+            request = asyncio.ensure_future(decoder.prepare([("scans.jpg", costly)], **LIMITS))  # type: ignore[arg-type]
+            await asyncio.sleep(0.3)  # well into its decoding
+            request.cancel()
+            await asyncio.sleep(0.005)
+            request.cancel()
+            with pytest.raises(asyncio.CancelledError):
+                await request
+            reserved = decoder.budget.reserved
+            later = [decoder.prepare([(f"{index}.img", data)], **LIMITS) for index, data in enumerate(files)]  # type: ignore[arg-type]
+            return reserved, list(await asyncio.gather(*later))
+        finally:
+            decoder.close()
+
+    reserved, results = asyncio.run(scenario())
+    assert reserved == 0
+    for data, result in zip(files, results, strict=True):
+        assert np.array_equal(result, expected(data))
+
+
+def test_a_request_refused_after_its_check_leaves_nothing_in_the_process() -> None:
+    """Checked but never decoded (its images could never fit the budget): the process holding its files is killed,
+    and the next request gets a new one."""
+    data = large_png()
+    need = open_image(data, filename="x", **LIMITS).decode_bytes  # type: ignore[arg-type]
+    decoder = Decoder(memory_bytes=need * 2 - 1, processes=1, cpu_seconds=60)
+    try:
+        with pytest.raises(ImageTooLarge):
+            prepare(decoder, data, data)
+        assert np.array_equal(prepare(decoder, data), expected(data))
+    finally:
+        decoder.close()
