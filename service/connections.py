@@ -23,6 +23,7 @@ IDLE_CLOSE_S (uvicorn closes it at once: a request the client sent meanwhile was
 import asyncio
 import logging
 import time
+from dataclasses import dataclass
 from typing import Any
 
 import httptools
@@ -43,25 +44,16 @@ _REASONS = {400: b"Bad Request", 408: b"Request Timeout", 431: b"Request Header 
             503: b"Service Unavailable"}  # fmt: skip
 
 
+@dataclass(frozen=True, kw_only=True)
 class ConnectionLimits:
     """The per-connection budgets; see the module's docstring."""
 
-    def __init__(
-        self,
-        *,
-        max_head_bytes: int = 64 * 1024,
-        max_headers: int = 100,
-        head_timeout_s: float = 10.0,
-        max_pipelined: int = 8,
-        write_timeout_s: float = 30.0,
-        max_connections: int = 4096,
-    ) -> None:
-        self.max_head_bytes = max_head_bytes
-        self.max_headers = max_headers
-        self.head_timeout_s = head_timeout_s
-        self.max_pipelined = max_pipelined
-        self.write_timeout_s = write_timeout_s
-        self.max_connections = max_connections
+    max_head_bytes: int = 64 * 1024
+    max_headers: int = 100
+    head_timeout_s: float = 10.0
+    max_pipelined: int = 8
+    write_timeout_s: float = 30.0
+    max_connections: int = 4096
 
     def apply(self, config: Config) -> Config:
         """Make uvicorn's `config` serve with BoundedHttpToolsProtocol and these limits (kept on the config, which
