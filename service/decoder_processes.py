@@ -54,7 +54,8 @@ def start_forkserver() -> ForkServerContext:
 
 class DecoderProcess:
     """One decoder process and its pipe, used by one thread at a time: `check` a request's files, then `decode`
-    them. A killed or dead process is replaced by a new one at the next `check`."""
+    them. One killed because its request ended is replaced at once; one that died, or was killed from outside
+    (`kill`), at the next `check`."""
 
     def __init__(self, context: ForkServerContext, cpu_seconds: float) -> None:
         self.cpu_seconds = cpu_seconds

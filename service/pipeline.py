@@ -98,8 +98,8 @@ class Pipeline:
 
 async def _unless_gone(client_gone: ClientGone, work: Coroutine[None, None, Classified]) -> Classified:
     """Await `work`, but cancel it if the client goes first: its decoding stops (its decoder process killed) and
-    its images leave the queue. One task per request watches for that; whatever ends the wait, nothing of it keeps
-    running."""
+    its images leave the queue. The work runs as its own task and another watches the client; whatever ends the
+    wait, this returns only once the work has ended (cancelling a task waits for it), and nothing keeps running."""
     task = asyncio.ensure_future(work)
     watcher = asyncio.ensure_future(client_gone())
     watcher.add_done_callback(lambda _: task.cancel())
