@@ -233,9 +233,13 @@ def build(
     if target is not None:
         arguments += ["--target", target]
     command = [engine.name, *arguments, "-t", tag, str(REPO)]
+    before = engine.run("image", "inspect", "--format", "{{.Id}}", tag, check=False, timeout=60).stdout.strip()
     result = subprocess.run(command, capture_output=not show, text=True, timeout=timeout, env=engine.environment)
     if result.returncode != 0:
         raise CommandFailed(result.returncode, command, result.stdout or "", result.stderr or "")
+    after = engine.run("image", "inspect", "--format", "{{.Id}}", tag, timeout=60).stdout.strip()
+    if before and before != after:  # the image the tag named before is left without a name: remove it (not if in use)
+        engine.run("image", "rm", before, check=False, timeout=60)
     return tag
 
 
