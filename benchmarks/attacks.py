@@ -1,13 +1,20 @@
-"""Hostile clients for the soak (`python -m benchmarks.soak --attack`): issue 23's table, one attack after another
-in a loop on its own thread, each a real client doing what the table says, against the server the normal traffic
-goes to. What each attack got back is counted: a status code, or how the server ended the connection."""
+"""Hostile clients: issue 23's table, each row a real client doing what the table says against 127.0.0.1:`port`.
+The soak (`python -m benchmarks.soak --attack`) runs them one after another in a loop at a smaller scale beside
+its normal traffic; tests/system/test_attack_table.py runs each at the table's scale and measures what it cost.
+
+Each attack returns what the server did with it: a status code, or how it ended the attacker's connections
+("closed x200": closed unanswered; "400 x20": answered 400 then closed; "open x3": not ended by the server within
+the time given)."""
 
 import contextlib
+import json
 import socket
+import struct
 import threading
 import time
 from collections import Counter
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 
 import httpx2 as httpx
 from PIL import Image
@@ -22,6 +29,9 @@ from tests.helpers import (
     png_of_private_chunks,
 )
 
+MODEL_INFER = "/v2/models/cifar10-resnet9/infer"
+"""The bundled model's v2 infer path: the v2 attacks need a model that exists to get past the route."""
+
 
 def costly_jpeg() -> bytes:
     """6000x6000 progressive JPEG of 99 scans, 320 KB: within every size limit, 2-3 s of CPU to decode."""
@@ -34,28 +44,49 @@ def _status(head: bytes) -> str:
     return head.split(b" ", 2)[1].decode() if head.startswith(b"HTTP/1.1 ") else "closed"
 
 
+def _counted(outcomes: Counter[str]) -> str:
+    return ", ".join(f"{outcome} x{count}" for outcome, count in sorted(outcomes.items()))
+
+
+def _endings(connections: list[socket.socket], within_s: float) -> str:
+    """Read each connection to its end (keeping only the start of what arrives), for at most `within_s` in all,
+    then close it: how the server ended them, counted."""
+    deadline = time.monotonic() + within_s
+    endings: Counter[str] = Counter()
+    for connection in connections:
+        start = b""
+        try:
+            while True:
+                connection.settimeout(max(0.0, deadline - time.monotonic()))  # 0: only what has arrived
+                if not (chunk := connection.recv(65536)):
+                    break
+                start = start or chunk[:64]
+            endings[_status(start)] += 1
+        except (TimeoutError, BlockingIOError):
+            endings["open"] += 1
+        except ConnectionResetError:
+            endings[_status(start)] += 1
+        finally:
+            connection.close()
+    return _counted(endings)
+
+
 class Attacker:
-    """Runs the attacks in turn against 127.0.0.1:`port` until `stop()`; `outcomes` counts (attack, result)."""
+    """The attacks against 127.0.0.1:`port`. `start()` runs the soak's mix (`SOAK_MIX`) in a loop on a thread
+    until `stop()`; `outcomes` counts (attack, result)."""
 
     def __init__(self, port: int) -> None:
         self.port = port
         self.outcomes: Counter[tuple[str, str]] = Counter()
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, name="attacker", daemon=True)
-        self._files = {
+        self.files = {
             "costly-jpeg": costly_jpeg(),
             "jpeg-empty-markers": jpeg_of_empty_markers(400_000),
             "png-private-chunks": png_of_private_chunks(160_000),
             "bmp-rle-row": bmp_rle8_row(36_000_000),
             "gif-dispose": gif_dispose_bomb(),
         }
-        self.attacks: dict[str, Callable[[], str]] = {
-            "pipelined-flood": self.pipelined_flood,
-            "huge-header": self.huge_header,
-            "silent-connections": self.silent_connections,
-            "unread-answers": self.unread_answers,
-            "leave-mid-decode": self.leave_mid_decode,
-        } | {name: (lambda name=name: self.upload(name)) for name in self._files}
 
     def start(self) -> None:
         self._thread.start()
@@ -66,11 +97,11 @@ class Attacker:
 
     def _run(self) -> None:
         while not self._stop.is_set():
-            for name, attack in self.attacks.items():
+            for name, attack in SOAK_MIX.items():
                 if self._stop.is_set():
                     return
                 try:
-                    result = attack()
+                    result = attack(self)
                 except (OSError, httpx.HTTPError) as error:
                     result = type(error).__name__
                 self.outcomes[(name, result)] += 1
@@ -79,62 +110,98 @@ class Attacker:
     def _connect(self) -> socket.socket:
         return socket.create_connection(("127.0.0.1", self.port), timeout=30)
 
-    def upload(self, name: str) -> str:
-        """32 copies of a small costly file (1 of the large ones) in one /predict."""
-        data = self._files[name]
-        copies = 32 if len(data) < 4_000_000 and name not in {"costly-jpeg", "bmp-rle-row", "gif-dispose"} else 1
+    def upload(self, data: bytes, name: str, copies: int = 1, requests: int = 1) -> str:
+        """`requests` concurrent /predict requests of `copies` copies of `data` each; their statuses, counted."""
         files = image_files(*((f"{name}-{index}", data) for index in range(copies)))
-        return str(httpx.post(f"http://127.0.0.1:{self.port}/predict", files=files, timeout=60).status_code)
 
-    def pipelined_flood(self) -> str:
-        """Tiny GETs written for 2 s on one connection without reading an answer."""
+        def one(_: int) -> str:
+            url = f"http://127.0.0.1:{self.port}/predict"
+            return str(httpx.post(url, files=files, timeout=120).status_code)
+
+        with ThreadPoolExecutor(requests) as pool:
+            return _counted(Counter(pool.map(one, range(requests))))
+
+    def v2_bodies(self, files: int, file_bytes: int, requests: int) -> str:
+        """`requests` concurrent binary v2 infer requests of `files` files of `file_bytes` each (PNG signatures
+        followed by zeros): their statuses, counted."""
+        data = [b"\x89PNG" + bytes(file_bytes - 4) for _ in range(files)]
+        binary = b"".join(struct.pack("<I", len(file)) + file for file in data)
+        parameters = {"binary_data_size": len(binary)}
+        tensor = {"name": "image", "shape": [files], "datatype": "BYTES", "parameters": parameters}
+        head = json.dumps({"inputs": [tensor]}).encode()
+        headers = {"Inference-Header-Content-Length": str(len(head)), "Content-Type": "application/octet-stream"}
+
+        def one(_: int) -> str:
+            url = f"http://127.0.0.1:{self.port}{MODEL_INFER}"
+            return str(httpx.post(url, content=head + binary, headers=headers, timeout=120).status_code)
+
+        with ThreadPoolExecutor(requests) as pool:
+            return _counted(Counter(pool.map(one, range(requests))))
+
+    def pipelined_flood(self, seconds: float) -> str:
+        """Tiny GETs written on one connection for up to `seconds` without reading an answer: "closed" when the
+        server cut the connection off before then."""
         request = b"GET /health HTTP/1.1\r\nHost: x\r\n\r\n" * 256
         with self._connect() as connection:
             connection.settimeout(0.2)
-            deadline = time.monotonic() + 2
-            with contextlib.suppress(OSError):
-                while time.monotonic() < deadline:
+            deadline = time.monotonic() + seconds
+            while time.monotonic() < deadline:
+                try:
                     connection.sendall(request)
-                return "not closed"
-            return "closed"
+                except TimeoutError:  # the server is not reading: keep trying
+                    continue
+                except OSError:
+                    return "closed"
+            return "not closed"
 
-    def huge_header(self) -> str:
-        """A 1 MB Content-Type header on /predict."""
+    def huge_header(self, size: int) -> str:
+        """A Content-Type header of `size` bytes on /predict."""
         with self._connect() as connection:
-            with contextlib.suppress(OSError):
-                connection.sendall(b"POST /predict HTTP/1.1\r\nHost: x\r\nContent-Type: " + b"a" * 1_000_000)
-            with contextlib.suppress(OSError):
-                return _status(connection.recv(64))
-            return "closed"
+            with contextlib.suppress(OSError):  # closed by the server before the whole head was sent
+                connection.sendall(b"POST /predict HTTP/1.1\r\nHost: x\r\nContent-Type: " + b"a" * size)
+            return _endings([connection], within_s=30)
 
-    def silent_connections(self) -> str:
-        """200 connections that send nothing, held 3 s."""
-        connections = [self._connect() for _ in range(200)]
-        self._stop.wait(3)
-        for connection in connections:
-            connection.close()
-        return "held"
+    def silent_connections(self, count: int, hold_s: float, within_s: float) -> str:
+        """`count` connections that send nothing, held `hold_s`, then left for the server to end within
+        `within_s`."""
+        connections = [self._connect() for _ in range(count)]
+        self._stop.wait(hold_s)
+        return _endings(connections, within_s)
 
-    def unread_answers(self) -> str:
-        """20 connections that send a v2 request with a 1.9 MB id and never read the answer, held 3 s."""
+    def unread_answers(self, count: int, hold_s: float, within_s: float) -> str:
+        """`count` connections that send a v2 request with a 1.9 MB id and do not read the answer for `hold_s`,
+        then left for the server to end within `within_s`."""
         body = b'{"id": "' + b"i" * 1_900_000 + b'", "inputs": []}'
-        head = "POST /v2/models/x/infer HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+        head = f"POST {MODEL_INFER} HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
         connections = []
-        for _ in range(20):
+        for _ in range(count):
             connection = self._connect()
             with contextlib.suppress(OSError):
                 connection.sendall(f"{head}Content-Length: {len(body)}\r\n\r\n".encode() + body)
             connections.append(connection)
-        self._stop.wait(3)
-        for connection in connections:
-            connection.close()
-        return "held"
+        self._stop.wait(hold_s)
+        return _endings(connections, within_s)
 
-    def leave_mid_decode(self) -> str:
-        """The costly JPEG, the connection closed 0.3 s into its decoding."""
-        body, content_type = multipart(image_files(("costly.jpg", self._files["costly-jpeg"])))
+    def leave_mid_decode(self, after_s: float = 0.3) -> str:
+        """The costly JPEG, the connection closed `after_s` into its decoding."""
+        body, content_type = multipart(image_files(("costly.jpg", self.files["costly-jpeg"])))
         with self._connect() as connection:
             head = f"POST /predict HTTP/1.1\r\nHost: x\r\nContent-Type: {content_type}\r\n"
             connection.sendall(f"{head}Content-Length: {len(body)}\r\n\r\n".encode() + body)
-            self._stop.wait(0.3)
+            time.sleep(after_s)
         return "left"
+
+
+SOAK_MIX: dict[str, Callable[[Attacker], str]] = {
+    "pipelined-flood": lambda attacker: attacker.pipelined_flood(seconds=2),
+    "huge-header": lambda attacker: attacker.huge_header(1_000_000),
+    "silent-connections": lambda attacker: attacker.silent_connections(200, hold_s=3, within_s=0),
+    "unread-answers": lambda attacker: attacker.unread_answers(20, hold_s=3, within_s=0),
+    "leave-mid-decode": lambda attacker: attacker.leave_mid_decode(),
+    "costly-jpeg": lambda attacker: attacker.upload(attacker.files["costly-jpeg"], "costly-jpeg"),
+    "jpeg-empty-markers": lambda attacker: attacker.upload(attacker.files["jpeg-empty-markers"], "markers", 32),
+    "png-private-chunks": lambda attacker: attacker.upload(attacker.files["png-private-chunks"], "chunks", 32),
+    "bmp-rle-row": lambda attacker: attacker.upload(attacker.files["bmp-rle-row"], "rle"),
+    "gif-dispose": lambda attacker: attacker.upload(attacker.files["gif-dispose"], "gif"),
+}
+"""The soak's mix: the table's attacks at a scale that lets each end within a few seconds."""

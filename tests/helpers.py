@@ -200,8 +200,13 @@ def tree_peak_rss_bytes(pid: int) -> int:
 
 
 def tree_rss_mb(pid: int) -> float:
-    """The resident memory of `pid` and the processes below it, summed (shared pages counted in each)."""
-    return sum(rss_mb(member) for member in process_tree(pid) if Path(f"/proc/{member}").exists())
+    """The resident memory of `pid` and the processes below it, summed (shared pages counted in each), in MiB;
+    a process that has just ended counts for nothing."""
+    total = 0.0
+    for member in process_tree(pid):
+        with contextlib.suppress(OSError, AssertionError):  # gone, or a zombie (no VmRSS)
+            total += rss_mb(member)
+    return total
 
 
 def rss_mb(pid: int) -> float:

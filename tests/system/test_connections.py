@@ -1,6 +1,7 @@
-"""What one connection can make the server hold, through the real server: each attack of issue 23's table at the
-HTTP layer (pipelining, a huge or many-fielded head, a head that never ends, silent connections, a client that
-does not read) is cut off, costs the server little memory, and does not hold up a normal request meanwhile."""
+"""What one connection can make the server hold, through the real server, beside issue 23's table
+(test_attack_table.py): a head of many fields or a long URL, a malformed or never-ending head, a client that does
+not read a large answer, trailers, an h2c upgrade: each is cut off or answered in JSON, costs the server little
+memory, and does not hold up a normal request meanwhile."""
 
 import contextlib
 import socket
@@ -57,36 +58,13 @@ def during(attack: Callable[[], object], url: str) -> tuple[object, float]:
     return outcome[0], normal_s
 
 
-def test_a_flood_of_pipelined_requests_is_cut_off(server: tuple[str, int]) -> None:
-    url, pid = server
-    before = rss_mb(pid)
-
-    def flood() -> str:
-        request = b"GET /health HTTP/1.1\r\nHost: x\r\n\r\n" * 2000
-        with connect(url) as connection:
-            deadline = time.monotonic() + 5
-            try:
-                while time.monotonic() < deadline:
-                    connection.sendall(request)
-            except OSError as error:
-                return f"cut off: {type(error).__name__}"
-            return "still open"
-
-    outcome, normal_s = during(flood, url)
-    print(f"\npipelining: {outcome}; RSS {before:.0f} -> {rss_mb(pid):.0f} MB; a normal /predict took {normal_s:.3f} s")
-    assert str(outcome).startswith("cut off")
-    assert rss_mb(pid) - before < 100
-    assert normal_s < 1
-
-
 @pytest.mark.parametrize(
     "head",
     [
-        b"POST /predict HTTP/1.1\r\nHost: x\r\nContent-Type: multipart/form-data; b=" + b"a" * 20_000_000 + b"\r\n\r\n",
         b"GET /health HTTP/1.1\r\n" + b"".join(b"X-%d: 1\r\n" % index for index in range(5000)) + b"\r\n",
         b"GET /" + b"a" * 100_000 + b" HTTP/1.1\r\nHost: x\r\n\r\n",
     ],
-    ids=["20-MB-header", "5000-headers", "100-KB-url"],
+    ids=["5000-headers", "100-KB-url"],
 )
 def test_an_oversized_request_head_gets_431_without_being_buffered(server: tuple[str, int], head: bytes) -> None:
     url, pid = server
@@ -127,24 +105,6 @@ def test_a_request_head_that_never_ends_is_answered_408_and_closed(server: tuple
             connection.sendall(b"X")
         reply = read_all(connection)
     assert reply.startswith(b"HTTP/1.1 408 ") and b"request_head_timeout" in reply
-
-
-def test_silent_connections_are_closed_and_capped(server: tuple[str, int]) -> None:
-    url, _ = server
-    silent = [connect(url) for _ in range(250)]
-    try:
-        # Over the cap (200 per process): answered 503 at once and closed. The rest are closed after the head
-        # timeout, having sent nothing.
-        replies = [read_all(connection) for connection in silent]
-        refused = [reply for reply in replies if reply.startswith(b"HTTP/1.1 503 ")]
-        closed = [reply for reply in replies if reply == b""]
-        print(f"\n250 silent connections: {len(refused)} answered 503, {len(closed)} closed unanswered")
-        assert len(refused) >= 50 and len(refused) + len(closed) == 250
-        assert all(b"too_many_connections" in reply for reply in refused)
-    finally:
-        for connection in silent:
-            connection.close()
-    assert httpx.post(f"{url}/predict", files=PREDICT, timeout=10).status_code == 200
 
 
 def test_a_client_that_does_not_read_its_answers_is_disconnected(server: tuple[str, int]) -> None:
