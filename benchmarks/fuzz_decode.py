@@ -24,8 +24,8 @@ import numpy as np
 from PIL import Image, features
 
 from service.config import Settings
+from service.error_responses import http_status
 from service.errors import ServiceError
-from service.gateway import http_status
 from service.imaging import decode, open_image
 
 SIZE = (32, 32)

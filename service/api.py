@@ -1,28 +1,25 @@
 """HTTP routes: read the request, call the core (imaging, inference), return a schema."""
 
-from collections.abc import AsyncIterator, Callable, Coroutine
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Annotated, Any
+from typing import Annotated
 
-import numpy as np
 from fastapi import APIRouter, Depends, Request
 from fastapi.responses import FileResponse, JSONResponse, Response
-from fastapi.routing import APIRoute
-from starlette.requests import ClientDisconnect
 from starlette.staticfiles import StaticFiles
-from starlette.types import Receive, Scope
+from starlette.types import Scope
 
+from service.asgi import JsonResponse, header
 from service.config import Settings
-from service.errors import ClientDisconnected, InvalidRequest, NotReady
-from service.gateway import JsonResponse
+from service.error_responses import Where, openapi_responses
+from service.errors import InvalidRequest, NotReady
+from service.frontend import PlainRoute, classify, upload
 from service.imaging import RESAMPLING_FILTER
 from service.inference import OnnxModel, top_k
 from service.lifecycle import DrainState
-from service.limits import Admission, header
-from service.pipeline import Classified, ClientGone, Pipeline
+from service.limits import Admission
+from service.pipeline import Pipeline
 from service.schemas import (
-    ErrorResponse,
     HealthResponse,
     ModelMetadataResponse,
     PredictResponse,
@@ -77,31 +74,8 @@ StateDep = Annotated[ServingState, Depends(get_state)]
 ModelDep = Annotated[OnnxModel, Depends(get_model)]
 
 
-def _errors(*statuses: int) -> dict[int | str, dict[str, Any]]:
-    descriptions = {
-        400: "A multipart body that cannot be parsed",
-        408: "The upload made no progress for body_idle_timeout_s",
-        413: "Too many files, a file over the byte limit, or an image over the pixel or decode-memory limit",
-        415: "A file that is not a decodable image",
-        422: "No file, a form field instead of a file, an empty file, or an invalid parameter",
-        500: "The model failed on the batch holding this request's images",
-        503: "Not loaded yet, overloaded (with Retry-After), or shutting down",
-        504: "The request's images waited in the queue past queue_timeout_ms",
-    }
-    return {status: {"model": ErrorResponse, "description": descriptions[status]} for status in statuses}
-
-
-class PlainRoute(APIRoute):
-    """A route FastAPI documents from its declaration like any other, but calls as plain Starlette would:
-    `endpoint(request)` returns a Response, with no parameter parsing, dependencies, validation or response model
-    on the way (the endpoint reads what it needs itself). For the hot path, where that per-request machinery cost
-    more than the rest of the request together. `get_route_handler` is FastAPI's hook for custom routes."""
-
-    def get_route_handler(self) -> Callable[[Request], Coroutine[Any, Any, Response]]:
-        return self.endpoint  # type: ignore[no-any-return]
-
-
 router = APIRouter()
+_OTHER_ERRORS = openapi_responses(Where.OTHER)
 
 _FILES_DESCRIPTION = "One or more image files (JPEG, PNG, WebP, GIF, BMP or TIFF); answered in upload order."
 # The query and body are read by `predict` and `service.uploads`, not by FastAPI's machinery: described here.
@@ -191,45 +165,10 @@ router.add_api_route(
     predict,
     methods=["POST"],
     response_model=PredictResponse,
-    responses=_errors(400, 408, 413, 415, 422, 500, 503, 504),
+    responses=openapi_responses(Where.PREDICT),
     openapi_extra=PREDICT_BODY,
     route_class_override=PlainRoute,
 )
-
-
-def client_gone(receive: Receive) -> ClientGone:
-    """For the pipeline: returns once the client has gone (the body is already read, so only a disconnect can
-    arrive)."""
-
-    async def gone() -> None:
-        while (await receive())["type"] != "http.disconnect":
-            pass
-
-    return gone
-
-
-async def upload(request: Request) -> AsyncIterator[bytes]:
-    """The request's body as it arrives; ClientDisconnected (499) if the client goes during its upload."""
-    try:
-        async for chunk in request.stream():
-            yield chunk
-    except ClientDisconnect:
-        raise ClientDisconnected("the client disconnected during its upload") from None
-
-
-async def classify(request: Request, pipeline: Pipeline, images: list[tuple[str, bytes]] | np.ndarray) -> Classified:
-    """A request's images through the pipeline (encoded files decoded, pixels as they are), cancelled if the client
-    goes, and counted in its access-log line and the metrics. Every front end's requests go through here."""
-    telemetry: dict[str, Any] = request.scope["state"]["telemetry"]
-    count = telemetry["images"] = len(images)
-    gone = client_gone(request.receive)
-    if isinstance(images, np.ndarray):
-        classified = await pipeline.classify_pixels(images, gone)
-    else:
-        classified = await pipeline.classify_files(images, gone)
-    telemetry.update(queue_wait_s=classified.timing.queue_wait_s, inference_s=classified.timing.inference_s)
-    request.app.state.metrics.images_per_request.observe(count)
-    return classified
 
 
 WEB = Path(__file__).parent / "web"
@@ -260,7 +199,7 @@ async def page() -> FileResponse:
     return FileResponse(WEB / "index.html", headers=PAGE_HEADERS)
 
 
-@router.get("/health", response_model=HealthResponse)
+@router.get("/health", response_model=HealthResponse, responses=_OTHER_ERRORS)
 async def health(state: StateDep) -> HealthResponse:
     """Liveness: answers 200 while the process runs, naming the model once it is loaded."""
     info = state.model.info if state.model else None
@@ -274,7 +213,8 @@ async def health(state: StateDep) -> HealthResponse:
 @router.get(
     "/ready",
     response_model=ReadinessResponse,
-    responses={503: {"model": ReadinessResponse, "description": "The model is not loaded or warmed up yet"}},
+    responses=_OTHER_ERRORS
+    | {503: {"model": ReadinessResponse, "description": "Not loaded or warmed up yet, or draining"}},
 )
 async def ready(state: StateDep) -> JSONResponse:
     """Readiness: 200 once the model is loaded and a warm-up inference passed; 503 before, and while draining."""
@@ -289,7 +229,7 @@ async def ready(state: StateDep) -> JSONResponse:
     return JSONResponse(body.model_dump(), status_code=200 if state.serving else 503)
 
 
-@router.get("/model", response_model=ModelMetadataResponse, responses=_errors(503))
+@router.get("/model", response_model=ModelMetadataResponse, responses=openapi_responses(Where.MODEL))
 async def model_metadata(model: ModelDep) -> ModelMetadataResponse:
     """The served model: name, version, input and output tensors, labels and execution provider."""
     info = model.info
@@ -307,7 +247,7 @@ async def model_metadata(model: ModelDep) -> ModelMetadataResponse:
     )
 
 
-@router.get("/metrics", response_class=Response, responses={200: {"content": {"text/plain": {}}}})
+@router.get("/metrics", response_class=Response, responses={200: {"content": {"text/plain": {}}}} | _OTHER_ERRORS)
 async def metrics(request: Request) -> Response:
     """Prometheus metrics in the text exposition format (all workers' when several run)."""
     body, content_type = request.app.state.metrics.exposition()

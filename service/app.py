@@ -18,10 +18,12 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from service import open_inference
 from service.api import WEB, PageFiles, ServingState, router
+from service.asgi import JsonResponse
 from service.batching import Batcher
 from service.config import Settings, load_settings
+from service.error_responses import from_starlette, http_status, render
 from service.errors import InvalidRequest, ModelLoadError, ProviderUnavailable, ServiceError
-from service.gateway import Gateway, JsonResponse, error_response, http_status
+from service.gateway import Gateway
 from service.imaging import Decoder
 from service.inference import OnnxModel
 from service.lifecycle import DRAIN, DrainState
@@ -167,7 +169,6 @@ def create_app(settings: Settings | None = None, drain: DrainState = DRAIN) -> F
         ),
         admission=admission,
         admits=lambda path: path == "/predict" or open_inference.is_infer_path(path),
-        render=render_error,
         bodies=BodyBudget(
             max_bytes=settings.max_body_bytes,
             budget_bytes=settings.body_memory_bytes,
@@ -175,7 +176,7 @@ def create_app(settings: Settings | None = None, drain: DrainState = DRAIN) -> F
         ),
         on_refused=refused,
     )
-    _install_error_handlers(app, refused, render_error)
+    _install_error_handlers(app, refused)
     return app
 
 
@@ -193,16 +194,7 @@ def _declare_api_key(app: FastAPI, header: str) -> None:
     app.openapi = with_key  # type: ignore[method-assign]
 
 
-def render_error(error: ServiceError, path: str) -> JsonResponse:
-    """An error in the form of the API it answers: the Open Inference Protocol's under /v2, else `/predict`'s."""
-    if path.startswith(open_inference.PREFIX):
-        return open_inference.error_body(error)
-    return error_response(error)
-
-
-def _install_error_handlers(
-    app: FastAPI, refused: Callable[[str], None], render: Callable[[ServiceError, str], JsonResponse]
-) -> None:
+def _install_error_handlers(app: FastAPI, refused: Callable[[str], None]) -> None:
     @app.exception_handler(ServiceError)
     async def service_error(request: Request, error: ServiceError) -> JsonResponse:
         if error.refusal:
@@ -218,8 +210,6 @@ def _install_error_handlers(
 
     @app.exception_handler(StarletteHTTPException)
     async def http_error(request: Request, error: StarletteHTTPException) -> JsonResponse:
-        codes = {400: "bad_request", 404: "not_found", 405: "method_not_allowed", 413: "body_too_large"}
-        code = codes.get(error.status_code, "http_error")
-        if request.url.path.startswith(open_inference.PREFIX):
-            return JsonResponse({"error": str(error.detail), "code": code}, error.status_code, error.headers)
-        return JsonResponse({"error": code, "detail": str(error.detail)}, error.status_code, error.headers)
+        answer = render(from_starlette(error.status_code, str(error.detail)), request.url.path, error.headers)
+        answer.status_code = error.status_code  # Starlette's status stands, with our body
+        return answer

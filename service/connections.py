@@ -27,11 +27,21 @@ from dataclasses import dataclass
 from typing import Any
 
 import httptools
-import orjson
 from uvicorn.config import Config
 from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 from uvicorn.server import ServerState
 
+from service.error_responses import http_status, raw_answer
+from service.errors import (
+    MalformedHttp,
+    RequestHeadTimeout,
+    RequestHeadTooLarge,
+    ServiceError,
+    TooManyConnections,
+    TooManyHeaders,
+    TooManyPipelined,
+    TrailersTooLarge,
+)
 from service.lifecycle import DRAIN
 
 log = logging.getLogger(__name__)
@@ -39,9 +49,6 @@ log = logging.getLogger(__name__)
 IDLE_CLOSE_S = 1.0
 """At the end of a drain, how long a connection must have been idle before it is closed: a client that was about
 to send on it has sent by then, and is answered (with `Connection: close`) instead of reset."""
-
-_REASONS = {400: b"Bad Request", 408: b"Request Timeout", 431: b"Request Header Fields Too Large",
-            503: b"Service Unavailable"}  # fmt: skip
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -78,7 +85,7 @@ class BoundedHttpToolsProtocol(HttpToolsProtocol):
         self._in_head = True  # between the end of one request's head (or the connection's start) and the next's
         self._head_bytes = 0
         self._header_count = 0
-        self._refusal: tuple[int, str, str] | None = None
+        self._refusal: ServiceError | None = None
         self._head_timer: asyncio.TimerHandle | None = None
         self._write_timer: asyncio.TimerHandle | None = None
         self._idle_since = time.monotonic()
@@ -91,9 +98,9 @@ class BoundedHttpToolsProtocol(HttpToolsProtocol):
         super().connection_made(transport)
         if len(self.connections) > self.limits.max_connections:
             self._refuse(
-                503,
-                "too_many_connections",
-                f"the server has {self.limits.max_connections} connections open, its limit; retry later",
+                TooManyConnections(
+                    f"the server has {self.limits.max_connections} connections open, its limit; retry later"
+                )
             )
             return
         self._arm_head_timer()
@@ -129,22 +136,16 @@ class BoundedHttpToolsProtocol(HttpToolsProtocol):
                     self.cycle.keep_alive = False
         except Exception as error:  # httptools' errors: a malformed request
             if self._refusal is None and not self.transport.is_closing():
-                self._refusal = (400, "bad_request", f"the request could not be parsed as HTTP/1.1: {error}")
+                self._refusal = MalformedHttp(f"the request could not be parsed as HTTP/1.1: {error}")
         if self._refusal is None and self._in_head and self._head_bytes > self.limits.max_head_bytes:
-            self._refusal = (
-                431,
-                "request_head_too_large",
-                f"the request line and headers are over {self.limits.max_head_bytes} bytes",
+            self._refusal = RequestHeadTooLarge(
+                f"the request line and headers are over {self.limits.max_head_bytes} bytes"
             )
         elif self._refusal is None and self._since_progress > self.limits.max_head_bytes:
             # bytes the parser holds without a word to us: a chunked body's trailers, or chunk extensions
-            self._refusal = (
-                431,
-                "request_trailers_too_large",
-                f"over {self.limits.max_head_bytes} bytes of chunk headers or trailers",
-            )
+            self._refusal = TrailersTooLarge(f"over {self.limits.max_head_bytes} bytes of chunk headers or trailers")
         if self._refusal is not None:
-            self._refuse(*self._refusal)
+            self._refuse(self._refusal)
 
     def on_message_begin(self) -> None:
         """A new request begins: its head is counted from here."""
@@ -156,18 +157,14 @@ class BoundedHttpToolsProtocol(HttpToolsProtocol):
         """Parts of the request target, counted against the head's limit."""
         super().on_url(url)
         if len(self.url) > self.limits.max_head_bytes:
-            self._refusal = (
-                431,
-                "request_head_too_large",
-                f"the request line is over {self.limits.max_head_bytes} bytes",
-            )
+            self._refusal = RequestHeadTooLarge(f"the request line is over {self.limits.max_head_bytes} bytes")
             raise _Refused
 
     def on_header(self, name: bytes, value: bytes) -> None:
         """One header, counted against the header limit."""
         self._header_count += 1
         if self._header_count > self.limits.max_headers:
-            self._refusal = (431, "too_many_headers", f"the request has more than {self.limits.max_headers} headers")
+            self._refusal = TooManyHeaders(f"the request has more than {self.limits.max_headers} headers")
             raise _Refused
         super().on_header(name, value)
 
@@ -188,10 +185,8 @@ class BoundedHttpToolsProtocol(HttpToolsProtocol):
         self._since_progress = 0
         self._cancel(self._head_timer)
         if len(self.pipeline) >= self.limits.max_pipelined:
-            self._refusal = (
-                400,
-                "too_many_pipelined_requests",
-                f"more than {self.limits.max_pipelined} requests were sent ahead of their answers",
+            self._refusal = TooManyPipelined(
+                f"more than {self.limits.max_pipelined} requests were sent ahead of their answers"
             )
             raise _Refused
         super().on_headers_complete()
@@ -232,9 +227,7 @@ class BoundedHttpToolsProtocol(HttpToolsProtocol):
             self.transport.close()
             return
         self._refuse(
-            408,
-            "request_head_timeout",
-            f"the request line and headers did not arrive within {self.limits.head_timeout_s:g} s",
+            RequestHeadTimeout(f"the request line and headers did not arrive within {self.limits.head_timeout_s:g} s")
         )
 
     def shutdown(self) -> None:
@@ -277,19 +270,16 @@ class BoundedHttpToolsProtocol(HttpToolsProtocol):
 
     def send_400_response(self, msg: str) -> None:
         """uvicorn's plain-text 400, as JSON."""
-        self._refuse(400, "bad_request", msg)
+        self._refuse(MalformedHttp(msg))
 
-    def _refuse(self, status: int, error: str, detail: str) -> None:
-        """Answer `status` with the service's JSON error body, and close the connection."""
+    def _refuse(self, error: ServiceError) -> None:
+        """Answer `error` in the service's JSON, and close the connection."""
         self._cancel(self._head_timer)
         if self.transport.is_closing():
             return
         if self.cycle is None or self.cycle.response_complete:  # else an answer is being written: just close
-            body = orjson.dumps({"error": error, "detail": detail})
-            head = b"HTTP/1.1 %d %s\r\ncontent-type: application/json\r\ncontent-length: %d\r\nconnection: close\r\n"
-            extra = b"retry-after: 1\r\n" if status == 503 else b""
-            self.transport.write(head % (status, _REASONS[status], len(body)) + extra + b"\r\n" + body)
-        log.info("event=connection_refused status=%d error=%s client=%s", status, error, self.client)
+            self.transport.write(raw_answer(error))
+        log.info("event=connection_refused status=%d error=%s client=%s", http_status(error), error.error, self.client)
         self.pipeline.clear()
         self.transport.close()
 

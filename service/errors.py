@@ -1,5 +1,6 @@
-"""The service's errors, in its own terms: what went wrong, not how a protocol says it. Each front end maps them to
-its statuses in one table (`service.gateway.HTTP_STATUS` for HTTP) and renders them its own way."""
+"""The service's errors, in its own terms: what went wrong, not how a protocol says it. How each is answered over
+HTTP (status, headers, body, OpenAPI, the docs' table) is one row of `service.error_responses.ROWS`: adding an
+error is a class here and a row there."""
 
 
 class ServiceError(Exception):
@@ -123,6 +124,45 @@ class BodyOverBudget(RetryLater, error="overloaded", refusal="overloaded"):
 
 class BodyStalled(ServiceError, error="upload_stalled", refusal="upload_stalled"):
     """The upload made no progress for `body_idle_timeout_s`."""
+
+
+class RouteNotFound(ServiceError, error="not_found"):
+    """No route at this path (Starlette's 404)."""
+
+
+class MethodNotAllowed(ServiceError, error="method_not_allowed"):
+    """The path exists, the method does not (Starlette's 405)."""
+
+
+# ---- Refusals of the HTTP server itself (service.connections), before any request reaches the app ----
+
+
+class MalformedHttp(ServiceError, error="bad_request"):
+    """Bytes that are not an HTTP/1.1 request (a bad request line, a NUL in a header)."""
+
+
+class TooManyPipelined(ServiceError, error="too_many_pipelined_requests"):
+    """More than `max_pipelined` requests sent ahead of their answers."""
+
+
+class RequestHeadTooLarge(ServiceError, error="request_head_too_large"):
+    """The request line and headers are over `max_head_bytes`."""
+
+
+class TrailersTooLarge(ServiceError, error="request_trailers_too_large"):
+    """A chunked body's chunk headers or trailers are over `max_head_bytes`."""
+
+
+class TooManyHeaders(ServiceError, error="too_many_headers"):
+    """More than `max_headers` headers."""
+
+
+class RequestHeadTimeout(ServiceError, error="request_head_timeout"):
+    """The request line and headers did not arrive within `head_timeout_s`."""
+
+
+class TooManyConnections(RetryLater, error="too_many_connections"):
+    """The server process has `max_connections` connections open."""
 
 
 class ModelLoadError(Exception):

@@ -10,37 +10,13 @@ import contextlib
 import logging
 import time
 from collections.abc import Callable
-from typing import Any
 
-import orjson
-from starlette.responses import Response
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from service.errors import (
-    BodyStalled,
-    BodyTooLarge,
-    ClientDisconnected,
-    EmptyFile,
-    FileTooLarge,
-    Forbidden,
-    ImageTooLarge,
-    InferenceFailed,
-    InvalidImage,
-    InvalidRequest,
-    MalformedBody,
-    NotReady,
-    QueueTimeout,
-    RequestTimedOut,
-    RetryLater,
-    ServiceError,
-    ShuttingDown,
-    TooManyImages,
-    Unauthorized,
-    UnknownModel,
-    UnsupportedEncoding,
-)
+from service.error_responses import render
+from service.errors import RequestTimedOut, ServiceError, ShuttingDown
 from service.limits import Admission, ApiKeys, BodyBudget
-from service.telemetry import REQUEST_ID_HEADER, Telemetry, request_id_from
+from service.telemetry import FIGURES_KEY, REQUEST_ID_HEADER, RequestFigures, Telemetry, request_id_from
 
 log = logging.getLogger(__name__)
 
@@ -48,61 +24,6 @@ Refused = Callable[[str], None]
 """Told the reason of each refusal (for metrics)."""
 
 _REQUEST_ID_KEY = REQUEST_ID_HEADER.lower().encode("latin-1")
-
-
-class JsonResponse(Response):
-    """A JSON response serialized once, by orjson, from plain data: no model validation on the way out."""
-
-    media_type = "application/json"
-
-    def render(self, content: Any) -> bytes:
-        return orjson.dumps(content)
-
-
-HTTP_STATUS: dict[type[ServiceError], int] = {
-    MalformedBody: 400,
-    Unauthorized: 401,
-    Forbidden: 403,
-    BodyStalled: 408,
-    TooManyImages: 413,
-    FileTooLarge: 413,
-    ImageTooLarge: 413,
-    BodyTooLarge: 413,
-    InvalidImage: 415,
-    UnsupportedEncoding: 415,
-    InvalidRequest: 422,
-    EmptyFile: 422,
-    UnknownModel: 404,
-    ClientDisconnected: 499,  # nginx's code: only ever logged, the client is gone
-    InferenceFailed: 500,
-    RetryLater: 503,  # overloaded, queue full, body budget, shutting down, batcher stopped
-    NotReady: 503,
-    QueueTimeout: 504,
-    RequestTimedOut: 504,
-}
-"""The HTTP status of each of the service's errors (a class not listed takes its nearest listed base's)."""
-
-
-def http_status(error: ServiceError) -> int:
-    """`error`'s HTTP status, from HTTP_STATUS; 500 for an error it does not list."""
-    for cls in type(error).__mro__:
-        if cls in HTTP_STATUS:
-            return HTTP_STATUS[cls]
-    return 500
-
-
-def http_headers(error: ServiceError) -> dict[str, str]:
-    """The headers an error's answer carries: Retry-After for a refusal to retry, the API key's challenge."""
-    if isinstance(error, RetryLater):
-        return {"Retry-After": str(error.retry_after_s)}
-    if isinstance(error, Unauthorized):
-        return {"WWW-Authenticate": f'ApiKey header="{error.header}"'}
-    return {}
-
-
-def error_response(error: ServiceError) -> JsonResponse:
-    """An error as `/predict` and the other routes answer it: `{"error": code, "detail": text}` with its status."""
-    return JsonResponse({"error": error.error, "detail": error.detail}, http_status(error), http_headers(error))
 
 
 class Gateway:
@@ -121,7 +42,6 @@ class Gateway:
         api_keys: ApiKeys | None = None,
         admission: Admission | None = None,
         admits: Callable[[str], bool] = lambda path: False,
-        render: Callable[[ServiceError, str], Response] = lambda error, path: error_response(error),
         bodies: BodyBudget | None = None,
         on_refused: Refused = lambda reason: None,
     ) -> None:
@@ -131,7 +51,6 @@ class Gateway:
         self.api_keys = api_keys
         self.admission = admission
         self.admits = admits
-        self.render = render
         self.bodies = bodies
         self.on_refused = on_refused
 
@@ -141,8 +60,8 @@ class Gateway:
             return
         started = time.perf_counter()
         request_id = request_id_from(scope)
-        details: dict[str, Any] = {}  # the handler adds its figures (images, queue wait, inference time) here
-        scope.setdefault("state", {}).update(request_id=request_id, telemetry=details)
+        added = RequestFigures()  # the handler adds its figures (images, queue wait, inference time) here
+        scope.setdefault("state", {}).update({"request_id": request_id, FIGURES_KEY: added})
         status = 0
         raw_id = request_id.encode("latin-1")
 
@@ -166,11 +85,11 @@ class Gateway:
             if status != 0:
                 raise
             fault = ServiceError(f"the server failed on this request; it is logged under request id {request_id}")
-            await self.render(fault, scope["path"])(scope, receive, send_with_id)
+            await render(fault, scope["path"])(scope, receive, send_with_id)
         finally:
             if telemetry:
                 telemetry.metrics.requests_in_flight.dec()
-                telemetry.record(scope, request_id, status or 500, time.perf_counter() - started, details)
+                telemetry.record(scope, request_id, status or 500, time.perf_counter() - started, added)
 
     async def _within_timeout(self, scope: Scope, receive: Receive, send: Send, answered: Callable[[], bool]) -> None:
         try:
@@ -182,7 +101,7 @@ class Gateway:
             if not answered():
                 stopped = ShuttingDown("the server stopped before this request was answered; retry")
                 with contextlib.suppress(Exception):
-                    await self.render(stopped, scope["path"])(scope, receive, send)
+                    await render(stopped, scope["path"])(scope, receive, send)
             raise
         except TimeoutError:
             if answered():
@@ -212,7 +131,7 @@ class Gateway:
         """Answer a refusal, counting it by reason if it is one (not 401, 403 or 413)."""
         if refusal.refusal:
             self.on_refused(refusal.refusal)
-        await self.render(refusal, scope["path"])(scope, receive, send)
+        await render(refusal, scope["path"])(scope, receive, send)
 
     def _refusal(self, scope: Scope) -> ServiceError | None:
         """Why a request is refused before its body is read, if it is: API key, admission, then body limits."""

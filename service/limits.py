@@ -13,6 +13,7 @@ from contextlib import contextmanager
 
 from starlette.types import Message, Receive, Scope
 
+from service.asgi import header
 from service.errors import (
     BodyOverBudget,
     BodyStalled,
@@ -27,14 +28,6 @@ from service.lifecycle import DrainState
 
 MAX_BYTE_COUNT_DIGITS = 18
 """A byte count in a header longer than this is more than any limit (and int() refuses thousands of digits)."""
-
-
-def header(scope: Scope, name: bytes) -> bytes | None:
-    """The first value of the request header `name` (lower-case bytes), if present."""
-    for key, value in scope["headers"]:
-        if key == name:
-            return value  # type: ignore[no-any-return]
-    return None
 
 
 class Admission:

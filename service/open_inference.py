@@ -26,25 +26,24 @@ import orjson
 from fastapi import APIRouter, Request
 from fastapi.responses import Response
 
-from service.api import PlainRoute, classify, upload
+from service.asgi import JsonResponse, header
+from service.error_responses import OPEN_INFERENCE_PREFIX, Api, Where, openapi_responses
 from service.errors import (
-    EmptyFile,
     FileTooLarge,
     InvalidRequest,
     MalformedBody,
     NotReady,
-    ServiceError,
     TooManyImages,
     UnknownModel,
     UnsupportedEncoding,
 )
-from service.gateway import JsonResponse, http_headers, http_status
+from service.frontend import PlainRoute, classify, upload
 from service.inference import ModelInfo, ranked
-from service.limits import MAX_BYTE_COUNT_DIGITS, CountedBody, header
-from service.schemas import ModelReadyResponse, ProtocolErrorResponse, ServerLiveResponse, ServerReadyResponse
+from service.limits import MAX_BYTE_COUNT_DIGITS, CountedBody
+from service.schemas import ModelReadyResponse, ServerLiveResponse, ServerReadyResponse
 from service.uploads import INLINE_BODY_BYTES
 
-PREFIX = "/v2"
+PREFIX = OPEN_INFERENCE_PREFIX
 EXTENSIONS = ("binary_tensor_data", "classification", "image_bytes")
 """Listed in the server metadata: Triton's binary data and classification extensions, and our BYTES input of
 encoded image files."""
@@ -61,13 +60,6 @@ _PARSER = ThreadPoolExecutor(max_workers=1, thread_name_prefix="v2-parse")
 
 _LENGTH = struct.Struct("<I")
 _END = object()
-
-
-def error_body(error: ServiceError) -> JsonResponse:
-    """An error as the protocol answers it: its clients show `error`. The protocol answers every malformed
-    request with 400, where `/predict` tells a body it cannot parse (400) from one it does not take (422)."""
-    status = 400 if isinstance(error, InvalidRequest | EmptyFile) else http_status(error)
-    return JsonResponse({"error": error.detail, "code": error.error}, status, http_headers(error))
 
 
 # ---- reading an infer request ----
@@ -349,28 +341,20 @@ def _model(request: Request, name: str, version: str | None) -> ModelInfo:
     return info
 
 
-def _errors(*statuses: int) -> dict[int | str, dict[str, Any]]:
-    descriptions = {
-        400: "A malformed request: not JSON, an unknown input or output, a wrong datatype or shape, data that "
-        "does not match its shape",
-        404: "Not the model (or version) this server serves",
-        408: "The upload made no progress for body_idle_timeout_s",
-        413: "Too many images, a file or body over its limit, or an image over the pixel or decode-memory limit",
-        415: "A BYTES element that is not a decodable image",
-        500: "The model failed on the batch holding this request's images",
-        503: "Not loaded yet, overloaded (with Retry-After), or shutting down",
-        504: "The request took longer than its timeout",
-    }
-    return {status: {"model": ProtocolErrorResponse, "description": descriptions[status]} for status in statuses}
+_MODEL_ERRORS = openapi_responses(Where.MODEL, Api.OPEN_INFERENCE)
+_INFER_ERRORS = openapi_responses(Where.INFER, Api.OPEN_INFERENCE)
+_OTHER_ERRORS = openapi_responses(Where.OTHER, Api.OPEN_INFERENCE)
 
 
-@router.get("", summary="Server metadata", responses={200: {"description": "name, version and extensions"}})
+@router.get(
+    "", summary="Server metadata", responses={200: {"description": "name, version and extensions"}} | _OTHER_ERRORS
+)
 async def server_metadata(request: Request) -> JsonResponse:
     """The server's name, version and protocol extensions."""
     return JsonResponse({"name": "image-classifier", "version": request.app.version, "extensions": list(EXTENSIONS)})
 
 
-@router.get("/health/live", summary="Server liveness", response_model=ServerLiveResponse)
+@router.get("/health/live", summary="Server liveness", response_model=ServerLiveResponse, responses=_OTHER_ERRORS)
 async def server_live() -> JsonResponse:
     """200 while the process runs."""
     return JsonResponse({"live": True})
@@ -380,7 +364,8 @@ async def server_live() -> JsonResponse:
     "/health/ready",
     summary="Server readiness",
     response_model=ServerReadyResponse,
-    responses={503: {"model": ServerReadyResponse, "description": "Not loaded or warmed up yet, or draining"}},
+    responses=_OTHER_ERRORS
+    | {503: {"model": ServerReadyResponse, "description": "Not loaded or warmed up yet, or draining"}},
 )
 async def server_ready(request: Request) -> JsonResponse:
     """200 once the model is loaded and warmed up; 503 before, and while draining."""
@@ -392,13 +377,13 @@ async def server_ready(request: Request) -> JsonResponse:
     "/models/{model_name}/ready",
     summary="Model readiness",
     response_model=ModelReadyResponse,
-    responses=_errors(404, 503),
+    responses=_MODEL_ERRORS,
 )
 @router.get(
     "/models/{model_name}/versions/{model_version}/ready",
     summary="Model version readiness",
     response_model=ModelReadyResponse,
-    responses=_errors(404, 503),
+    responses=_MODEL_ERRORS,
 )
 async def model_ready(request: Request, model_name: str, model_version: str | None = None) -> JsonResponse:
     """200 if this is the served model and it is ready; 404 for another model, 503 while not ready."""
@@ -411,11 +396,11 @@ async def model_ready(request: Request, model_name: str, model_version: str | No
 _METADATA = {200: {"description": "name, versions, platform, inputs and outputs, and parameters"}}
 
 
-@router.get("/models/{model_name}", summary="Model metadata", responses=_METADATA | _errors(404, 503))
+@router.get("/models/{model_name}", summary="Model metadata", responses=_METADATA | _MODEL_ERRORS)
 @router.get(
     "/models/{model_name}/versions/{model_version}",
     summary="Model version metadata",
-    responses=_METADATA | _errors(404, 503),
+    responses=_METADATA | _MODEL_ERRORS,
 )
 async def model_metadata(request: Request, model_name: str, model_version: str | None = None) -> JsonResponse:
     """The model's inputs and outputs. Besides its UINT8 pixels, the input takes BYTES image files [N] (this
@@ -502,7 +487,7 @@ for path in ("/models/{model_name}/infer", "/models/{model_name}/versions/{model
         methods=["POST"],
         summary="Inference" if "versions" not in path else "Inference on a model version",
         openapi_extra=INFER_BODY,
-        responses=_errors(400, 404, 408, 413, 415, 500, 503, 504),
+        responses=_INFER_ERRORS,
         route_class_override=PlainRoute,
     )
 

@@ -5,12 +5,12 @@ import logging
 import re
 import secrets
 from collections.abc import Sequence
-from typing import Any
+from dataclasses import dataclass
 
 from starlette.routing import BaseRoute, Match, Mount, Route
 from starlette.types import Scope
 
-from service.limits import header
+from service.asgi import header
 from service.metrics import Metrics
 
 access_log = logging.getLogger("service.access")
@@ -18,6 +18,24 @@ access_log = logging.getLogger("service.access")
 REQUEST_ID_HEADER = "X-Request-ID"
 _WELL_FORMED_ID = re.compile(r"[A-Za-z0-9._:\-]{1,128}")
 UNMATCHED_ROUTE = "<unmatched>"
+
+
+FIGURES_KEY = "figures"
+"""Where a request's RequestFigures are kept in its ASGI scope's `state`."""
+
+
+@dataclass(slots=True)
+class RequestFigures:
+    """What a request's handler adds to its access-log line."""
+
+    images: int = 0
+    queue_wait_s: float = 0.0
+    inference_s: float = 0.0
+
+
+def figures(scope: Scope) -> RequestFigures:
+    """The request's figures, as the gateway set them up (new ones where no gateway runs, as in some tests)."""
+    return scope.setdefault("state", {}).setdefault(FIGURES_KEY, RequestFigures())  # type: ignore[no-any-return]
 
 
 def request_id_from(scope: Scope) -> str:
@@ -38,8 +56,8 @@ class Telemetry:
         # blow up the metrics' cardinality.
         self.routes = [route for route in routes if isinstance(route, Route | Mount)]
 
-    def record(self, scope: Scope, request_id: str, status: int, elapsed_s: float, details: dict[str, Any]) -> None:
-        """Count and log a request that has ended; `details` holds what its handler added (images, timings)."""
+    def record(self, scope: Scope, request_id: str, status: int, elapsed_s: float, added: RequestFigures) -> None:
+        """Count and log a request that has ended, with what its handler `added` (images, timings)."""
         route = getattr(scope.get("route"), "path", None)
         if route is None:
             route = self._template(scope)
@@ -48,9 +66,9 @@ class Telemetry:
         self.metrics.request_duration.labels(route).observe(elapsed_s)
         fields = {
             "request_id": request_id, "method": method, "route": route, "status": status,
-            "images": details.get("images", 0),
-            "queue_wait_ms": round(details.get("queue_wait_s", 0.0) * 1000, 3),
-            "inference_ms": round(details.get("inference_s", 0.0) * 1000, 3),
+            "images": added.images,
+            "queue_wait_ms": round(added.queue_wait_s * 1000, 3),
+            "inference_ms": round(added.inference_s * 1000, 3),
             "total_ms": round(elapsed_s * 1000, 3),
         }  # fmt: skip
         access_log.info(" ".join(f"{key}={value}" for key, value in fields.items()), extra=fields)

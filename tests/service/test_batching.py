@@ -10,8 +10,8 @@ import numpy as np
 import pytest
 
 from service.batching import Batcher
+from service.error_responses import http_status
 from service.errors import BatcherStopped, InferenceFailed, QueueFull, QueueTimeout, ShuttingDown
-from service.gateway import http_status
 
 POISON = 666
 

@@ -7,8 +7,8 @@ from hypothesis import HealthCheck, assume, given, settings
 from hypothesis import strategies as st
 from PIL import Image
 
+from service.error_responses import http_status
 from service.errors import ServiceError
-from service.gateway import http_status
 from service.imaging import decode_image
 from tests.conftest import encode, noisy_image
 

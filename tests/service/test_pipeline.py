@@ -4,8 +4,8 @@ import asyncio
 
 import pytest
 
-from service.api import client_gone
 from service.errors import ClientDisconnected
+from service.frontend import client_gone
 from service.pipeline import _unless_gone
 
 

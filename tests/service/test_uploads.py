@@ -5,8 +5,8 @@ from collections.abc import AsyncIterator, Iterable
 
 import pytest
 
+from service.error_responses import http_status
 from service.errors import FileTooLarge, InvalidRequest, MalformedBody, ServiceError, TooManyImages
-from service.gateway import http_status
 from service.uploads import MAX_OTHER_FIELDS, read_uploads
 
 TYPE = "multipart/form-data; boundary=xyz"
