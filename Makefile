@@ -11,14 +11,15 @@ EPOCHS ?= 15
 TARGET ?= cpu
 
 .PHONY: venv browser serve test lint lock image bench soak fuzz train train-default export-default card-default export evaluate \
-	photos data clean
+	photos data clean docs
 
 $(BIN)/python:
 	$(PYTHON) -c 'import sys; assert sys.version_info >= (3, 11), "Python 3.11 or newer is needed"'
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
 
-# The serving install: FastAPI, ONNX Runtime (CPU), Pillow. No TensorFlow.
+# The serving install: FastAPI, ONNX Runtime (CPU), Pillow, and the command-line client (`python -m service.client`,
+# the `client` extra, which `cpu` includes). No TensorFlow. Made again whenever pyproject.toml changes.
 $(VENV)/.serve-installed: pyproject.toml | $(BIN)/python
 	$(BIN)/python -m pip install --quiet -e '.[cpu]'
 	touch $@
@@ -78,6 +79,11 @@ image:
 lint: $(VENV)/.dev-installed
 	$(BIN)/python -m ruff check service training tests benchmarks
 	$(BIN)/python -m ruff format --check service training tests benchmarks
+	$(BIN)/python -m mypy service
+
+# The reference in docs/ as a static site in site/ (mkdocs.yml; offline). --strict fails on a broken link or anchor.
+docs: $(VENV)/.dev-installed
+	$(BIN)/python -m mkdocs build --strict --site-dir site
 
 $(DATA_DIR):
 	mkdir -p $(DATA_DIR)

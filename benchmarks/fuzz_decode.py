@@ -26,7 +26,7 @@ from PIL import Image, features
 from service.config import Settings
 from service.error_responses import http_status
 from service.errors import ServiceError
-from service.imaging import decode, open_image
+from service.imaging import configure_pillow, decode, open_image
 
 SIZE = (32, 32)
 DEFAULTS = Settings(_env_file=None)  # type: ignore[call-arg]
@@ -157,6 +157,7 @@ def run_cases(seed: int, cases: int, failures_dir: Path | None = None) -> tuple[
 
 
 def _worker(job: tuple[int, int, str | None]) -> tuple[Counter[str], list[str], float]:
+    configure_pillow()
     seed, cases, failures_dir = job
     outcomes, failures = run_cases(seed, cases, Path(failures_dir) if failures_dir else None)
     return outcomes, failures, resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
@@ -164,7 +165,7 @@ def _worker(job: tuple[int, int, str | None]) -> tuple[Counter[str], list[str], 
 
 def main() -> None:
     """Run the fuzzer in several processes and print its figures."""
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], allow_abbrev=False)
     parser.add_argument("--cases", type=int, default=200_000)
     parser.add_argument("--processes", type=int, default=multiprocessing.cpu_count())
     parser.add_argument("--seed", type=int, default=1)

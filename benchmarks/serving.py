@@ -387,7 +387,9 @@ def overload_run(url: str, pid: int, body: Path, capacity_rps: float, seconds: f
 
 def main() -> None:
     """Run every scenario and write the results."""
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter, allow_abbrev=False
+    )
     parser.add_argument("--model", default=str(REPO / "models" / "default.onnx"))
     parser.add_argument("--light-model", default=str(REPO / "benchmarks" / "models" / "light.onnx"))
     parser.add_argument("--keras-model", default=str(REPO / "models" / "default.keras"))

@@ -27,7 +27,9 @@ CONCURRENCY = 8
 
 def main() -> None:
     """Run the soak and write its results."""
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter, allow_abbrev=False
+    )
     parser.add_argument("--model", default=str(REPO / "models" / "default.onnx"))
     parser.add_argument("--minutes", type=float, default=10.0)
     parser.add_argument("--rate", type=float, default=200.0, help="requests per second offered (1 image each)")

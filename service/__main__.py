@@ -3,18 +3,21 @@
 import logging
 import os
 import shutil
+import socket
 import sys
 import tempfile
 from pathlib import Path
+from typing import Any
 
 import uvicorn
 
-from service.app import create_app
+from service.app import create_app, worker_app
 from service.config import Settings, SettingsError, load_settings
 from service.connections import ConnectionLimits
-from service.lifecycle import DRAIN, DrainingServer, WorkerSupervisor
-from service.logs import logging_config
+from service.lifecycle import DrainingServer, DrainState, WorkerApp, WorkerSupervisor
+from service.logs import configure_logging
 from service.metrics import MULTIPROCESS_ENV, forget_process, remove_metric_files
+from service.preflight import StartupMistake, check_model_file, listening_socket
 
 log = logging.getLogger("service.main")
 
@@ -23,31 +26,38 @@ UVICORN_GRACE_S = 2
 
 
 def main() -> None:
-    """Start the server; invalid settings exit with status 2 and a message naming the variables."""
+    """Start the server. A mistake found before serving (an invalid setting, a model path that holds no ONNX model,
+    a port in use) exits with status 2 and one line saying what is wrong and what to do."""
     try:
         settings = load_settings()
-    except SettingsError as error:
+        check_model_file(settings.model_path)
+        listener = listening_socket(settings.host, settings.port)
+    except (SettingsError, StartupMistake) as error:
         print(f"error: {error}", file=sys.stderr)
         raise SystemExit(2) from None
-    options = {
+    configure_logging(settings.log_level, settings.log_format)
+    host = f"[{settings.host}]" if ":" in settings.host else settings.host
+    log.info("event=listening url=http://%s:%d", host, settings.port)
+    options: dict[str, Any] = {
         "host": settings.host,
         "port": settings.port,
         "log_level": settings.log_level,
-        "log_config": logging_config(settings.log_level, settings.log_format),  # applied in every worker too
+        "log_config": None,  # configure_logging's, in this process and (by service.app.worker_app) in each worker
         "access_log": False,  # the service logs one structured line per request itself
         "timeout_graceful_shutdown": UVICORN_GRACE_S,
         "timeout_keep_alive": settings.keep_alive_timeout_s,
     }
     if settings.workers == 1:
-        config = connection_limits(settings).apply(uvicorn.Config(create_app(settings), **options))
-        server = DrainingServer(config, drain_timeout_s=settings.drain_timeout_s)
-        server.run()
+        drain = DrainState()
+        config = connection_limits(settings).apply(uvicorn.Config(create_app(settings, drain), **options))
+        server = DrainingServer(config, drain_timeout_s=settings.drain_timeout_s, drain=drain)
+        server.run(sockets=[listener])
         if not server.started:
             raise SystemExit(3)  # the model did not load: the reason is logged
-        if DRAIN.failure is not None:
+        if drain.failure is not None:
             raise SystemExit(1)  # a fatal fault: the reason is logged; let the orchestrator restart us
         return
-    serve_workers(settings, options)
+    serve_workers(settings, options, listener)
 
 
 def connection_limits(settings: Settings) -> ConnectionLimits:
@@ -62,7 +72,7 @@ def connection_limits(settings: Settings) -> ConnectionLimits:
     )
 
 
-def serve_workers(settings: Settings, options: dict[str, object]) -> None:
+def serve_workers(settings: Settings, options: dict[str, Any], listener: socket.socket) -> None:
     """Several workers, each building its app from the settings. Metrics are shared through files in a folder
     made for this run and removed at exit; in a folder given as PROMETHEUS_MULTIPROC_DIR, only the metric files
     are removed, before (an earlier run's would be counted again) and after."""
@@ -72,11 +82,12 @@ def serve_workers(settings: Settings, options: dict[str, object]) -> None:
     folder.mkdir(parents=True, exist_ok=True)
     remove_metric_files(folder)
     try:
-        config = uvicorn.Config("service.app:create_app", factory=True, workers=settings.workers, **options)  # type: ignore[arg-type]
+        # The app is made in each worker, with its drain state (DrainingWorker passes it to worker_app).
+        config = uvicorn.Config("service.app:worker_app", factory=True, workers=settings.workers, **options)
         connection_limits(settings).apply(config)
         log.info("event=workers_starting workers=%d metrics_dir=%s", settings.workers, folder)
         supervisor = WorkerSupervisor(
-            config, [config.bind_socket()], drain_timeout_s=settings.drain_timeout_s, on_worker_died=forget_process
+            config, [listener], WorkerApp(worker_app, settings.drain_timeout_s), on_worker_died=forget_process
         )
         supervisor.run()
         if supervisor.startup_failed:

@@ -2,7 +2,7 @@
 
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Any, Literal
 
 from fastapi import APIRouter, Depends, Request
 from fastapi.responses import FileResponse, JSONResponse, Response
@@ -219,7 +219,9 @@ async def health(state: StateDep) -> HealthResponse:
 async def ready(state: StateDep) -> JSONResponse:
     """Readiness: 200 once the model is loaded and a warm-up inference passed; 503 before, and while draining."""
     info = state.model.info if state.model else None
-    status = "draining" if state.drain.draining else "ready" if state.ready else "not_ready"
+    status: Literal["ready", "not_ready", "draining"] = (
+        "draining" if state.drain.draining else "ready" if state.ready else "not_ready"
+    )
     body = ReadinessResponse(
         status=status,
         model=info.name if info else None,
@@ -247,7 +249,10 @@ async def model_metadata(model: ModelDep) -> ModelMetadataResponse:
     )
 
 
-@router.get("/metrics", response_class=Response, responses={200: {"content": {"text/plain": {}}}} | _OTHER_ERRORS)
+_EXPOSITION: dict[int | str, dict[str, Any]] = {200: {"content": {"text/plain": {}}}}
+
+
+@router.get("/metrics", response_class=Response, responses=_EXPOSITION | _OTHER_ERRORS)
 async def metrics(request: Request) -> Response:
     """Prometheus metrics in the text exposition format (all workers' when several run)."""
     body, content_type = request.app.state.metrics.exposition()

@@ -24,11 +24,11 @@ from service.config import Settings, load_settings
 from service.error_responses import from_starlette, http_status, render
 from service.errors import InvalidRequest, ModelLoadError, ProviderUnavailable, ServiceError
 from service.gateway import Gateway
-from service.imaging import Decoder
+from service.imaging import Decoder, configure_pillow
 from service.inference import OnnxModel
-from service.lifecycle import DRAIN, DrainState
+from service.lifecycle import DrainState
 from service.limits import Admission, ApiKeys, BodyBudget
-from service.logs import lean_records
+from service.logs import configure_logging
 from service.metrics import MULTIPROCESS_ENV, Metrics
 from service.pipeline import ImageLimits, Pipeline
 from service.telemetry import Telemetry
@@ -59,16 +59,17 @@ Errors are JSON: `{"error": "<code>", "detail": "<what was wrong>"}`.
 """
 
 
-def create_app(settings: Settings | None = None, drain: DrainState = DRAIN) -> FastAPI:
+def create_app(settings: Settings | None = None, drain: DrainState | None = None) -> FastAPI:
     """Build the app; the model is loaded and warmed up when the lifespan starts, not here."""
     settings = settings or load_settings()
+    drain = drain if drain is not None else DrainState()  # the server's, which shares it; a test's own otherwise
     drain.delay_s = settings.shutdown_delay_s
     metrics = Metrics()
-    lean_records()
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         state: ServingState = app.state.serving
+        configure_pillow()  # for the images small enough to decode here; decoder processes do it themselves
         # The decoder processes start (a forkserver importing Pillow: about 0.3 s of CPU) while the model loads.
         decoder_started = asyncio.ensure_future(
             asyncio.to_thread(
@@ -124,6 +125,7 @@ def create_app(settings: Settings | None = None, drain: DrainState = DRAIN) -> F
                 max_decode_bytes=settings.max_decode_bytes,
             ),
         )
+        app.state.json_parser = open_inference.json_parser()
         state.ready = True
         log.info(
             "event=ready model=%s version=%s provider=%s batching=%s max_batch_size=%d",
@@ -134,6 +136,7 @@ def create_app(settings: Settings | None = None, drain: DrainState = DRAIN) -> F
         # What is left of the drain: preStop + drain + this stay inside the orchestrator's grace period.
         await batcher.stop(timeout=drain.remaining(settings.drain_timeout_s))
         decoder.close()
+        app.state.json_parser.shutdown(wait=False, cancel_futures=True)
         if os.environ.get(MULTIPROCESS_ENV):
             multiprocess.mark_process_dead(os.getpid())
 
@@ -178,6 +181,14 @@ def create_app(settings: Settings | None = None, drain: DrainState = DRAIN) -> F
     )
     _install_error_handlers(app, refused)
     return app
+
+
+def worker_app(drain: DrainState) -> FastAPI:
+    """uvicorn's app factory in each worker process (CLASSIFIER_WORKERS above 1): the process's logging, as
+    `python -m service` sets its own, then the app, both from the settings."""
+    settings = load_settings()
+    configure_logging(settings.log_level, settings.log_format)
+    return create_app(settings, drain)
 
 
 def _declare_api_key(app: FastAPI, header: str) -> None:

@@ -155,8 +155,9 @@ class Batcher:
         if self._stopping:
             return
         self._accepting = False
-        error: BaseException = task.exception() if not task.cancelled() else asyncio.CancelledError()  # type: ignore[assignment]
-        error = error or RuntimeError("the batcher's loop returned")
+        error = (task.exception() if not task.cancelled() else asyncio.CancelledError()) or RuntimeError(
+            "the batcher's loop returned"
+        )
         log.critical("event=batcher_died error=%r queued=%d", error, len(self._queue))
         self._fail_queued(BatcherStopped("the server's inference loop stopped; retry on another replica"))
         self._on_failure(error)
@@ -327,7 +328,7 @@ class Batcher:
             request.rows[item.index] = result
             request.remaining -= 1
             if not request.remaining:
-                request.future.set_result(np.stack(request.rows))  # type: ignore[arg-type]
+                request.future.set_result(np.stack(request.rows))  # type: ignore[arg-type]  # no None left: all rows are in
 
     def _fail_requests(self, items: list[_Item], error: Exception) -> None:
         """Fail the requests of `items` as a whole; their other images leave the queue at once."""

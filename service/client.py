@@ -33,7 +33,7 @@ from typing import Any, TextIO
 import httpx2 as httpx
 from tqdm import tqdm
 
-IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".webp", ".gif", ".bmp", ".tif", ".tiff"}
+IMAGE_SUFFIXES = frozenset({".jpg", ".jpeg", ".png", ".webp", ".gif", ".bmp", ".tif", ".tiff"})
 """What a folder is searched for (named files and globs are sent whatever their suffix)."""
 
 
@@ -69,10 +69,10 @@ def find_files(arguments: list[str]) -> list[Path]:
     return list(found)
 
 
-RETRY_STATUSES = {503, 429}
+RETRY_STATUSES = frozenset({503, 429})
 """Refusals to retry after the server's Retry-After: overloaded or draining, and rate limits in front of it."""
 
-PER_FILE_STATUSES = {413, 415, 422}
+PER_FILE_STATUSES = frozenset({413, 415, 422})
 """Refusals of a request for one of its files (the service fails a whole request for one bad file): the request
 is then retried file by file, so that each bad file gets its own reason and the rest are classified."""
 
@@ -168,7 +168,9 @@ def _top_k(prediction: Any) -> list[dict[str, Any]] | None:
         if not isinstance(entry, dict) or not isinstance(entry.get("label"), str):
             return None
         probability = entry.get("probability")
-        if type(probability) not in (int, float) or not math.isfinite(probability) or not 0 <= probability <= 1:
+        if not isinstance(probability, int | float) or isinstance(probability, bool) or not math.isfinite(probability):
+            return None
+        if not 0 <= probability <= 1:
             return None
     return top_k
 
@@ -359,7 +361,7 @@ class Output:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m service.client", description=__doc__,
+    parser = argparse.ArgumentParser(prog="python -m service.client", description=__doc__, allow_abbrev=False,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)  # fmt: skip
     parser.add_argument("url", help="the server, e.g. http://127.0.0.1:8000")
     parser.add_argument("paths", nargs="+", help="image files, glob patterns (quoted) or folders")

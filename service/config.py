@@ -1,9 +1,11 @@
 """Settings, read from `CLASSIFIER_*` environment variables (and a `.env` file if present)."""
 
+import re
 from pathlib import Path
 from typing import Annotated, Literal
 
 from pydantic import Field, ValidationError, field_validator, model_validator
+from pydantic_core import ErrorDetails
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 ENV_PREFIX = "CLASSIFIER_"
@@ -12,7 +14,7 @@ AUTO_PROVIDERS = ("CUDAExecutionProvider", "CPUExecutionProvider")
 
 
 class Settings(BaseSettings):
-    """Every knob of the service; the README's settings table lists the same fields."""
+    """Every knob of the service; docs/settings.md lists them, generated from here (docs/generate.py)."""
 
     model_config = SettingsConfigDict(
         env_prefix=ENV_PREFIX, env_file=".env", extra="ignore", frozen=True, use_attribute_docstrings=True
@@ -170,8 +172,9 @@ class Settings(BaseSettings):
     log_level: Literal["debug", "info", "warning", "error"] = "info"
     """Log level of the service and uvicorn."""
 
-    log_format: Literal["json", "text"] = "json"
-    """Log lines as one JSON object each, or as key=value text."""
+    log_format: Literal["auto", "json", "text"] = "auto"
+    """Log lines as one JSON object each, or as key=value text; "auto" writes text to a terminal and JSON anywhere
+    else (a file, a pipe, a container's log)."""
 
     @model_validator(mode="after")
     def _limits_fit_budgets(self) -> "Settings":
@@ -214,14 +217,29 @@ class SettingsError(Exception):
 
 
 def load_settings(**overrides: object) -> Settings:
-    """Read the settings, turning pydantic's errors into one message naming the variables."""
+    """Read the settings, turning pydantic's errors into a one-line message naming each variable, what it must be,
+    and its default."""
     try:
         return Settings(**overrides)  # type: ignore[arg-type]
     except ValidationError as error:
-        problems = [
-            f"{ENV_PREFIX}{'_'.join(map(str, item['loc'])).upper()}: {item['msg']} (got {item.get('input')!r})"
-            if item["loc"]
-            else item["msg"]  # a check across settings names its variables itself
-            for item in error.errors()
-        ]
-        raise SettingsError("invalid settings:\n  " + "\n  ".join(problems)) from None
+        problems = [_problem(item) for item in error.errors()]
+        raise SettingsError("; ".join(problems)) from None
+
+
+def _problem(item: ErrorDetails) -> str:
+    """One invalid setting: `CLASSIFIER_NAME='value' is invalid: it must be ...; fix it, or unset it (default ...)`."""
+    if not item["loc"]:  # a check across settings names its variables itself
+        return f"invalid settings: {item['msg'].removeprefix('Value error, ')}"
+    name = "_".join(map(str, item["loc"]))
+    requirement = re.sub(r"^\w+ should\b", "it must", item["msg"].removeprefix("Value error, "))
+    field = Settings.model_fields.get(name)
+    default = "" if field is None or field.default is None else f" (default {_as_set(field.default)})"
+    value = item.get("input")
+    return f"{ENV_PREFIX}{name.upper()}={value!r} is invalid: {requirement}; fix it, or unset it{default}"
+
+
+def _as_set(value: object) -> str:
+    """A default as it would be written in the environment."""
+    if isinstance(value, tuple):
+        return ",".join(map(str, value))
+    return str(value).lower() if isinstance(value, bool) else str(value)

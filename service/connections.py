@@ -42,7 +42,7 @@ from service.errors import (
     TooManyPipelined,
     TrailersTooLarge,
 )
-from service.lifecycle import DRAIN
+from service.lifecycle import DrainingServerState
 
 log = logging.getLogger(__name__)
 
@@ -66,7 +66,7 @@ class ConnectionLimits:
         """Make uvicorn's `config` serve with BoundedHttpToolsProtocol and these limits (kept on the config, which
         travels to worker processes)."""
         config.http = BoundedHttpToolsProtocol
-        config.connection_limits = self  # type: ignore[attr-defined]
+        config.connection_limits = self  # type: ignore[attr-defined]  # uvicorn's Config has no slot for them
         return config
 
 
@@ -82,6 +82,7 @@ class BoundedHttpToolsProtocol(HttpToolsProtocol):
     ) -> None:
         super().__init__(config, server_state, app_state, _loop)
         self.limits: ConnectionLimits = getattr(config, "connection_limits", None) or _DEFAULT_LIMITS
+        self._drain = server_state.drain if isinstance(server_state, DrainingServerState) else None
         self._in_head = True  # between the end of one request's head (or the connection's start) and the next's
         self._head_bytes = 0
         self._header_count = 0
@@ -93,6 +94,7 @@ class BoundedHttpToolsProtocol(HttpToolsProtocol):
 
     # -- the connection ---------------------------------------------------------------------------------------------
 
+    # uvicorn annotates it for a Transport, asyncio for a BaseTransport: the override matches uvicorn's
     def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
         """Count the connection; over the cap, answer 503 and close at once."""
         super().connection_made(transport)
@@ -190,7 +192,7 @@ class BoundedHttpToolsProtocol(HttpToolsProtocol):
             )
             raise _Refused
         super().on_headers_complete()
-        if DRAIN.refusing and self.cycle is not None:
+        if self._drain is not None and self._drain.refusing and self.cycle is not None:
             self.cycle.keep_alive = False  # answered with `Connection: close`: the client will not send on it again
 
     def on_response_complete(self) -> None:

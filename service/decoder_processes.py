@@ -21,9 +21,11 @@ import os
 import resource
 import signal
 import threading
+from collections.abc import Mapping
 from multiprocessing.connection import Connection, wait
 from multiprocessing.context import ForkServerContext
 from multiprocessing.process import BaseProcess
+from types import MappingProxyType
 from typing import Any
 
 import numpy as np
@@ -38,7 +40,9 @@ MEMORY_MARGIN_BYTES = 64 * 1024 * 1024
 """Address space a process may take while decoding beyond what it holds and its images' decode estimate (Python's
 and Pillow's own small allocations)."""
 
-_ERRORS: dict[str, type[ServiceError]] = {cls.__name__: cls for cls in (EmptyFile, ImageTooLarge, InvalidImage)}
+_ERRORS: Mapping[str, type[ServiceError]] = MappingProxyType(
+    {cls.__name__: cls for cls in (EmptyFile, ImageTooLarge, InvalidImage)}
+)
 
 
 class Stopped(Exception):
@@ -76,7 +80,8 @@ class DecoderProcess:
                 self._pipe.send_bytes(data)
         except OSError:
             raise self._death() from None
-        return self._reply(stop)["decode_bytes"]  # type: ignore[no-any-return]
+        estimates: list[int] = self._reply(stop)["decode_bytes"]
+        return estimates
 
     def decode(self, size: tuple[int, int], stop: threading.Event) -> np.ndarray:
         """The checked files as one (N, height, width, 3) uint8 array."""
@@ -144,6 +149,7 @@ def serve(pipe: Connection, current: Any) -> None:
     """A decoder process's loop: one request's messages at a time, until the pipe closes."""
     from service import imaging  # imported in the forkserver already
 
+    imaging.configure_pillow()
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C reaches the whole process group: the server decides
     resource.setrlimit(resource.RLIMIT_CORE, (0, 0))  # a limit or a crash leaves no core file
     checked: list[imaging.CheckedImage] = []
@@ -170,7 +176,7 @@ def serve(pipe: Connection, current: Any) -> None:
                 arrays = []
                 for index, image in enumerate(checked):
                     current.value = index
-                    arrays.append(imaging.decode(image, size))  # type: ignore[arg-type]
+                    arrays.append(imaging.decode(image, size))
                 checked = []
                 pixels = np.stack(arrays)
                 del arrays

@@ -4,7 +4,9 @@ every route, and the docs' table of errors. Adding an error is its class in `ser
 
 import enum
 import http
+from collections.abc import Mapping
 from dataclasses import dataclass
+from types import MappingProxyType
 from typing import Any
 
 import orjson
@@ -82,56 +84,62 @@ class Row:
     from one it does not take (422)."""
 
 
-ROWS: dict[type[ServiceError], Row] = {
-    MalformedBody: Row(400, "A body that cannot be parsed (multipart, JSON)", Where.CLASSIFY),
-    MalformedHttp: Row(
-        400, "Bytes that are not an HTTP/1.1 request (a bad request line, a NUL in a header)", Where.NOWHERE
-    ),
-    InvalidRequest: Row(
-        422,
-        "Not what the route takes: no file, a form field instead of a file, an invalid parameter, a wrong input, "
-        "datatype or shape",
-        Where.CLASSIFY,
-        open_inference_status=400,
-    ),
-    EmptyFile: Row(422, "A zero-byte file", Where.CLASSIFY, open_inference_status=400),
-    Unauthorized: Row(401, "No API key where keys are set", Where.ANY),
-    Forbidden: Row(403, "An API key that is not one of the keys", Where.ANY),
-    TooManyPipelined: Row(400, "More than max_pipelined_requests requests sent ahead of their answers", Where.NOWHERE),
-    UnknownModel: Row(404, "Not the model (or version) this server serves", Where.INFER | Where.MODEL),
-    RouteNotFound: Row(404, "No such route", Where.NOWHERE),
-    MethodNotAllowed: Row(405, "A method the route does not take", Where.NOWHERE),
-    BodyStalled: Row(408, "The upload made no progress for body_idle_timeout_s", Where.ANY),
-    RequestHeadTimeout: Row(408, "The request line and headers took longer than head_timeout_s", Where.NOWHERE),
-    TooManyImages: Row(413, "More files than max_images_per_request", Where.CLASSIFY),
-    FileTooLarge: Row(413, "A file over max_image_bytes", Where.CLASSIFY),
-    ImageTooLarge: Row(
-        413,
-        "An image over the pixel or decode-memory limit, or over the CPU time a request may use to decode",
-        Where.CLASSIFY,
-    ),
-    BodyTooLarge: Row(413, "A body over max_body_bytes", Where.ANY),
-    InvalidImage: Row(415, "A file that is not a decodable image", Where.CLASSIFY),
-    UnsupportedEncoding: Row(415, "A compressed request body (Content-Encoding)", Where.INFER),
-    RequestHeadTooLarge: Row(431, "A request line and headers over max_head_bytes", Where.NOWHERE),
-    TrailersTooLarge: Row(431, "Chunk headers or trailers over max_head_bytes", Where.NOWHERE),
-    TooManyHeaders: Row(431, "More than max_headers headers", Where.NOWHERE),
-    ClientDisconnected: Row(499, "The client left before its answer (only logged: nobody reads it)", Where.NOWHERE),
-    ServiceError: Row(500, "A fault of the server's, logged under the request id", Where.ANY),
-    InferenceFailed: Row(500, "The model failed on the batch holding this request's images", Where.CLASSIFY),
-    NotReady: Row(503, "The model is not loaded or warmed up yet", Where.CLASSIFY | Where.MODEL),
-    Overloaded: Row(503, "Already max_concurrent_requests requests in progress (Retry-After)", Where.CLASSIFY),
-    QueueFull: Row(503, "No room in the batch queue for this request's images (Retry-After)", Where.CLASSIFY),
-    BodyOverBudget: Row(503, "The bodies in progress would go over body_memory_bytes (Retry-After)", Where.ANY),
-    ShuttingDown: Row(503, "The server is draining: retry on another replica (Retry-After)", Where.ANY),
-    BatcherStopped: Row(503, "Inference stopped; the process exits to be restarted (Retry-After)", Where.CLASSIFY),
-    TooManyConnections: Row(503, "The process has max_connections connections open (Retry-After)", Where.NOWHERE),
-    QueueTimeout: Row(504, "The request's images waited in the queue past queue_timeout_ms", Where.CLASSIFY),
-    RequestTimedOut: Row(504, "The request took longer than request_timeout_s, its upload included", Where.ANY),
-}
+ROWS: Mapping[type[ServiceError], Row] = MappingProxyType(
+    {
+        MalformedBody: Row(400, "A body that cannot be parsed (multipart, JSON)", Where.CLASSIFY),
+        MalformedHttp: Row(
+            400, "Bytes that are not an HTTP/1.1 request (a bad request line, a NUL in a header)", Where.NOWHERE
+        ),
+        InvalidRequest: Row(
+            422,
+            "Not what the route takes: no file, a form field instead of a file, an invalid parameter, a wrong input, "
+            "datatype or shape",
+            Where.CLASSIFY,
+            open_inference_status=400,
+        ),
+        EmptyFile: Row(422, "A zero-byte file", Where.CLASSIFY, open_inference_status=400),
+        Unauthorized: Row(401, "No API key where keys are set", Where.ANY),
+        Forbidden: Row(403, "An API key that is not one of the keys", Where.ANY),
+        TooManyPipelined: Row(
+            400, "More than max_pipelined_requests requests sent ahead of their answers", Where.NOWHERE
+        ),
+        UnknownModel: Row(404, "Not the model (or version) this server serves", Where.INFER | Where.MODEL),
+        RouteNotFound: Row(404, "No such route", Where.NOWHERE),
+        MethodNotAllowed: Row(405, "A method the route does not take", Where.NOWHERE),
+        BodyStalled: Row(408, "The upload made no progress for body_idle_timeout_s", Where.ANY),
+        RequestHeadTimeout: Row(408, "The request line and headers took longer than head_timeout_s", Where.NOWHERE),
+        TooManyImages: Row(413, "More files than max_images_per_request", Where.CLASSIFY),
+        FileTooLarge: Row(413, "A file over max_image_bytes", Where.CLASSIFY),
+        ImageTooLarge: Row(
+            413,
+            "An image over the pixel or decode-memory limit, or over the CPU time a request may use to decode",
+            Where.CLASSIFY,
+        ),
+        BodyTooLarge: Row(413, "A body over max_body_bytes", Where.ANY),
+        InvalidImage: Row(415, "A file that is not a decodable image", Where.CLASSIFY),
+        UnsupportedEncoding: Row(415, "A compressed request body (Content-Encoding)", Where.INFER),
+        RequestHeadTooLarge: Row(431, "A request line and headers over max_head_bytes", Where.NOWHERE),
+        TrailersTooLarge: Row(431, "Chunk headers or trailers over max_head_bytes", Where.NOWHERE),
+        TooManyHeaders: Row(431, "More than max_headers headers", Where.NOWHERE),
+        ClientDisconnected: Row(499, "The client left before its answer (only logged: nobody reads it)", Where.NOWHERE),
+        ServiceError: Row(500, "A fault of the server's, logged under the request id", Where.ANY),
+        InferenceFailed: Row(500, "The model failed on the batch holding this request's images", Where.CLASSIFY),
+        NotReady: Row(503, "The model is not loaded or warmed up yet", Where.CLASSIFY | Where.MODEL),
+        Overloaded: Row(503, "Already max_concurrent_requests requests in progress (Retry-After)", Where.CLASSIFY),
+        QueueFull: Row(503, "No room in the batch queue for this request's images (Retry-After)", Where.CLASSIFY),
+        BodyOverBudget: Row(503, "The bodies in progress would go over body_memory_bytes (Retry-After)", Where.ANY),
+        ShuttingDown: Row(503, "The server is draining: retry on another replica (Retry-After)", Where.ANY),
+        BatcherStopped: Row(503, "Inference stopped; the process exits to be restarted (Retry-After)", Where.CLASSIFY),
+        TooManyConnections: Row(503, "The process has max_connections connections open (Retry-After)", Where.NOWHERE),
+        QueueTimeout: Row(504, "The request's images waited in the queue past queue_timeout_ms", Where.CLASSIFY),
+        RequestTimedOut: Row(504, "The request took longer than request_timeout_s, its upload included", Where.ANY),
+    }
+)
 """Every error's row; `tests/service/test_error_responses.py` checks that no error class is missing."""
 
-_STARLETTE = {400: MalformedBody, 404: RouteNotFound, 405: MethodNotAllowed, 413: BodyTooLarge}
+_STARLETTE: Mapping[int, type[ServiceError]] = MappingProxyType(
+    {400: MalformedBody, 404: RouteNotFound, 405: MethodNotAllowed, 413: BodyTooLarge}
+)
 
 
 def _row(error: ServiceError) -> Row:
@@ -170,10 +178,10 @@ def body(error: ServiceError, api: Api) -> dict[str, str]:
     return {"error": error.error, "detail": error.detail}
 
 
-def render(error: ServiceError, path: str, headers: dict[str, str] | None = None) -> JsonResponse:
+def render(error: ServiceError, path: str, headers: Mapping[str, str] | None = None) -> JsonResponse:
     """The answer to a request for `path` that ended in `error`."""
     api = api_at(path)
-    return JsonResponse(body(error, api), http_status(error, api), http_headers(error) | (headers or {}))
+    return JsonResponse(body(error, api), http_status(error, api), {**http_headers(error), **(headers or {})})
 
 
 def from_starlette(status: int, detail: str) -> ServiceError:

@@ -24,7 +24,7 @@ class PlainRoute(APIRoute):
     more than the rest of the request together. `get_route_handler` is FastAPI's hook for custom routes."""
 
     def get_route_handler(self) -> Callable[[Request], Coroutine[Any, Any, Response]]:
-        return self.endpoint  # type: ignore[no-any-return]
+        return self.endpoint
 
 
 async def upload(request: Request) -> AsyncIterator[bytes]:

@@ -120,10 +120,10 @@ class Gateway:
         body = self.bodies.counted(receive)
         try:
             await self.app(scope, body, send)
-        except ServiceError as refusal:  # a body limit, raised from `receive` where no route's handler caught it
+        except ServiceError as limit:  # a body limit, raised from `receive` where no route's handler caught it
             if answered():
                 raise
-            await self._refuse(refusal, scope, receive, send)
+            await self._refuse(limit, scope, receive, send)
         finally:
             body.release()
 

@@ -19,10 +19,11 @@ import threading
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
+from types import MappingProxyType
 from typing import Any, TypeVar
 
 import numpy as np
-from PIL import Image, PngImagePlugin, UnidentifiedImageError
+from PIL import Image, ImageFile, PngImagePlugin, UnidentifiedImageError
 
 from service.budget import MemoryBudget
 from service.decoder_processes import DecoderProcess, start_forkserver
@@ -40,26 +41,33 @@ ACCEPTED_FORMATS = ("JPEG", "PNG", "WEBP", "GIF", "BMP", "TIFF")
 """The formats clients send (JPEG includes MPO, the multi-picture JPEG many cameras write). Pillow reads dozens
 more, each a parser an attacker could aim at; they are refused as not an image."""
 
-_CHEAP_FORMATS = {"JPEG", "MPO", "PNG", "GIF", "WEBP"}  # see CheckedImage.cheap
+_CHEAP_FORMATS = frozenset({"JPEG", "MPO", "PNG", "GIF", "WEBP"})  # see CheckedImage.cheap
 
-# Every caller passes its own `max_pixels`, checked right after the header is read; Pillow's process-wide
-# limit would otherwise refuse large images first, with a message that hides the configured limit.
-Image.MAX_IMAGE_PIXELS = None
-# PNG text chunks are read with the header; Pillow's bound (64 MB of characters, up to 4 bytes each) is far more
-# than any real image carries. ICC profiles (iCCP) keep Pillow's 1 MB chunk limit.
-PngImagePlugin.MAX_TEXT_MEMORY = 1024 * 1024
 
-_HIGH_BIT_DEPTH_MODES = {"I;16", "I;16L", "I;16B", "I;16N"}
-_ALPHA_MODES = {"RGBA", "LA", "PA", "La", "RGBa"}
+def configure_pillow() -> None:
+    """Pillow's process-wide settings as these functions need them; the service (in its lifespan and in each
+    decoder process) and training call it at start, before decoding anything."""
+    # Every caller passes its own `max_pixels`, checked right after the header is read; Pillow's process-wide
+    # limit would otherwise refuse large images first, with a message that hides the configured limit.
+    Image.MAX_IMAGE_PIXELS = None
+    # PNG text chunks are read with the header; Pillow's bound (64 MB of characters, up to 4 bytes each) is far
+    # more than any real image carries. ICC profiles (iCCP) keep Pillow's 1 MB chunk limit.
+    PngImagePlugin.MAX_TEXT_MEMORY = 1024 * 1024
+
+
+_HIGH_BIT_DEPTH_MODES = frozenset({"I;16", "I;16L", "I;16B", "I;16N"})
+_ALPHA_MODES = frozenset({"RGBA", "LA", "PA", "La", "RGBa"})
 
 # Bytes Pillow stores per pixel: one for single-byte modes, two for 16-bit, four for everything else (RGB is
 # stored as RGBX).
-_STORED_BYTES = {"1": 1, "L": 1, "P": 1, "I;16": 2, "I;16L": 2, "I;16B": 2, "I;16N": 2}
+_STORED_BYTES = MappingProxyType({"1": 1, "L": 1, "P": 1, "I;16": 2, "I;16L": 2, "I;16B": 2, "I;16N": 2})
 # Peak memory of the whole decode as a multiple of the decoded image, measured per mode and format over 6000x6000
 # worst cases (tests/service/test_imaging_memory.py checks these bounds against the process's peak RSS).
-_MODE_FACTOR = {"P": 5.5, "PA": 9.5, "I;16": 3.3, "I;16L": 3.3, "I;16B": 3.3, "I;16N": 3.3, "1": 3.0, "L": 2.5}
+_MODE_FACTOR = MappingProxyType(
+    {"P": 5.5, "PA": 9.5, "I;16": 3.3, "I;16L": 3.3, "I;16B": 3.3, "I;16N": 3.3, "1": 3.0, "L": 2.5}
+)
 _DEFAULT_FACTOR = 2.2
-_FORMAT_FACTOR = {"WEBP": 4.5}  # libwebp decodes into its own RGBA buffer, which Pillow then copies
+_FORMAT_FACTOR = MappingProxyType({"WEBP": 4.5})  # libwebp decodes into its own RGBA buffer, which Pillow then copies
 # A progressive JPEG keeps every DCT coefficient of the full-size image (2 bytes each) while decoding, whatever
 # the draft scale; a baseline one streams.
 _PROGRESSIVE_JPEG_BYTES_PER_SAMPLE = 2.2
@@ -126,7 +134,7 @@ def _checked(data: bytes, filename: str, size: tuple[int, int], max_pixels: int,
             raise ImageTooLarge(
                 f"{filename!r} is {image.width}x{image.height} = {pixels} pixels; the limit is {max_pixels}"
             )
-        if image.tile and image.tile[0].codec_name == "bmp_rle":
+        if isinstance(image, ImageFile.ImageFile) and image.tile and image.tile[0].codec_name == "bmp_rle":
             if pixels > MAX_RLE_PIXELS:
                 raise ImageTooLarge(
                     f"{filename!r} is a run-length encoded BMP of {pixels} pixels; at most {MAX_RLE_PIXELS} are "
@@ -357,9 +365,9 @@ when it reads the header (a 1 MB file of one-byte strip offsets took 300 MB and 
 MAX_TIFF_ENTRIES = 4096
 """Most tags one TIFF directory may have (real files have a few dozen)."""
 
-_TIFF_BLOCK_TAGS = {273, 324}  # StripOffsets, TileOffsets: one Pillow object per value, whatever their type
-_TIFF_SUB_DIRECTORIES = {34665, 34853}  # Exif and GPS, which Pillow reads when it finishes loading
-_TIFF_BYTES_TYPES = {1, 2, 6, 7}  # BYTE, ASCII, SBYTE, UNDEFINED: kept as bytes, not one object per value
+_TIFF_BLOCK_TAGS = frozenset({273, 324})  # StripOffsets, TileOffsets: one Pillow object per value, whatever their type
+_TIFF_SUB_DIRECTORIES = frozenset({34665, 34853})  # Exif and GPS, which Pillow reads when it finishes loading
+_TIFF_BYTES_TYPES = frozenset({1, 2, 6, 7})  # BYTE, ASCII, SBYTE, UNDEFINED: kept as bytes, not one object per value
 
 
 def _check_tiff_directories(content: bytes) -> None:
@@ -452,15 +460,17 @@ def decode_image(
 
 EXIF_ORIENTATION = 0x0112
 # The transposition that puts each EXIF orientation upright (as ImageOps.exif_transpose does).
-_UPRIGHT = {
-    2: Image.Transpose.FLIP_LEFT_RIGHT,
-    3: Image.Transpose.ROTATE_180,
-    4: Image.Transpose.FLIP_TOP_BOTTOM,
-    5: Image.Transpose.TRANSPOSE,
-    6: Image.Transpose.ROTATE_270,
-    7: Image.Transpose.TRANSVERSE,
-    8: Image.Transpose.ROTATE_90,
-}
+_UPRIGHT = MappingProxyType(
+    {
+        2: Image.Transpose.FLIP_LEFT_RIGHT,
+        3: Image.Transpose.ROTATE_180,
+        4: Image.Transpose.FLIP_TOP_BOTTOM,
+        5: Image.Transpose.TRANSPOSE,
+        6: Image.Transpose.ROTATE_270,
+        7: Image.Transpose.TRANSVERSE,
+        8: Image.Transpose.ROTATE_90,
+    }
+)
 
 
 def _orient(image: Image.Image, orientation: object) -> Image.Image:
@@ -506,7 +516,8 @@ def _palette_to_rgb(image: Image.Image) -> Image.Image:
     if "transparency" not in image.info:
         return image.convert("RGB")
     entries = Image.frombytes("P", (256, 1), bytes(range(256)))
-    entries.putpalette(image.getpalette(image.palette.mode) or [], image.palette.mode)
+    mode = image.palette.mode if image.palette is not None else "RGB"
+    entries.putpalette(image.getpalette(mode) or [], mode)
     entries.info["transparency"] = image.info["transparency"]
     flattened = _to_rgb(entries.convert("RGBA"))
     image.info.pop("transparency")
@@ -579,12 +590,15 @@ class Decoder:
             return await self._in_process(files, limits)
         # Small files: headers read here, cheap small images decoded at once, the rest in a process.
         share = INLINE_PIXELS // len(files)
-        results = [decode_small(data, filename=name, max_now=share, **limits) for name, data in files]  # type: ignore[arg-type]
+        results = [
+            decode_small(data, filename=name, max_now=share, **limits)  # type: ignore[arg-type]  # the dict's values
+            for name, data in files
+        ]
         pending = [(result.filename, result.content) for result in results if isinstance(result, CheckedImage)]
         if pending:
             later = iter(await self._in_process(pending, limits))
             results = [next(later) if isinstance(result, CheckedImage) else result for result in results]
-        return np.stack(results)  # type: ignore[arg-type]
+        return np.stack(results)  # type: ignore[arg-type]  # arrays only: every CheckedImage was replaced
 
     async def _in_process(self, files: list[tuple[str, bytes]], limits: dict[str, Any]) -> np.ndarray:
         """Check then decode `files` in a decoder process: their copy there is reserved from the hand-over, their

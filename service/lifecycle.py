@@ -3,22 +3,27 @@ requests are refused; requests already accepted finish, then the server stops an
 timeout. With several workers, each
 drains the same way under a supervisor. A fatal fault (the batcher's loop gone) exits 1 instead."""
 
+import functools
 import logging
 import signal
 import socket
 import time
 from collections.abc import Callable
+from dataclasses import dataclass
 from types import FrameType
 
 import uvicorn
+from starlette.types import ASGIApp
 from uvicorn.config import STARTUP_FAILURE
+from uvicorn.server import ServerState
 from uvicorn.supervisors.multiprocess import Multiprocess, Process
 
 log = logging.getLogger(__name__)
 
 
 class DrainState:
-    """Whether this process is draining. One per process: signals are per process."""
+    """Whether this process is draining. One per server process, made where the server is (`python -m service`,
+    or each worker) and shared by the server, its connections and the app: signals are per process."""
 
     def __init__(self) -> None:
         self.started_at: float | None = None
@@ -59,7 +64,13 @@ class DrainState:
         self.start()
 
 
-DRAIN = DrainState()
+class DrainingServerState(ServerState):
+    """uvicorn's state of a server shared with every connection, with the server's drain state: while it refuses
+    new requests, each answer closes its connection (service.connections)."""
+
+    def __init__(self, drain: DrainState) -> None:
+        super().__init__()
+        self.drain = drain
 
 
 class DrainingServer(uvicorn.Server):
@@ -67,8 +78,9 @@ class DrainingServer(uvicorn.Server):
     requests get a quick 503, probes see not-ready) until no request is in flight or `drain_timeout_s` passed.
     A second signal stops at once, as plain uvicorn does."""
 
-    def __init__(self, config: uvicorn.Config, *, drain_timeout_s: float, drain: DrainState = DRAIN) -> None:
+    def __init__(self, config: uvicorn.Config, *, drain_timeout_s: float, drain: DrainState) -> None:
         super().__init__(config)
+        self.server_state = DrainingServerState(drain)
         self.drain_timeout_s = drain_timeout_s
         self.drain = drain
 
@@ -105,24 +117,38 @@ class DrainingServer(uvicorn.Server):
         return True
 
 
+@dataclass(frozen=True)
+class WorkerApp:
+    """What each worker process serves: the app `factory` makes with the worker's drain state, drained within
+    `drain_timeout_s`."""
+
+    factory: Callable[[DrainState], ASGIApp]
+    drain_timeout_s: float
+
+
 class DrainingWorker(Process):
     """One uvicorn worker process that drains on SIGTERM like a single server, and exits 1 after a fatal fault."""
 
-    def __init__(self, config: uvicorn.Config, sockets: list[socket.socket], *, drain_timeout_s: float) -> None:
-        self.drain_timeout_s = drain_timeout_s
+    def __init__(self, config: uvicorn.Config, sockets: list[socket.socket], app: WorkerApp) -> None:
+        self.app = app
         super().__init__(config, sockets)
 
     @property
-    def server(self) -> uvicorn.Server:
-        """The worker's server: a DrainingServer (uvicorn's own would cut requests off after its grace time)."""
+    def server(self) -> "DrainingServer":  # in the worker process
+        """The worker's server: a DrainingServer (uvicorn's own would cut requests off after its grace time), with
+        its drain state, which the app gets too (from `app_factory`)."""
         if self._server is None:
-            self._server = DrainingServer(self.config, drain_timeout_s=self.drain_timeout_s)
+            drain = DrainState()
+            self.config.app = functools.partial(self.app.factory, drain)
+            self.config.factory = True
+            self._server = DrainingServer(self.config, drain_timeout_s=self.app.drain_timeout_s, drain=drain)
+        assert isinstance(self._server, DrainingServer)
         return self._server
 
     def target(self, sockets: list[socket.socket] | None = None) -> None:  # runs in the worker process
         """Serve until stopped; a fatal fault exits with status 1, so the supervisor starts a new worker."""
         super().target(sockets)
-        if DRAIN.failure is not None:
+        if self.server.drain.failure is not None:
             raise SystemExit(1)
 
 
@@ -135,17 +161,17 @@ class WorkerSupervisor(Multiprocess):
         self,
         config: uvicorn.Config,
         sockets: list[socket.socket],
+        app: WorkerApp,
         *,
-        drain_timeout_s: float,
         on_worker_died: Callable[[int], None] = lambda pid: None,
     ) -> None:
         super().__init__(config, sockets)
-        self.drain_timeout_s = drain_timeout_s
+        self.app = app
         self.on_worker_died = on_worker_died
         self.startup_failed = False
 
     def _new_worker(self) -> DrainingWorker:
-        worker = DrainingWorker(self.config, self.sockets, drain_timeout_s=self.drain_timeout_s)
+        worker = DrainingWorker(self.config, self.sockets, self.app)
         worker.start()
         return worker
 

@@ -55,8 +55,11 @@ list, an entry per number); the largest UINT8 request, 64 images of 32x32x3 nest
 1.2 MB. Send larger inputs as binary data, as the official clients do by default."""
 
 
-_PARSER = ThreadPoolExecutor(max_workers=1, thread_name_prefix="v2-parse")
-"""Large requests are read on this one thread: one at a time, so that their parsing memory does not add up."""
+def json_parser() -> ThreadPoolExecutor:
+    """The thread large requests are read on (the app opens it in its lifespan as `app.state.json_parser`, and
+    shuts it down after): one at a time, so that their parsing memory does not add up."""
+    return ThreadPoolExecutor(max_workers=1, thread_name_prefix="v2-parse")
+
 
 _LENGTH = struct.Struct("<I")
 _END = object()
@@ -344,11 +347,13 @@ def _model(request: Request, name: str, version: str | None) -> ModelInfo:
 _MODEL_ERRORS = openapi_responses(Where.MODEL, Api.OPEN_INFERENCE)
 _INFER_ERRORS = openapi_responses(Where.INFER, Api.OPEN_INFERENCE)
 _OTHER_ERRORS = openapi_responses(Where.OTHER, Api.OPEN_INFERENCE)
+_SERVER_METADATA: dict[int | str, dict[str, Any]] = {200: {"description": "name, version and extensions"}}
+_NOT_READY: dict[int | str, dict[str, Any]] = {
+    503: {"model": ServerReadyResponse, "description": "Not loaded or warmed up yet, or draining"}
+}
 
 
-@router.get(
-    "", summary="Server metadata", responses={200: {"description": "name, version and extensions"}} | _OTHER_ERRORS
-)
+@router.get("", summary="Server metadata", responses=_SERVER_METADATA | _OTHER_ERRORS)
 async def server_metadata(request: Request) -> JsonResponse:
     """The server's name, version and protocol extensions."""
     return JsonResponse({"name": "image-classifier", "version": request.app.version, "extensions": list(EXTENSIONS)})
@@ -364,8 +369,7 @@ async def server_live() -> JsonResponse:
     "/health/ready",
     summary="Server readiness",
     response_model=ServerReadyResponse,
-    responses=_OTHER_ERRORS
-    | {503: {"model": ServerReadyResponse, "description": "Not loaded or warmed up yet, or draining"}},
+    responses=_OTHER_ERRORS | _NOT_READY,
 )
 async def server_ready(request: Request) -> JsonResponse:
     """200 once the model is loaded and warmed up; 503 before, and while draining."""
@@ -393,7 +397,9 @@ async def model_ready(request: Request, model_name: str, model_version: str | No
     return JsonResponse({"name": info.name, "ready": True})
 
 
-_METADATA = {200: {"description": "name, versions, platform, inputs and outputs, and parameters"}}
+_METADATA: dict[int | str, dict[str, Any]] = {
+    200: {"description": "name, versions, platform, inputs and outputs, and parameters"}
+}
 
 
 @router.get("/models/{model_name}", summary="Model metadata", responses=_METADATA | _MODEL_ERRORS)
@@ -448,7 +454,9 @@ async def infer(request: Request) -> Response:
         parsed = (
             read_request(body, header_length, *limits)
             if len(body) <= INLINE_BODY_BYTES
-            else await asyncio.get_running_loop().run_in_executor(_PARSER, read_request, body, header_length, *limits)
+            else await asyncio.get_running_loop().run_in_executor(
+                request.app.state.json_parser, read_request, body, header_length, *limits
+            )
         )
         if parsed.pixels is None:
             del body  # the files are copies; binary pixels are a view of the body, which then stays (counted once)

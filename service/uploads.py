@@ -35,7 +35,7 @@ only that thread, and the loop keeps answering (Python hands the lock between th
 16 KiB a crafted body holds the loop for at most about 6 ms (64 KiB: 20 ms, which four clients turned into a
 93 ms /health p50); a small image's whole request still parses inline."""
 
-_CHARSETS = {"utf-8", "ascii", "iso8859-1"}
+_CHARSETS = frozenset({"utf-8", "ascii", "iso8859-1"})
 """The form charsets names are decoded in (Python's codec names); any other is read as Latin-1. A charset is the
 client's choice, and some codecs cost far more than these (punycode: 8 ms for a 4 KB name)."""
 
@@ -150,7 +150,7 @@ async def read_uploads(
     }
     received = 0
     try:
-        parser = MultipartParser(boundary, callbacks)  # type: ignore[arg-type]
+        parser = MultipartParser(boundary, callbacks)  # type: ignore[arg-type]  # its TypedDict lists every callback
         async for chunk in chunks:
             received += len(chunk)
             if received <= INLINE_BODY_BYTES:

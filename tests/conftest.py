@@ -12,6 +12,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from service.imaging import configure_pillow
+
 REPO = Path(__file__).resolve().parent.parent
 BUNDLED_MODEL = REPO / "models" / "default.onnx"
 COLOURS = {"blue": (20, 40, 230), "green": (30, 200, 40), "red": (230, 30, 30)}
@@ -73,6 +75,13 @@ def save_classifier(path: Path, name: str, nodes: list, constants: list) -> Path
     helper.set_model_props(model, {"class_names": json.dumps(["a", "b", "c"]), "model_name": name})
     save(model, path)
     return path
+
+
+@pytest.fixture(scope="session", autouse=True)
+def pillow_configured() -> None:
+    """Pillow's settings as the service and training apply them at start (the unit tests call the imaging
+    functions directly)."""
+    configure_pillow()
 
 
 @pytest.fixture(scope="session")

@@ -13,6 +13,7 @@ from typing import Any, NoReturn
 
 from service.errors import ModelLoadError
 from training.config import FIELDS, TrainConfig
+from training.framework import import_tensorflow
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")  # TensorFlow's C++ start-up chatter, before it is imported
 
@@ -55,6 +56,7 @@ def _train(args: argparse.Namespace) -> None:
             raise CommandError(f"--resume continues the run as it was started; it takes no {' '.join(extra)}")
         config = RunDirectory(args.run_dir).read_record().config
         splits = splits_for(config)
+        import_tensorflow()
         from training.train import train
 
         train(config, resume=True, splits=splits)
@@ -67,6 +69,7 @@ def _train(args: argparse.Namespace) -> None:
     config = TrainConfig(run_dir=args.run_dir, **fields)  # type: ignore[arg-type]
     RunDirectory(config.run_dir).check_free(overwrite=args.overwrite)
     splits = splits_for(config)
+    import_tensorflow()
     from training.models import ARCHITECTURES
     from training.train import train
 
@@ -104,6 +107,7 @@ def _evaluate(args: argparse.Namespace) -> None:
         predict, image_size = onnx_predictor(model), (model.info.height, model.info.width)
         class_names = class_names or list(model.info.labels)  # the model's own label order
     else:
+        import_tensorflow()
         import keras
 
         network = keras.saving.load_model(model_path)
@@ -129,6 +133,7 @@ def _given(flag: Any, fallback: Any) -> Any:
 
 
 def _export(args: argparse.Namespace) -> None:
+    import_tensorflow()
     from training.export import ExportError, export_run
 
     try:
@@ -153,6 +158,7 @@ def _export(args: argparse.Namespace) -> None:
 
 
 def _card(args: argparse.Namespace) -> None:
+    import_tensorflow()
     import numpy as np
 
     from training.card import build_card, card_paths, combined_history, write_card
@@ -179,7 +185,11 @@ class CommandError(Exception):
 
 
 class Parser(argparse.ArgumentParser):
-    """argparse, with a mistake said in one line (the usage is one --help away)."""
+    """argparse, with a mistake said in one line (the usage is one --help away), and flags only as written: no
+    abbreviations (argparse would take `--epoch 1` for `--epochs 1`)."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, allow_abbrev=False, **kwargs)
 
     def error(self, message: str) -> NoReturn:
         self.exit(2, f"error: {message} (see {self.prog} --help)\n")
@@ -336,7 +346,10 @@ def main(argv: list[str] | None = None) -> None:
     args = build_parser().parse_args(argv)
     args.command_line = shlex.join(["python", "-m", "training", *argv])
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s %(message)s")
+    from service.imaging import configure_pillow
     from training.data import DataError
+
+    configure_pillow()  # as the service decodes: the same images are read the same way
     from training.run import RunDirectory, RunError
 
     handlers = {"train": _train, "evaluate": _evaluate, "export": _export, "card": _card}

@@ -14,6 +14,7 @@ import numpy as np
 
 from service.errors import ServiceError
 from service.imaging import decode_image
+from training.framework import import_tensorflow
 
 log = logging.getLogger(__name__)
 
@@ -96,6 +97,7 @@ def load_splits(
 
 def load_keras_cifar10() -> tuple[Dataset, Dataset]:
     """CIFAR-10 through `keras.datasets.cifar10.load_data()` (downloads on first use)."""
+    import_tensorflow()
     import keras
 
     (x_train, y_train), (x_test, y_test) = keras.datasets.cifar10.load_data()

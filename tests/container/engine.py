@@ -245,7 +245,9 @@ def build(
 
 def main() -> int:
     """`image`: build an image with the engine that answers."""
-    parser = argparse.ArgumentParser(prog="python3 -m tests.container.engine", description=__doc__.split("\n")[0])
+    parser = argparse.ArgumentParser(
+        prog="python3 -m tests.container.engine", description=__doc__.split("\n")[0], allow_abbrev=False
+    )
     commands = parser.add_subparsers(dest="command", required=True)
     image = commands.add_parser("image", help="build an image of the Dockerfile")
     image.add_argument("--target", choices=TARGETS, default="cpu")

@@ -5,8 +5,9 @@ in tests/system/test_client.py."""
 from pathlib import Path
 
 import httpx2 as httpx
+import pytest
 
-from service.client import Classifier
+from service.client import Classifier, main
 
 
 def classifier(handler, monkeypatch) -> Classifier:
@@ -65,3 +66,10 @@ def test_a_retry_after_that_is_not_a_finite_number_waits_a_second(tmp_path: Path
     monkeypatch.setattr("service.client.time.sleep", waits.append)
     (result,) = client.classify(files(tmp_path, 1))
     assert result.label == "cat" and waits == [1.0, 1.0, 1.0]
+
+
+def test_the_command_line_refuses_an_abbreviated_flag(capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit) as exit_:
+        main(["http://server", "photo.png", "--conc", "2"])  # argparse would take it for --concurrency
+    assert exit_.value.code == 2
+    assert "unrecognized arguments: --conc 2" in capsys.readouterr().err

@@ -4,6 +4,7 @@ import io
 import json
 import logging
 import logging.config
+import re
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -13,7 +14,7 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from service.app import create_app
 from service.config import Settings
-from service.logs import logging_config
+from service.logs import chosen_format, logging_config
 from tests.conftest import encode, noisy_image
 from tests.helpers import Files, image_files
 
@@ -80,6 +81,65 @@ def test_json_log_format_writes_one_object_per_line() -> None:
     line = json.loads(stream.getvalue().strip())
     assert line["level"] == "INFO" and line["logger"] == "service.access"
     assert (line["request_id"], line["route"], line["status"], line["total_ms"]) == ("r1", "/predict", 200, 1.5)
+
+
+def written(log_format: str, *records: tuple[str, str, dict[str, object]]) -> list[str]:
+    """The lines that (logger, message, extra) records come out as, with the service's logging in `log_format`."""
+    stream = io.StringIO()
+    config = logging_config("info", log_format)  # type: ignore[arg-type]
+    config["handlers"]["service"]["stream"] = config["handlers"]["default"]["stream"] = stream
+    logging.config.dictConfig(config)
+    try:
+        for logger, message, extra in records:
+            logging.getLogger(logger).info(message, extra=extra)
+    finally:
+        logging.config.dictConfig({"version": 1, "disable_existing_loggers": False})
+    return stream.getvalue().splitlines()
+
+
+# What uvicorn logs as its server starts: a second copy of the message with terminal colour codes, for its own
+# coloured formatter.
+UVICORN_START = (
+    "uvicorn.error",
+    "Started server process [7]",
+    {"color_message": "Started server process [\x1b[36m7\x1b[0m]"},
+)
+
+
+def test_json_lines_carry_no_colour_codes() -> None:
+    (line,) = written("json", UVICORN_START)
+    assert "\x1b" not in line and "\\u001b" not in line and "color_message" not in line
+    assert json.loads(line)["message"] == "Started server process [7]"
+
+
+def test_text_lines_are_key_value_for_a_person_to_read() -> None:
+    uvicorn_line, service_line = written("text", UVICORN_START, ("service.app", "event=ready model=tiny", {}))
+    assert re.fullmatch(r"\S+ \S+ level=INFO pid=\d+ logger=uvicorn.error Started server process \[7\]", uvicorn_line)
+    assert re.fullmatch(r"\S+ \S+ level=INFO pid=\d+ logger=service.app event=ready model=tiny", service_line)
+
+
+class Terminal(io.StringIO):
+    def isatty(self) -> bool:
+        return True
+
+
+@pytest.mark.parametrize(
+    ("setting", "stream", "chosen"),
+    [("auto", Terminal(), "text"), ("auto", io.StringIO(), "json"), ("json", Terminal(), "json"),
+     ("text", io.StringIO(), "text")],
+)  # fmt: skip
+def test_auto_log_format_is_text_on_a_terminal_and_json_elsewhere(
+    setting: str, stream: io.StringIO, chosen: str
+) -> None:
+    assert chosen_format(setting, stream) == chosen  # type: ignore[arg-type]
+
+
+def test_building_an_app_leaves_logging_as_it_was(bundled_model: Path) -> None:
+    switches = (logging._srcfile, logging.logThreads, logging.logMultiprocessing)  # type: ignore[attr-defined]
+    handlers = {name: list(logging.getLogger(name).handlers) for name in ("", "service", "uvicorn", "uvicorn.error")}
+    create_app(Settings(model_path=bundled_model))
+    assert (logging._srcfile, logging.logThreads, logging.logMultiprocessing) == switches  # type: ignore[attr-defined]
+    assert {name: list(logging.getLogger(name).handlers) for name in handlers} == handlers
 
 
 def scrape(client: TestClient) -> dict[str, list]:

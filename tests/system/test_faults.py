@@ -40,7 +40,7 @@ def bad_models(directory: Path, bundled: Path) -> dict[str, tuple[Path, str]]:
     return {
         "missing": (directory / "missing.onnx", "does not exist"),
         "truncated": (truncated, "could not be loaded"),
-        "not-onnx": (not_onnx, "could not be loaded"),
+        "not-onnx": (not_onnx, "is not an ONNX model"),  # found before serving (tests/system/test_startup_mistakes.py)
         "wrong-input-shape": (wrong_shape, "must take uint8 images (N, height, width, 3)"),
     }
 
@@ -54,10 +54,12 @@ def test_an_unusable_model_file_stops_startup_with_a_message(fault: str, tmp_pat
     assert "event=ready" not in result.stderr
 
 
-def test_with_several_workers_an_unusable_model_file_also_exits_non_zero(tmp_path: Path) -> None:
-    result = start_and_wait(tmp_path / "missing.onnx", workers="2")
+def test_with_several_workers_an_unusable_model_file_also_exits_non_zero(tmp_path: Path, bundled_model: Path) -> None:
+    # A file that looks like ONNX gets past the checks made before serving: each worker fails to load it.
+    path, problem = bad_models(tmp_path, bundled_model)["truncated"]
+    result = start_and_wait(path, workers="2")
     assert result.returncode == 3
-    assert "does not exist" in result.stderr and "event=ready" not in result.stderr
+    assert problem in result.stderr and "event=ready" not in result.stderr
 
 
 def failing_model(path: Path) -> Path:

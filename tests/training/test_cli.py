@@ -94,6 +94,21 @@ def test_a_bad_flag_is_one_line_naming_it(argv: list[str], message: str, capsys:
     assert line.startswith(f"error: {message}") and line.endswith("(see python -m training train --help)"), line
 
 
+@pytest.mark.parametrize(
+    "argv",
+    [["train", "--run-dir", "run", "--data", "photos", "--epoch", "1"], ["evaluate", "--mod", "m.onnx"],
+     ["export", "--run-dir", "run", "--output", "m.onnx", "--overw"]],
+)  # fmt: skip
+def test_an_abbreviated_flag_is_refused_not_guessed(argv: list[str], capsys: pytest.CaptureFixture[str]) -> None:
+    # argparse would take --epoch for --epochs: a typo would silently set another flag than the one meant.
+    abbreviated = next(part for part in reversed(argv) if part.startswith("--"))
+    with pytest.raises(SystemExit) as exit_:
+        build_parser().parse_args(argv)
+    assert exit_.value.code == 2
+    (line,) = capsys.readouterr().err.splitlines()
+    assert line.startswith(f"error: unrecognized arguments: {abbreviated}"), line
+
+
 def test_image_size_takes_one_side_or_both() -> None:
     parse = build_parser().parse_args
     assert parse(["train", "--run-dir", "r", "--image-size", "64"]).image_size == (64, 64)
