@@ -17,7 +17,7 @@ from service.connections import ConnectionLimits
 from service.lifecycle import DrainingServer, DrainState, WorkerApp, WorkerSupervisor
 from service.logs import configure_logging
 from service.metrics import MULTIPROCESS_ENV, forget_process, remove_metric_files
-from service.preflight import StartupMistake, check_model_file, listening_socket
+from service.preflight import StartupMistake, check_model_file, listening_sockets
 
 log = logging.getLogger("service.main")
 
@@ -31,7 +31,7 @@ def main() -> None:
     try:
         settings = load_settings()
         check_model_file(settings.model_path)
-        listener = listening_socket(settings.host, settings.port)
+        listeners = listening_sockets(settings.host, settings.port)
     except (SettingsError, StartupMistake) as error:
         print(f"error: {error}", file=sys.stderr)
         raise SystemExit(2) from None
@@ -51,13 +51,13 @@ def main() -> None:
         drain = DrainState()
         config = connection_limits(settings).apply(uvicorn.Config(create_app(settings, drain), **options))
         server = DrainingServer(config, drain_timeout_s=settings.drain_timeout_s, drain=drain)
-        server.run(sockets=[listener])
+        server.run(sockets=listeners)
         if not server.started:
             raise SystemExit(3)  # the model did not load: the reason is logged
         if drain.failure is not None:
             raise SystemExit(1)  # a fatal fault: the reason is logged; let the orchestrator restart us
         return
-    serve_workers(settings, options, listener)
+    serve_workers(settings, options, listeners)
 
 
 def connection_limits(settings: Settings) -> ConnectionLimits:
@@ -72,7 +72,7 @@ def connection_limits(settings: Settings) -> ConnectionLimits:
     )
 
 
-def serve_workers(settings: Settings, options: dict[str, Any], listener: socket.socket) -> None:
+def serve_workers(settings: Settings, options: dict[str, Any], listeners: list[socket.socket]) -> None:
     """Several workers, each building its app from the settings. Metrics are shared through files in a folder
     made for this run and removed at exit; in a folder given as PROMETHEUS_MULTIPROC_DIR, only the metric files
     are removed, before (an earlier run's would be counted again) and after."""
@@ -87,7 +87,7 @@ def serve_workers(settings: Settings, options: dict[str, Any], listener: socket.
         connection_limits(settings).apply(config)
         log.info("event=workers_starting workers=%d metrics_dir=%s", settings.workers, folder)
         supervisor = WorkerSupervisor(
-            config, [listener], WorkerApp(worker_app, settings.drain_timeout_s), on_worker_died=forget_process
+            config, listeners, WorkerApp(worker_app, settings.drain_timeout_s), on_worker_died=forget_process
         )
         supervisor.run()
         if supervisor.startup_failed:

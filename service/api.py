@@ -11,7 +11,7 @@ from starlette.types import Scope
 
 from service.asgi import JsonResponse, header
 from service.config import Settings
-from service.error_responses import Where, openapi_responses
+from service.error_responses import Where, openapi_responses, readiness_responses
 from service.errors import InvalidRequest, NotReady
 from service.frontend import PlainRoute, classify, upload
 from service.imaging import RESAMPLING_FILTER
@@ -213,8 +213,7 @@ async def health(state: StateDep) -> HealthResponse:
 @router.get(
     "/ready",
     response_model=ReadinessResponse,
-    responses=_OTHER_ERRORS
-    | {503: {"model": ReadinessResponse, "description": "Not loaded or warmed up yet, or draining"}},
+    responses=readiness_responses(_OTHER_ERRORS, ReadinessResponse),
 )
 async def ready(state: StateDep) -> JSONResponse:
     """Readiness: 200 once the model is loaded and a warm-up inference passed; 503 before, and while draining."""

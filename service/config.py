@@ -199,6 +199,17 @@ class Settings(BaseSettings):
             raise ValueError("at least one execution provider is needed")
         return value
 
+    @field_validator("providers")
+    @classmethod
+    def _known_providers(cls, value: tuple[str, ...]) -> tuple[str, ...]:
+        import onnxruntime  # here, not at the top: the settings are read by tools that need no model
+
+        known = onnxruntime.get_all_providers()
+        unknown = [name for name in value if name not in known]
+        if unknown:
+            raise ValueError(f"unknown execution providers {unknown}; known: {', '.join(known)}")
+        return value
+
     @field_validator("api_keys", "api_key_open_paths", mode="before")
     @classmethod
     def _split_list(cls, value: object) -> object:

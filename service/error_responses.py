@@ -10,6 +10,7 @@ from types import MappingProxyType
 from typing import Any
 
 import orjson
+from pydantic import BaseModel
 
 from service.asgi import JsonResponse
 from service.errors import (
@@ -29,6 +30,7 @@ from service.errors import (
     MalformedHttp,
     MethodNotAllowed,
     NotReady,
+    OtherHttpError,
     Overloaded,
     QueueFull,
     QueueTimeout,
@@ -67,10 +69,11 @@ class Where(enum.Flag):
     NOWHERE = 0  # no route's answer: the HTTP server's own refusals, and what is only logged
     PREDICT = enum.auto()  # POST /predict
     INFER = enum.auto()  # POST /v2/models/{name}/infer
-    MODEL = enum.auto()  # GET /model and the v2 model routes
+    MODEL = enum.auto()  # GET /model
+    V2_MODEL = enum.auto()  # the v2 model routes: GET /v2/models/{name}[/versions/{version}][/ready]
     OTHER = enum.auto()  # every other route
     CLASSIFY = PREDICT | INFER
-    ANY = PREDICT | INFER | MODEL | OTHER
+    ANY = PREDICT | INFER | MODEL | V2_MODEL | OTHER
 
 
 @dataclass(frozen=True)
@@ -103,10 +106,11 @@ ROWS: Mapping[type[ServiceError], Row] = MappingProxyType(
         TooManyPipelined: Row(
             400, "More than max_pipelined_requests requests sent ahead of their answers", Where.NOWHERE
         ),
-        UnknownModel: Row(404, "Not the model (or version) this server serves", Where.INFER | Where.MODEL),
+        UnknownModel: Row(404, "Not the model (or version) this server serves", Where.INFER | Where.V2_MODEL),
         RouteNotFound: Row(404, "No such route", Where.NOWHERE),
         MethodNotAllowed: Row(405, "A method the route does not take", Where.NOWHERE),
-        BodyStalled: Row(408, "The upload made no progress for body_idle_timeout_s", Where.ANY),
+        OtherHttpError: Row(400, "Another HTTP error of the web framework's, with its own status", Where.NOWHERE),
+        BodyStalled: Row(408, "The upload made no progress for body_idle_timeout_s", Where.CLASSIFY),
         RequestHeadTimeout: Row(408, "The request line and headers took longer than head_timeout_s", Where.NOWHERE),
         TooManyImages: Row(413, "More files than max_images_per_request", Where.CLASSIFY),
         FileTooLarge: Row(413, "A file over max_image_bytes", Where.CLASSIFY),
@@ -124,7 +128,7 @@ ROWS: Mapping[type[ServiceError], Row] = MappingProxyType(
         ClientDisconnected: Row(499, "The client left before its answer (only logged: nobody reads it)", Where.NOWHERE),
         ServiceError: Row(500, "A fault of the server's, logged under the request id", Where.ANY),
         InferenceFailed: Row(500, "The model failed on the batch holding this request's images", Where.CLASSIFY),
-        NotReady: Row(503, "The model is not loaded or warmed up yet", Where.CLASSIFY | Where.MODEL),
+        NotReady: Row(503, "The model is not loaded or warmed up yet", Where.CLASSIFY | Where.MODEL | Where.V2_MODEL),
         Overloaded: Row(503, "Already max_concurrent_requests requests in progress (Retry-After)", Where.CLASSIFY),
         QueueFull: Row(503, "No room in the batch queue for this request's images (Retry-After)", Where.CLASSIFY),
         BodyOverBudget: Row(503, "The bodies in progress would go over body_memory_bytes (Retry-After)", Where.ANY),
@@ -187,7 +191,7 @@ def render(error: ServiceError, path: str, headers: Mapping[str, str] | None = N
 def from_starlette(status: int, detail: str) -> ServiceError:
     """Starlette's HTTPException (no route, a method not allowed, ...) as one of ours; a status it has no class for
     keeps its number through `render`'s caller."""
-    return _STARLETTE.get(status, ServiceError)(detail)
+    return _STARLETTE.get(status, OtherHttpError)(detail)
 
 
 def raw_answer(error: ServiceError) -> bytes:
@@ -214,6 +218,15 @@ def openapi_responses(where: Where, api: Api = Api.PREDICT) -> dict[int | str, d
             statuses.setdefault(v2_status or row.status, []).append(row.when)
     model = ProtocolErrorResponse if api is Api.OPEN_INFERENCE else ErrorResponse
     return {status: {"model": model, "description": "; ".join(whens)} for status, whens in sorted(statuses.items())}
+
+
+def readiness_responses(
+    responses: dict[int | str, dict[str, Any]], model: type[BaseModel]
+) -> dict[int | str, dict[str, Any]]:
+    """A readiness route's `responses`: its 503 is its own answer (`model`), before the errors it shares."""
+    shared = responses.get(503, {}).get("description")
+    description = "Not loaded or warmed up yet, or draining" + (f"; {shared}" if shared else "")
+    return responses | {503: {"model": model, "description": description}}
 
 
 def markdown_table() -> str:

@@ -134,6 +134,10 @@ class MethodNotAllowed(ServiceError, error="method_not_allowed"):
     """The path exists, the method does not (Starlette's 405)."""
 
 
+class OtherHttpError(ServiceError, error="http_error"):
+    """Another of Starlette's HTTP errors (a static file it may not read, a bad Range): answered with its status."""
+
+
 # ---- Refusals of the HTTP server itself (service.connections), before any request reaches the app ----
 
 

@@ -27,7 +27,7 @@ from fastapi import APIRouter, Request
 from fastapi.responses import Response
 
 from service.asgi import JsonResponse, header
-from service.error_responses import OPEN_INFERENCE_PREFIX, Api, Where, openapi_responses
+from service.error_responses import OPEN_INFERENCE_PREFIX, Api, Where, openapi_responses, readiness_responses
 from service.errors import (
     FileTooLarge,
     InvalidRequest,
@@ -344,13 +344,11 @@ def _model(request: Request, name: str, version: str | None) -> ModelInfo:
     return info
 
 
-_MODEL_ERRORS = openapi_responses(Where.MODEL, Api.OPEN_INFERENCE)
+_MODEL_ERRORS = openapi_responses(Where.V2_MODEL, Api.OPEN_INFERENCE)
 _INFER_ERRORS = openapi_responses(Where.INFER, Api.OPEN_INFERENCE)
 _OTHER_ERRORS = openapi_responses(Where.OTHER, Api.OPEN_INFERENCE)
 _SERVER_METADATA: dict[int | str, dict[str, Any]] = {200: {"description": "name, version and extensions"}}
-_NOT_READY: dict[int | str, dict[str, Any]] = {
-    503: {"model": ServerReadyResponse, "description": "Not loaded or warmed up yet, or draining"}
-}
+_NOT_READY = readiness_responses(_OTHER_ERRORS, ServerReadyResponse)
 
 
 @router.get("", summary="Server metadata", responses=_SERVER_METADATA | _OTHER_ERRORS)
@@ -369,7 +367,7 @@ async def server_live() -> JsonResponse:
     "/health/ready",
     summary="Server readiness",
     response_model=ServerReadyResponse,
-    responses=_OTHER_ERRORS | _NOT_READY,
+    responses=_NOT_READY,
 )
 async def server_ready(request: Request) -> JsonResponse:
     """200 once the model is loaded and warmed up; 503 before, and while draining."""

@@ -54,19 +54,35 @@ def check_model_file(path: Path) -> None:
         raise StartupMistake(f"{setting} is not an ONNX model ({reason}); {_serve_an_onnx_file()}")
 
 
-def listening_socket(host: str, port: int) -> socket.socket:
-    """The server's socket, bound as uvicorn binds it, before the model loads: a port that another server listens
-    on is said at once. It listens once the app has started (until then a connection is refused, as before)."""
-    family = socket.AF_INET6 if ":" in host else socket.AF_INET
-    sock = socket.socket(family=family, type=socket.SOCK_STREAM, proto=socket.IPPROTO_TCP)
-    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+def listening_sockets(host: str, port: int) -> list[socket.socket]:
+    """The server's sockets, bound and listening before the model loads, on every address `host` stands for, as
+    asyncio's create_server binds them (empty: every interface, IPv4 and IPv6): a port that another server holds
+    is said at once, and none can take it while the model loads. A connection made meanwhile waits in the backlog
+    for the server to start answering."""
     try:
-        sock.bind((host, port))
-    except OSError as error:
-        sock.close()
-        raise StartupMistake(_bind_problem(host, port, error)) from None
-    sock.set_inheritable(True)  # the workers, when there are several, serve on this socket
-    return sock
+        addresses = socket.getaddrinfo(host or None, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)
+    except (socket.gaierror, UnicodeError) as error:
+        raise StartupMistake(_bind_problem(host, port, OSError(errno.EADDRNOTAVAIL, str(error)))) from None
+    sockets: list[socket.socket] = []
+    for family, kind, proto, _, address in dict.fromkeys(addresses):
+        sock = socket.socket(family, kind, proto)
+        sockets.append(sock)
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        if family == socket.AF_INET6:
+            sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)  # beside the IPv4 socket, as asyncio does
+        try:
+            sock.bind(address)
+            sock.listen(BACKLOG)
+        except OSError as error:
+            for opened in sockets:
+                opened.close()
+            raise StartupMistake(_bind_problem(host, port, error)) from None
+        sock.set_inheritable(True)  # the workers, when there are several, serve on these sockets
+    return sockets
+
+
+BACKLOG = 2048
+"""uvicorn's default backlog."""
 
 
 def _bind_problem(host: str, port: int, error: OSError) -> str:

@@ -83,8 +83,9 @@ def test_the_image_refuses_an_unusable_model_with_one_clear_line(
 ) -> None:
     container = start(cpu_image, "--read-only", "--env", "CLASSIFIER_MODEL_PATH=/app/models/missing.onnx")
     container.engine.run("wait", container.name, timeout=60)
-    assert container.inspect("{{.State.ExitCode}}") == "3"
-    assert "/app/models/missing.onnx" in container.logs()
+    assert container.inspect("{{.State.ExitCode}}") == "2"  # found before serving (service/preflight.py)
+    (line,) = container.logs().strip().splitlines()
+    assert "CLASSIFIER_MODEL_PATH=/app/models/missing.onnx does not exist" in line, line
 
 
 def test_the_gpu_image_without_a_gpu_reports_the_cpu_or_refuses_as_told(

@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 
 from service import preflight
-from service.preflight import StartupMistake, check_model_file, listening_socket
+from service.preflight import StartupMistake, check_model_file, listening_sockets
 from tests.conftest import BUNDLED_MODEL
 
 
@@ -32,12 +32,11 @@ def test_a_valid_model_with_its_fields_in_another_order_is_not_refused(tmp_path:
 
 
 def test_a_port_in_use_names_another_to_pick() -> None:
-    listener = listening_socket("127.0.0.1", 0)
+    (listener,) = listening_sockets("127.0.0.1", 0)
     try:
-        listener.listen()  # as uvicorn does once the app has started
         port = listener.getsockname()[1]
         with pytest.raises(StartupMistake) as mistake:
-            listening_socket("127.0.0.1", port).close()
+            listening_sockets("127.0.0.1", port)
     finally:
         listener.close()
     assert str(mistake.value).endswith(f"pick another port: CLASSIFIER_PORT={port + 1}")
@@ -45,9 +44,29 @@ def test_a_port_in_use_names_another_to_pick() -> None:
         probe.bind(("127.0.0.1", port))  # free again once closed
 
 
+def test_the_port_is_held_from_the_check_on() -> None:
+    """Bound and listening at once: another server binding the port while the model loads is refused (bound but
+    not yet listening, it had let a second socket take the port, and the server then listened on nothing)."""
+    (listener,) = listening_sockets("127.0.0.1", 0)
+    with listener, socket.socket() as other:
+        other.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        with pytest.raises(OSError):
+            other.bind(listener.getsockname())
+
+
+def test_an_empty_host_means_every_interface() -> None:
+    listeners = listening_sockets("", 0)
+    try:
+        addresses = {sock.getsockname()[0] for sock in listeners}
+        assert "0.0.0.0" in addresses and addresses <= {"0.0.0.0", "::"}  # and IPv6's where the machine has it
+    finally:
+        for sock in listeners:
+            sock.close()
+
+
 def test_an_address_not_of_this_machine_says_which_to_use() -> None:
     with pytest.raises(StartupMistake, match=r"cannot listen on CLASSIFIER_HOST=192\.0\.2\.1 .*127\.0\.0\.1 for this"):
-        listening_socket("192.0.2.1", 8000)  # TEST-NET-1: documentation only, never an address of a machine
+        listening_sockets("192.0.2.1", 8000)  # TEST-NET-1: documentation only, never an address of a machine
 
 
 @pytest.mark.parametrize("refused", ["stat", "open"])
