@@ -1,6 +1,5 @@
 """HTTP routes: read the request, call the core (imaging, inference), return a schema."""
 
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
@@ -13,12 +12,9 @@ from service.asgi import JsonResponse, header
 from service.config import Settings
 from service.error_responses import Where, openapi_responses, readiness_responses
 from service.errors import InvalidRequest, NotReady
-from service.frontend import PlainRoute, classify, upload
+from service.frontend import MODEL_HEADER, PlainRoute, classify, model_header, upload
 from service.imaging import RESAMPLING_FILTER
 from service.inference import OnnxModel, top_k
-from service.lifecycle import DrainState
-from service.limits import Admission
-from service.pipeline import Pipeline
 from service.schemas import (
     HealthResponse,
     ModelMetadataResponse,
@@ -26,51 +22,25 @@ from service.schemas import (
     ReadinessResponse,
     TensorSpec,
 )
+from service.serving import Serving
 from service.uploads import FIELD, read_uploads
 
 
-@dataclass
-class ServingState:
-    """What the lifespan sets up: the classification pipeline (model, batcher, decoder), and whether warm-up
-    passed."""
-
-    drain: DrainState
-    admission: Admission
-    pipeline: Pipeline | None = None
-    ready: bool = False
-
-    @property
-    def model(self) -> OnnxModel | None:
-        return self.pipeline.model if self.pipeline else None
-
-    def serving_pipeline(self) -> Pipeline:
-        """The pipeline, or NotReady (503) while it is not set up."""
-        if not self.ready or self.pipeline is None:
-            raise NotReady("the model is not loaded yet")
-        return self.pipeline
-
-    @property
-    def serving(self) -> bool:
-        """Loaded, warmed up, inference running and not draining: what readiness reports."""
-        running = self.pipeline is not None and self.pipeline.batcher.running
-        return self.ready and running and not self.drain.draining
-
-
 # Dependencies are `async def` so FastAPI calls them inline: a plain `def` costs a thread-pool hop per request.
-async def get_state(request: Request) -> ServingState:
+async def get_state(request: Request) -> Serving:
     """The app's serving state."""
-    state: ServingState = request.app.state.serving
+    state: Serving = request.app.state.serving
     return state
 
 
-async def get_model(state: Annotated[ServingState, Depends(get_state)]) -> OnnxModel:
+async def get_model(state: Annotated[Serving, Depends(get_state)]) -> OnnxModel:
     """The loaded model, or 503 while there is none."""
     if not state.ready or state.model is None:
         raise NotReady("the model is not loaded yet")
     return state.model
 
 
-StateDep = Annotated[ServingState, Depends(get_state)]
+StateDep = Annotated[Serving, Depends(get_state)]
 ModelDep = Annotated[OnnxModel, Depends(get_model)]
 
 
@@ -114,10 +84,10 @@ PREDICT_BODY = {
 
 async def predict(request: Request) -> Response:
     """Classify one or more uploaded images, answered in the order they were uploaded."""
-    state: ServingState = request.app.state.serving
+    state: Serving = request.app.state.serving
     settings: Settings = request.app.state.settings
     k = _top_k(request) or settings.top_k
-    pipeline = state.serving_pipeline()
+    state.serving_pipeline()  # 503 before reading the body when no model is served
     content_type = header(request.scope, b"content-type")
     uploads = await read_uploads(
         content_type.decode("latin-1") if content_type is not None else None,
@@ -128,12 +98,12 @@ async def predict(request: Request) -> Response:
     names = [part.filename for part in uploads]
     files = [(part.filename, part.data) for part in uploads]
     del uploads
-    probabilities = (await classify(request, pipeline, files)).probabilities
-    info = pipeline.info
-    ranked = top_k(probabilities, info.labels, k)
+    classified = await classify(request, files)
+    info = classified.model
+    ranked = top_k(classified.probabilities, info.labels, k)
     return JsonResponse(
         {
-            "model": {"name": info.name, "version": info.version},
+            "model": {"name": info.name, "version": info.version, "digest": info.digest},
             "predictions": [
                 {
                     "filename": name,
@@ -143,7 +113,8 @@ async def predict(request: Request) -> Response:
                 }
                 for name, labels in zip(names, ranked, strict=True)
             ],
-        }
+        },
+        headers={MODEL_HEADER: model_header(info)},
     )
 
 
@@ -206,6 +177,7 @@ async def health(state: StateDep) -> HealthResponse:
     return HealthResponse(
         model=info.name if info else None,
         version=info.version if info else None,
+        digest=info.digest if info else None,
         provider=info.provider if info else None,
     )
 
@@ -225,6 +197,7 @@ async def ready(state: StateDep) -> JSONResponse:
         status=status,
         model=info.name if info else None,
         version=info.version if info else None,
+        digest=info.digest if info else None,
         provider=info.provider if info else None,
     )
     return JSONResponse(body.model_dump(), status_code=200 if state.serving else 503)
@@ -237,6 +210,7 @@ async def model_metadata(model: ModelDep) -> ModelMetadataResponse:
     return ModelMetadataResponse(
         name=info.name,
         version=info.version,
+        digest=info.digest,
         input=TensorSpec(name=info.input_name, shape=[None, info.height, info.width, 3], dtype="uint8", layout="NHWC"),
         output=TensorSpec(name=info.output_name, shape=[None, len(info.labels)], dtype="float32"),
         labels=list(info.labels),

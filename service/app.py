@@ -2,11 +2,12 @@
 
 import asyncio
 import contextlib
-import dataclasses
 import logging
 import os
+import signal
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -17,7 +18,7 @@ from prometheus_client import multiprocess
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from service import open_inference
-from service.api import WEB, PageFiles, ServingState, router
+from service.api import WEB, PageFiles, router
 from service.asgi import JsonResponse
 from service.batching import Batcher
 from service.config import Settings, load_settings
@@ -25,12 +26,13 @@ from service.error_responses import from_starlette, http_status, render
 from service.errors import InvalidRequest, ModelLoadError, ProviderUnavailable, ServiceError
 from service.gateway import Gateway
 from service.imaging import Decoder, configure_pillow
-from service.inference import OnnxModel
+from service.inference import ModelInfo, OnnxModel
 from service.lifecycle import DrainState
 from service.limits import Admission, ApiKeys, BodyBudget
 from service.logs import configure_logging
-from service.metrics import MULTIPROCESS_ENV, Metrics
+from service.metrics import MULTIPROCESS_ENV, Metrics, ModelLabels
 from service.pipeline import ImageLimits, Pipeline
+from service.serving import LoadOptions, Serving, load_checked
 from service.telemetry import Telemetry
 
 log = logging.getLogger(__name__)
@@ -68,7 +70,7 @@ def create_app(settings: Settings | None = None, drain: DrainState | None = None
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
-        state: ServingState = app.state.serving
+        state: Serving = app.state.serving
         configure_pillow()  # for the images small enough to decode here; decoder processes do it themselves
         # The decoder processes start (a forkserver importing Pillow: about 0.3 s of CPU) while the model loads.
         decoder_started = asyncio.ensure_future(
@@ -79,19 +81,9 @@ def create_app(settings: Settings | None = None, drain: DrainState | None = None
                 cpu_seconds=settings.decode_cpu_limit_s,
             )
         )
+        options = load_options(settings)
         try:
-            model = await asyncio.to_thread(
-                OnnxModel,
-                settings.model_path,
-                providers=settings.providers,
-                intra_op_threads=settings.intra_op_threads,
-                inter_op_threads=settings.inter_op_threads,
-                intra_op_spinning=settings.intra_op_spinning,
-                require_gpu=settings.require_gpu,
-            )
-            await asyncio.to_thread(model.warm_up, warm_up_sizes(settings.max_batch_size))
-            if settings.model_name:
-                model.info = dataclasses.replace(model.info, name=settings.model_name)
+            model = await asyncio.to_thread(load_checked, settings.model_path, options, None)
         except (ModelLoadError, ProviderUnavailable, ServiceError) as error:
             log.error("event=startup_failed model_path=%s reason=%s", settings.model_path, error)
             with contextlib.suppress(Exception):
@@ -102,39 +94,42 @@ def create_app(settings: Settings | None = None, drain: DrainState | None = None
         except OSError as error:  # e.g. no writable temporary folder for the forkserver's socket
             log.error("event=startup_failed reason=%s", f"the decoder processes could not start: {error!r}")
             raise
-        batcher = Batcher(
-            constant_answer(len(model.info.labels)) if settings.benchmark_constant_answer else model.predict,
-            max_batch_size=settings.max_batch_size,
-            max_delay_ms=settings.max_delay_ms,
-            queue_capacity=settings.queue_capacity,
-            queue_timeout_ms=settings.queue_timeout_ms or None,
-            merge_requests=settings.batching,
-            observer=metrics,
-            on_failure=lambda error: drain.fail(f"the batcher's loop stopped: {error!r}"),
+        limits = ImageLimits(
+            max_images=settings.max_images_per_request,
+            max_pixels=settings.max_image_pixels,
+            max_decode_bytes=settings.max_decode_bytes,
         )
-        batcher.start()
-        metrics.model_info.labels(model.info.name, model.info.version, model.info.provider).set(1)
-        state.pipeline = Pipeline(
-            model=model,
-            batcher=batcher,
-            decoder=decoder,
-            admission=state.admission,
-            limits=ImageLimits(
-                max_images=settings.max_images_per_request,
-                max_pixels=settings.max_image_pixels,
-                max_decode_bytes=settings.max_decode_bytes,
-            ),
-        )
+
+        def make_pipeline(model: OnnxModel) -> Pipeline:
+            """A model's own pipeline: its batcher, started, and the shared decoder and limits."""
+            batcher = Batcher(
+                constant_answer(len(model.info.labels)) if settings.benchmark_constant_answer else model.predict,
+                max_batch_size=settings.max_batch_size,
+                max_delay_ms=settings.max_delay_ms,
+                queue_capacity=settings.queue_capacity,
+                queue_timeout_ms=settings.queue_timeout_ms or None,
+                merge_requests=settings.batching,
+                observer=metrics,
+                on_failure=lambda error: drain.fail(f"the batcher's loop stopped: {error!r}"),
+            )
+            batcher.start()
+            return Pipeline(model=model, batcher=batcher, decoder=decoder, admission=state.admission, limits=limits)
+
+        state.options, state.make_pipeline = options, make_pipeline
+        state.pipeline, state.source = make_pipeline(model), settings.model_path
+        metrics.served(model_labels(model.info), None)
         app.state.json_parser = open_inference.json_parser()
         state.ready = True
+        reloads = _Reloads(state, settings.model_path)
         log.info(
-            "event=ready model=%s version=%s provider=%s batching=%s max_batch_size=%d",
-            model.info.name, model.info.version, model.info.provider, settings.batching, settings.max_batch_size,
+            "event=ready model=%s version=%s digest=%s provider=%s batching=%s max_batch_size=%d",
+            model.info.name, model.info.version, model.info.digest, model.info.provider, settings.batching,
+            settings.max_batch_size,
         )  # fmt: skip
         yield
-        state.ready = False
+        reloads.close()
         # What is left of the drain: preStop + drain + this stay inside the orchestrator's grace period.
-        await batcher.stop(timeout=drain.remaining(settings.drain_timeout_s))
+        await state.close(drain.remaining(settings.drain_timeout_s))
         decoder.close()
         app.state.json_parser.shutdown(wait=False, cancel_futures=True)
         if os.environ.get(MULTIPROCESS_ENV):
@@ -157,7 +152,12 @@ def create_app(settings: Settings | None = None, drain: DrainState | None = None
         _declare_api_key(app, settings.api_key_header)
     app.state.settings = settings
     admission = Admission(limit=settings.max_concurrent_requests, drain=drain)
-    app.state.serving = ServingState(drain=drain, admission=admission)
+    app.state.serving = Serving(
+        drain=drain,
+        admission=admission,
+        on_swap=lambda new, old: metrics.served(model_labels(new), model_labels(old) if old else None),
+        retire_timeout_s=settings.request_timeout_s or 30.0,
+    )
     app.state.metrics = metrics
 
     def refused(reason: str) -> None:
@@ -181,6 +181,52 @@ def create_app(settings: Settings | None = None, drain: DrainState | None = None
     )
     _install_error_handlers(app, refused)
     return app
+
+
+def load_options(settings: Settings) -> LoadOptions:
+    """How model files are opened and checked, at start and on every swap."""
+    return LoadOptions(
+        providers=settings.providers,
+        intra_op_threads=settings.intra_op_threads,
+        inter_op_threads=settings.inter_op_threads,
+        intra_op_spinning=settings.intra_op_spinning,
+        require_gpu=settings.require_gpu,
+        warm_up_sizes=tuple(warm_up_sizes(settings.max_batch_size)),
+        name=settings.model_name,
+    )
+
+
+def model_labels(info: ModelInfo) -> ModelLabels:
+    return info.name, info.version, info.digest, info.provider
+
+
+class _Reloads:
+    """SIGHUP's handler while the app runs: each signal loads the model at the configured path again (a swap;
+    with several workers the supervisor passes the signal to each)."""
+
+    def __init__(self, state: Serving, path: Path) -> None:
+        self.state, self.path = state, path
+        self.tasks: set[asyncio.Task[None]] = set()
+        self.loop = asyncio.get_running_loop()
+        try:
+            self.loop.add_signal_handler(signal.SIGHUP, self._signalled)
+            self.installed = True
+        except (ValueError, RuntimeError, NotImplementedError):  # not the main thread (a test's app), or no signals
+            self.installed = False
+
+    def _signalled(self) -> None:
+        log.info("event=reload_requested signal=SIGHUP path=%s", self.path)
+        task = self.loop.create_task(self._reload())
+        self.tasks.add(task)
+        task.add_done_callback(self.tasks.discard)
+
+    async def _reload(self) -> None:
+        with contextlib.suppress(ServiceError):  # refused or already loading: logged by the swap
+            await self.state.swap(self.path)
+
+    def close(self) -> None:
+        if self.installed:
+            self.loop.remove_signal_handler(signal.SIGHUP)
 
 
 def worker_app(drain: DrainState) -> FastAPI:

@@ -27,6 +27,15 @@ class Settings(BaseSettings):
     """The name the model is served under (in answers and in /v2/models/<name> paths); default the name in its
     metadata. KServe's runtime sets it to the InferenceService's name."""
 
+    model_control: Literal["none", "explicit"] = "none"
+    """"explicit" turns on the Open Inference Protocol's model repository API (POST /v2/repository/index and
+    /v2/repository/models/<name>/load and /unload, as Triton's --model-control-mode=explicit), which loads another
+    model file of the repository into the running service; one worker only. SIGHUP reloads the configured model
+    either way."""
+
+    model_repository: Path | None = None
+    """The folder whose <name>.onnx files the repository API lists and loads; default the configured model's."""
+
     host: str = "127.0.0.1"
     """Address to listen on (0.0.0.0 in containers)."""
 
@@ -182,6 +191,11 @@ class Settings(BaseSettings):
             raise ValueError(
                 f"{ENV_PREFIX}MAX_BODY_BYTES ({self.max_body_bytes}) must not exceed {ENV_PREFIX}BODY_MEMORY_BYTES "
                 f"({self.body_memory_bytes}): such a request could never be received"
+            )
+        if self.model_control == "explicit" and self.workers > 1:
+            raise ValueError(
+                f"{ENV_PREFIX}MODEL_CONTROL=explicit serves one worker (a load reaches the worker that receives it): "
+                f"set {ENV_PREFIX}WORKERS=1 and run more replicas, or swap every worker's model with SIGHUP"
             )
         if self.max_decode_bytes > self.decode_memory_bytes:
             raise ValueError(

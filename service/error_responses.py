@@ -26,9 +26,12 @@ from service.errors import (
     InferenceFailed,
     InvalidImage,
     InvalidRequest,
+    LoadInProgress,
     MalformedBody,
     MalformedHttp,
     MethodNotAllowed,
+    ModelControlOff,
+    ModelRefused,
     NotReady,
     OtherHttpError,
     Overloaded,
@@ -71,9 +74,10 @@ class Where(enum.Flag):
     INFER = enum.auto()  # POST /v2/models/{name}/infer
     MODEL = enum.auto()  # GET /model
     V2_MODEL = enum.auto()  # the v2 model routes: GET /v2/models/{name}[/versions/{version}][/ready]
+    REPOSITORY = enum.auto()  # the v2 model repository: POST /v2/repository/index, .../models/{name}/load, /unload
     OTHER = enum.auto()  # every other route
     CLASSIFY = PREDICT | INFER
-    ANY = PREDICT | INFER | MODEL | V2_MODEL | OTHER
+    ANY = PREDICT | INFER | MODEL | V2_MODEL | REPOSITORY | OTHER
 
 
 @dataclass(frozen=True)
@@ -106,8 +110,20 @@ ROWS: Mapping[type[ServiceError], Row] = MappingProxyType(
         TooManyPipelined: Row(
             400, "More than max_pipelined_requests requests sent ahead of their answers", Where.NOWHERE
         ),
-        UnknownModel: Row(404, "Not the model (or version) this server serves", Where.INFER | Where.V2_MODEL),
+        UnknownModel: Row(
+            404,
+            "Not the model (or version) this server serves or its repository holds",
+            Where.INFER | Where.V2_MODEL | Where.REPOSITORY,
+        ),
         RouteNotFound: Row(404, "No such route", Where.NOWHERE),
+        ModelControlOff: Row(403, "The model repository API is off (model_control is not explicit)", Where.REPOSITORY),
+        ModelRefused: Row(
+            422,
+            "The new model failed a check; the served model keeps serving",
+            Where.REPOSITORY,
+            open_inference_status=400,
+        ),
+        LoadInProgress: Row(409, "Another model load is in progress", Where.REPOSITORY),
         MethodNotAllowed: Row(405, "A method the route does not take", Where.NOWHERE),
         OtherHttpError: Row(400, "Another HTTP error of the web framework's, with its own status", Where.NOWHERE),
         BodyStalled: Row(408, "The upload made no progress for body_idle_timeout_s", Where.CLASSIFY),

@@ -126,6 +126,19 @@ class BodyStalled(ServiceError, error="upload_stalled", refusal="upload_stalled"
     """The upload made no progress for `body_idle_timeout_s`."""
 
 
+class ModelRefused(ServiceError, error="model_refused"):
+    """A new model file failed its checks (it does not open, another input size, no labels, its warm-up or the
+    sample images fail); the served model keeps serving."""
+
+
+class LoadInProgress(ServiceError, error="load_in_progress"):
+    """A model is being loaded: one load at a time."""
+
+
+class ModelControlOff(ServiceError, error="model_control_off"):
+    """The model repository API is off (CLASSIFIER_MODEL_CONTROL is not "explicit")."""
+
+
 class RouteNotFound(ServiceError, error="not_found"):
     """No route at this path (Starlette's 404)."""
 

@@ -13,6 +13,7 @@ from starlette.requests import ClientDisconnect
 from starlette.types import Receive
 
 from service.errors import ClientDisconnected
+from service.inference import ModelInfo
 from service.pipeline import Classified, ClientGone, Pipeline
 from service.telemetry import figures
 
@@ -36,12 +37,23 @@ async def upload(request: Request) -> AsyncIterator[bytes]:
         raise ClientDisconnected("the client disconnected during its upload") from None
 
 
-async def classify(request: Request, pipeline: Pipeline, images: list[tuple[str, bytes]] | np.ndarray) -> Classified:
-    """A request's images through the pipeline (encoded files decoded, pixels as they are), cancelled if the client
-    goes, and counted in its access-log line and the metrics. Every front end's requests go through here."""
+MODEL_HEADER = "X-Model"
+"""The response header naming the model that answered: `name/version/digest`."""
+
+
+def model_header(info: ModelInfo) -> str:
+    return f"{info.name}/{info.version}/{info.digest}"
+
+
+async def classify(request: Request, images: list[tuple[str, bytes]] | np.ndarray) -> Classified:
+    """A request's images through the served model's pipeline (encoded files decoded, pixels as they are),
+    cancelled if the client goes, and counted in its access-log line and the metrics. Every front end's requests
+    go through here. The pipeline is the one served now, taken here and held to the end (nothing awaited between
+    taking it and counting the request as its user): a model swapped in meanwhile answers the next request."""
     recorded = figures(request.scope)
     count = recorded.images = len(images)
     gone = client_gone(request.receive)
+    pipeline: Pipeline = request.app.state.serving.serving_pipeline()
     if isinstance(images, np.ndarray):
         classified = await pipeline.classify_pixels(images, gone)
     else:

@@ -1,5 +1,6 @@
 """The ONNX Runtime model: loading, provider choice, metadata, and running a batch. No FastAPI here."""
 
+import hashlib
 import json
 import logging
 from collections.abc import Iterable
@@ -24,6 +25,8 @@ class ModelInfo:
     path: Path
     name: str
     version: str
+    digest: str
+    """The first 12 hex digits of the file's SHA-256: which file answered, when name and version say too little."""
     labels: tuple[str, ...]
     input_name: str
     output_name: str
@@ -53,8 +56,12 @@ class OnnxModel:
         require_gpu: bool = False,
     ) -> None:
         path = Path(path)
-        if not path.is_file():
-            raise ModelLoadError(f"model file {path} does not exist")
+        try:  # read once: the session and the digest come from the same bytes, whatever happens to the file after
+            data = path.read_bytes()
+        except FileNotFoundError:
+            raise ModelLoadError(f"model file {path} does not exist") from None
+        except OSError as error:
+            raise ModelLoadError(f"model file {path} could not be read: {error.strerror}") from None
         chosen = choose_providers(providers)
         options = ort.SessionOptions()
         options.intra_op_num_threads = intra_op_threads
@@ -63,7 +70,7 @@ class OnnxModel:
         if not intra_op_spinning:
             options.add_session_config_entry("session.intra_op.allow_spinning", "0")
         try:
-            self._session = ort.InferenceSession(str(path), sess_options=options, providers=list(chosen))
+            self._session = ort.InferenceSession(data, sess_options=options, providers=list(chosen))
         except Exception as error:  # ONNX Runtime raises its own types (InvalidProtobuf, Fail, ...)
             raise ModelLoadError(f"model file {path} could not be loaded by ONNX Runtime: {error}") from error
         in_use = tuple(self._session.get_providers())
@@ -74,12 +81,14 @@ class OnnxModel:
             )
         if CUDA in chosen and CUDA not in in_use:
             log.warning("event=provider_fallback requested=%s in_use=%s", list(chosen), list(in_use))
-        self.info = _read_info(path, self._session, in_use)
+        self.info = _read_info(path, hashlib.sha256(data).hexdigest()[:12], self._session, in_use)
+        del data
         log.info(
-            "event=model_loaded path=%s name=%s version=%s providers=%s labels=%d input=%dx%d",
+            "event=model_loaded path=%s name=%s version=%s digest=%s providers=%s labels=%d input=%dx%d",
             path,
             self.info.name,
             self.info.version,
+            self.info.digest,
             ",".join(in_use),
             len(self.info.labels),
             self.info.height,
@@ -93,6 +102,10 @@ class OnnxModel:
         except Exception as error:  # a fault of the model or runtime, never of the client
             raise InferenceFailed(f"inference failed on a batch of {len(images)}: {error}") from error
         return np.asarray(probabilities)
+
+    def close(self) -> None:
+        """Release the session (its weights and buffers); the model cannot predict after."""
+        self._session = None  # closed: predict raises InferenceFailed from here on
 
     def warm_up(self, batch_sizes: Iterable[int] = (1,)) -> None:
         """Run blank batches of each size, so no request pays for ONNX Runtime's lazy set-up of a shape."""
@@ -116,7 +129,7 @@ def choose_providers(requested: tuple[str, ...]) -> tuple[str, ...]:
     return chosen or (CPU,)
 
 
-def _read_info(path: Path, session: ort.InferenceSession, providers: tuple[str, ...]) -> ModelInfo:
+def _read_info(path: Path, digest: str, session: ort.InferenceSession, providers: tuple[str, ...]) -> ModelInfo:
     metadata = dict(session.get_modelmeta().custom_metadata_map)
     try:
         labels = tuple(json.loads(metadata["class_names"]))
@@ -143,6 +156,7 @@ def _read_info(path: Path, session: ort.InferenceSession, providers: tuple[str, 
         path=path,
         name=metadata.get("model_name", path.stem),
         version=metadata.get("model_version", "unknown"),
+        digest=digest,
         labels=labels,
         input_name=model_input.name,
         output_name=outputs[0].name,

@@ -5,6 +5,7 @@ drains the same way under a supervisor. A fatal fault (the batcher's loop gone) 
 
 import functools
 import logging
+import os
 import signal
 import socket
 import time
@@ -155,7 +156,8 @@ class DrainingWorker(Process):
 class WorkerSupervisor(Multiprocess):
     """uvicorn's supervisor of several workers, with draining workers. A worker that died is replaced and, with
     shared metrics, its live gauges are removed. SIGTERM/SIGINT drain every worker (the supervisor waits for
-    them); SIGHUP and SIGTTIN/SIGTTOU (uvicorn's restarts and resizing) are not offered."""
+    them); SIGHUP is passed to every worker, which reloads the configured model; SIGTTIN/SIGTTOU (uvicorn's
+    resizing) are not offered."""
 
     def __init__(
         self,
@@ -208,8 +210,11 @@ class WorkerSupervisor(Multiprocess):
         super().terminate_all()
 
     def handle_hup(self) -> None:
-        """Not offered: restart the whole server instead."""
-        log.warning("event=signal_ignored signal=SIGHUP")
+        """Each worker reloads the configured model (a swap: service.serving), not uvicorn's restart of them."""
+        log.info("event=reload_requested signal=SIGHUP workers=%d", len(self.processes))
+        for process in self.processes:
+            if process.pid is not None and process.process.is_alive():
+                os.kill(process.pid, signal.SIGHUP)
 
     def handle_ttin(self) -> None:
         """Not offered: set CLASSIFIER_WORKERS instead."""

@@ -19,6 +19,8 @@ from prometheus_client import (
 LATENCY_BUCKETS = (0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.2, 0.5, 1.0, 2.0, 5.0, 10.0)
 COUNT_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256)
 MULTIPROCESS_ENV = "PROMETHEUS_MULTIPROC_DIR"
+ModelLabels = tuple[str, str, str, str]
+"""A model's labels in classifier_model_info: name, version, digest, provider."""
 
 
 class Metrics:
@@ -26,6 +28,7 @@ class Metrics:
 
     def __init__(self) -> None:
         self.registry = CollectorRegistry()
+        self._model_series: list[ModelLabels] = []
         counter = functools.partial(Counter, registry=self.registry)
         gauge = functools.partial(Gauge, registry=self.registry)
         latency = functools.partial(Histogram, buckets=LATENCY_BUCKETS, registry=self.registry)
@@ -60,9 +63,25 @@ class Metrics:
             multiprocess_mode="livesum",
         )  # fmt: skip
         self.model_info = gauge(
-            "classifier_model_info", "The served model: always 1, labelled with name, version and provider.",
-            ["name", "version", "provider"], multiprocess_mode="livemax",
+            "classifier_model_info", "The served model (1) and the one before it (0), labelled with name, version, "
+            "the file's digest and provider.",
+            ["name", "version", "digest", "provider"], multiprocess_mode="livemax",
         )  # fmt: skip
+        self.model_loads = counter(
+            "classifier_model_loads", "New models loaded into the running service (SIGHUP or the repository API), "
+            "by result (swapped, refused).",
+            ["result"],
+        )  # fmt: skip
+
+    def served(self, new: "ModelLabels", old: "ModelLabels | None") -> None:
+        """A model is now served: its series 1, the one before it 0, any older one removed (bounded labels)."""
+        for labels in self._model_series:
+            if labels not in (new, old):
+                self.model_info.remove(*labels)
+        self._model_series = [labels for labels in (old, new) if labels is not None]
+        if old is not None:
+            self.model_info.labels(*old).set(0)
+        self.model_info.labels(*new).set(1)
 
     def observe_batch(self, size: int, queue_waits: list[float], inference_s: float) -> None:
         """One model call: its size, each image's wait, and its duration."""

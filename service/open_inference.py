@@ -15,10 +15,12 @@ import base64
 import binascii
 import contextlib
 import math
+import re
 import struct
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -32,15 +34,17 @@ from service.errors import (
     FileTooLarge,
     InvalidRequest,
     MalformedBody,
+    ModelControlOff,
     NotReady,
     TooManyImages,
     UnknownModel,
     UnsupportedEncoding,
 )
-from service.frontend import PlainRoute, classify, upload
+from service.frontend import MODEL_HEADER, PlainRoute, classify, model_header, upload
 from service.inference import ModelInfo, ranked
 from service.limits import MAX_BYTE_COUNT_DIGITS, CountedBody
 from service.schemas import ModelReadyResponse, ServerLiveResponse, ServerReadyResponse
+from service.serving import Serving
 from service.uploads import INLINE_BODY_BYTES
 
 PREFIX = OPEN_INFERENCE_PREFIX
@@ -314,15 +318,22 @@ def response(request: InferRequest, probabilities: np.ndarray, info: ModelInfo) 
         raw = probabilities.astype("<f4").tobytes() if request.binary_output else None
         data = probabilities.ravel().tolist()
     output: dict[str, Any] = {"name": info.output_name, "datatype": datatype, "shape": shape}
-    answer: dict[str, Any] = {"model_name": info.name, "model_version": info.version, "outputs": [output]}
+    answer: dict[str, Any] = {
+        "model_name": info.name,
+        "model_version": info.version,
+        "parameters": {"model_digest": info.digest},
+        "outputs": [output],
+    }
     if request.id is not None:
         answer["id"] = request.id
+    headers = {MODEL_HEADER: model_header(info)}
     if raw is None:
         output["data"] = data
-        return JsonResponse(answer)
+        return JsonResponse(answer, headers=headers)
     output["parameters"] = {"binary_data_size": len(raw)}
     head = orjson.dumps(answer)
-    return Response(head + raw, media_type="application/octet-stream", headers={HEADER_LENGTH: str(len(head))})
+    headers[HEADER_LENGTH] = str(len(head))
+    return Response(head + raw, media_type="application/octet-stream", headers=headers)
 
 
 # ---- routes ----
@@ -333,11 +344,12 @@ router = APIRouter(prefix=PREFIX, tags=["Open Inference Protocol (v2)"])
 def _model(request: Request, name: str, version: str | None) -> ModelInfo:
     """The served model if `name` (and `version`, if given) are its own, else UnknownModel (404); NotReady (503)
     before it is loaded."""
-    model = request.app.state.serving.model
+    serving: Serving = request.app.state.serving
+    model = serving.model
     if model is None:
         raise NotReady("the model is not loaded yet")
     info: ModelInfo = model.info
-    if name != info.name:
+    if not serving.answers_to(name):
         raise UnknownModel(f"unknown model {name!r}; this server serves {info.name!r}")
     if version is not None and version != info.version:
         raise UnknownModel(f"model {name!r} has no version {version!r}; it has {info.version!r}")
@@ -431,7 +443,6 @@ async def infer(request: Request) -> Response:
     """Classify a tensor of images: UINT8 pixels or BYTES image files, in JSON or binary tensor data."""
     params = request.path_params
     info = _model(request, params["model_name"], params.get("model_version"))
-    pipeline = request.app.state.serving.serving_pipeline()
     if header(request.scope, b"content-encoding") not in (None, b"identity"):
         raise UnsupportedEncoding("compressed request bodies are not supported; send the request uncompressed")
     declared = header(request.scope, HEADER_LENGTH.lower().encode())
@@ -459,8 +470,8 @@ async def infer(request: Request) -> Response:
         if parsed.pixels is None:
             del body  # the files are copies; binary pixels are a view of the body, which then stays (counted once)
     images = parsed.pixels if parsed.pixels is not None else parsed.files
-    classified = await classify(request, pipeline, images)
-    return response(parsed, classified.probabilities, info)
+    classified = await classify(request, images)
+    return response(parsed, classified.probabilities, classified.model)
 
 
 @contextlib.contextmanager
@@ -496,6 +507,72 @@ for path in ("/models/{model_name}/infer", "/models/{model_name}/versions/{model
         responses=_INFER_ERRORS,
         route_class_override=PlainRoute,
     )
+
+
+# ---- the model repository extension (Triton's; tritonclient's get_model_repository_index, load_model, unload_model)
+
+_REPOSITORY_ERRORS = openapi_responses(Where.REPOSITORY, Api.OPEN_INFERENCE)
+_ENTRY_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,127}")
+
+
+def _repository(request: Request) -> Path:
+    """The model repository's folder, or ModelControlOff (403) unless the operator turned model control on."""
+    settings = request.app.state.settings
+    if settings.model_control != "explicit":
+        raise ModelControlOff(
+            "the model repository API is off: start the service with CLASSIFIER_MODEL_CONTROL=explicit (or send "
+            "SIGHUP to reload the configured model)"
+        )
+    folder: Path = settings.model_repository or settings.model_path.parent
+    return folder
+
+
+def _entry(request: Request, name: str) -> Path:
+    """The repository's file for `name`, or UnknownModel (404)."""
+    folder = _repository(request)
+    path = folder / f"{name}.onnx"
+    if not _ENTRY_NAME.fullmatch(name) or not path.is_file():
+        raise UnknownModel(f"the model repository ({folder}) has no model {name!r} (a file {name}.onnx)")
+    return path
+
+
+@router.post("/repository/index", summary="Model repository index", responses=_REPOSITORY_ERRORS)
+async def repository_index(request: Request) -> JsonResponse:
+    """The repository's models (its .onnx files, by name): READY for the one served, UNAVAILABLE for the others."""
+    folder = _repository(request)
+    serving: Serving = request.app.state.serving
+    served = serving.source.resolve() if serving.source is not None and serving.ready else None
+    entries = []
+    for path in sorted(folder.glob("*.onnx")):
+        if not _ENTRY_NAME.fullmatch(path.stem):
+            continue
+        if served is not None and path.resolve() == served and serving.model is not None:
+            entries.append({"name": path.stem, "version": serving.model.info.version, "state": "READY"})
+        else:
+            entries.append({"name": path.stem, "state": "UNAVAILABLE", "reason": "not loaded"})
+    return JsonResponse(entries)
+
+
+@router.post("/repository/models/{model_name}/load", summary="Load a model", responses=_REPOSITORY_ERRORS)
+async def repository_load(request: Request, model_name: str) -> JsonResponse:
+    """Load the repository's model `model_name` in place of the served one, which keeps serving until the new one
+    has passed its checks, and finishes what it has. 400 with the reason if the new model is refused."""
+    path = _entry(request, model_name)
+    serving: Serving = request.app.state.serving
+    await serving.swap(path, loaded_as=model_name)
+    return JsonResponse({})
+
+
+@router.post("/repository/models/{model_name}/unload", summary="Unload a model", responses=_REPOSITORY_ERRORS)
+async def repository_unload(request: Request, model_name: str) -> JsonResponse:
+    """Stop serving `model_name` if it is the served model (readiness says 503 until a model is loaded); nothing
+    to do for another."""
+    _repository(request)
+    serving: Serving = request.app.state.serving
+    source = serving.source
+    if serving.answers_to(model_name) or (source is not None and source.stem == model_name):
+        serving.unload()
+    return JsonResponse({})
 
 
 def is_infer_path(path: str) -> bool:

@@ -5,8 +5,9 @@ batching, and cancellation when the client goes. No HTTP here: it raises the dom
 which each front end renders its own way."""
 
 import asyncio
-from collections.abc import Awaitable, Callable, Coroutine
-from dataclasses import dataclass
+from collections.abc import Awaitable, Callable, Coroutine, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
 
 import numpy as np
 
@@ -31,21 +32,48 @@ class ImageLimits:
 
 @dataclass
 class Classified:
-    """A request's answer: one row of probabilities per image, in order, and where its time went."""
+    """A request's answer: one row of probabilities per image, in order, where its time went, and the model that
+    gave it (one model for the whole request)."""
 
     probabilities: np.ndarray
     timing: RequestTiming
+    model: ModelInfo
+
+
+class Users:
+    """How many requests are classifying through a pipeline; `idle()` returns once none is."""
+
+    def __init__(self) -> None:
+        self.count = 0
+        self._idle = asyncio.Event()
+        self._idle.set()
+
+    @contextmanager
+    def one(self) -> Iterator[None]:
+        self.count += 1
+        self._idle.clear()
+        try:
+            yield
+        finally:
+            self.count -= 1
+            if not self.count:
+                self._idle.set()
+
+    async def idle(self) -> None:
+        await self._idle.wait()
 
 
 @dataclass(frozen=True, kw_only=True)
 class Pipeline:
-    """Classify a request's images through the shared batcher. One per process, built once the model is loaded."""
+    """Classify a request's images through one model's batcher. One per served model: a new model gets a pipeline
+    of its own (service.serving), and a request keeps the one it started with."""
 
     model: OnnxModel
     batcher: Batcher
     decoder: Decoder
     admission: Admission
     limits: ImageLimits
+    users: Users = field(default_factory=Users)
 
     @property
     def info(self) -> ModelInfo:
@@ -69,14 +97,14 @@ class Pipeline:
         once decoded, so that the encoded bytes are not held while the model runs."""
         self.check_count(len(files))
         # The body has been read: only now does the request take an admission slot, so slow uploads hold none.
-        with self.admission.slot():
+        with self.users.one(), self.admission.slot():
             self.batcher.check_capacity(len(files))  # refuse an overload before spending time on decoding
             return await _unless_gone(client_gone, self._decode_and_run(files))
 
     async def classify_pixels(self, images: np.ndarray, client_gone: ClientGone) -> Classified:
         """Classify `images`, uint8 [N, height, width, 3] at the model's input size (checked by the caller)."""
         self.check_count(len(images))
-        with self.admission.slot():
+        with self.users.one(), self.admission.slot():
             self.batcher.check_capacity(len(images))
             return await _unless_gone(client_gone, self._run(images))
 
@@ -93,7 +121,7 @@ class Pipeline:
 
     async def _run(self, images: np.ndarray) -> Classified:
         timing = RequestTiming()
-        return Classified(await self.batcher.enqueue(images, timing), timing)
+        return Classified(await self.batcher.enqueue(images, timing), timing, self.info)
 
 
 async def _unless_gone(client_gone: ClientGone, work: Coroutine[None, None, Classified]) -> Classified:

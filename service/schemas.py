@@ -22,10 +22,11 @@ class Prediction(BaseModel):
 
 
 class ModelRef(BaseModel):
-    """Which model answered."""
+    """Which model answered (also in the X-Model header, `name/version/digest`)."""
 
     name: str
     version: str
+    digest: str = Field(description="the first 12 hex digits of the model file's SHA-256")
 
 
 class PredictResponse(BaseModel):
@@ -35,7 +36,7 @@ class PredictResponse(BaseModel):
         json_schema_extra={
             "examples": [
                 {
-                    "model": {"name": "cifar10-resnet9", "version": "3.0.0"},
+                    "model": {"name": "cifar10-resnet9", "version": "3.0.0", "digest": "4f3c2a1b9e8d"},
                     "predictions": [
                         {
                             "filename": "cat.jpg",
@@ -63,10 +64,16 @@ class ModelStatus(BaseModel):
     status: str
     model: str | None
     version: str | None
+    digest: str | None = None
     provider: str | None
 
 
-SERVED_EXAMPLE = {"model": "cifar10-resnet9", "version": "3.0.0", "provider": "CPUExecutionProvider"}
+SERVED_EXAMPLE = {
+    "model": "cifar10-resnet9",
+    "version": "3.0.0",
+    "digest": "4f3c2a1b9e8d",
+    "provider": "CPUExecutionProvider",
+}
 
 
 class HealthResponse(ModelStatus):
@@ -103,6 +110,7 @@ class ModelMetadataResponse(BaseModel):
                 {
                     "name": "cifar10-resnet9",
                     "version": "3.0.0",
+                    "digest": "4f3c2a1b9e8d",
                     "input": {
                         "name": "image",
                         "shape": [None, 32, 32, 3],
@@ -128,6 +136,7 @@ class ModelMetadataResponse(BaseModel):
 
     name: str
     version: str
+    digest: str
     input: TensorSpec
     output: TensorSpec
     labels: list[str]

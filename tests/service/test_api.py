@@ -38,7 +38,8 @@ def test_predict_one_image(client: TestClient, bundled_model: Path) -> None:
     assert response.status_code == 200, response.text
     body = response.json()
     info = OnnxModel(bundled_model).info
-    assert body["model"] == {"name": info.name, "version": info.version}
+    assert body["model"] == {"name": info.name, "version": info.version, "digest": info.digest}
+    assert response.headers["x-model"] == f"{info.name}/{info.version}/{info.digest}"
     (prediction,) = body["predictions"]
     assert prediction["filename"] == "cat.jpg"
     assert prediction["label"] in info.labels

@@ -31,6 +31,7 @@ DECLARATIONS = {
     "service.open_inference._MODEL_ERRORS",
     "service.open_inference._INFER_ERRORS",
     "service.open_inference._OTHER_ERRORS",
+    "service.open_inference._REPOSITORY_ERRORS",
     "service.schemas.SERVED_EXAMPLE",
 }
 """Dicts handed to FastAPI to describe routes in the OpenAPI schema: read when the schema is built, never changed."""

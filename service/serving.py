@@ -1,0 +1,238 @@
+"""The served model, and how a new one takes its place without a request refused or failed.
+
+A new model file is loaded and checked off the request path (in a thread): ONNX Runtime opens it, its input is the
+served model's size, it has labels, it runs at every warm-up batch size and on the sample images shipped with the
+service. Only then does it get a pipeline of its own (its own batcher) and become the one new requests take. A
+request keeps the pipeline it took until it is answered, so no request mixes two models, and the old pipeline is
+retired once its last request is done: its batcher stopped, its session closed and its memory given back. A model
+that fails a check is refused with one log line, a metric and an error to the caller; the old one keeps serving.
+At most one load runs at a time: another is refused while it does."""
+
+import asyncio
+import ctypes
+import ctypes.util
+import dataclasses
+import gc
+import logging
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from service.errors import LoadInProgress, ModelLoadError, ModelRefused, NotReady, ProviderUnavailable, ServiceError
+from service.imaging import decode_image
+from service.inference import ModelInfo, OnnxModel
+from service.lifecycle import DrainState
+from service.limits import Admission
+from service.pipeline import Pipeline
+
+log = logging.getLogger(__name__)
+
+SAMPLES = Path(__file__).parent / "samples"
+"""Ten CIFAR-10 test images, one per class, named by their label: every new model must classify them."""
+CIFAR10_LABELS = ("airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck")
+
+
+@dataclass(frozen=True, kw_only=True)
+class LoadOptions:
+    """How a model file is opened and checked, from the settings."""
+
+    providers: tuple[str, ...]
+    intra_op_threads: int
+    inter_op_threads: int
+    intra_op_spinning: bool
+    require_gpu: bool
+    warm_up_sizes: tuple[int, ...]
+    name: str | None
+    """Served under this name rather than the model's own (CLASSIFIER_MODEL_NAME)."""
+
+
+def load_checked(path: Path, options: LoadOptions, serving: ModelInfo | None = None) -> OnnxModel:
+    """Open the model at `path` and check it can take the place of `serving` (if any); ModelLoadError (or
+    ProviderUnavailable) naming what is wrong otherwise. Runs in a thread: nothing here is on the request path."""
+    model = OnnxModel(
+        path,
+        providers=options.providers,
+        intra_op_threads=options.intra_op_threads,
+        inter_op_threads=options.inter_op_threads,
+        intra_op_spinning=options.intra_op_spinning,
+        require_gpu=options.require_gpu,
+    )
+    try:
+        info = model.info
+        if serving is not None and (info.height, info.width) != (serving.height, serving.width):
+            raise ModelLoadError(
+                f"{path} takes {info.height}x{info.width} images; the service serves {serving.height}x{serving.width} "
+                "(clients send that size): restart the service to change the input size"
+            )
+        try:
+            model.warm_up(options.warm_up_sizes)
+        except ServiceError as error:
+            raise ModelLoadError(f"{path} failed its warm-up: {error.detail}") from None
+        if serving is not None:  # a swap; at start the model is checked as it always was
+            _classify_samples(model)
+        if options.name:
+            model.info = dataclasses.replace(info, name=options.name)
+        return model
+    except BaseException:
+        model.close()
+        raise
+
+
+def _classify_samples(model: OnnxModel) -> None:
+    """Run the model on the shipped sample images: every row must be probabilities, and a model of CIFAR-10's
+    labels must get at least half of them right (a broken export gets about one in ten)."""
+    files = sorted(SAMPLES.glob("*.jpg"))
+    size = (model.info.height, model.info.width)
+    images = np.stack(
+        [decode_image(path.read_bytes(), filename=path.name, size=size, max_pixels=2**20) for path in files]
+    )
+    try:
+        probabilities = model.predict(images)
+    except ServiceError as error:
+        raise ModelLoadError(f"{model.info.path} failed on the sample images: {error.detail}") from None
+    if probabilities.shape != (len(files), len(model.info.labels)) or not np.isfinite(probabilities).all():
+        raise ModelLoadError(f"{model.info.path} gave no valid answer for the sample images: {probabilities.shape}")
+    if (probabilities < -1e-6).any() or not np.allclose(probabilities.sum(axis=1), 1, atol=1e-3):
+        raise ModelLoadError(f"{model.info.path} does not answer probabilities (rows must be >= 0 and sum to 1)")
+    if tuple(model.info.labels) == CIFAR10_LABELS:
+        right = sum(
+            model.info.labels[row.argmax()] == path.stem for row, path in zip(probabilities, files, strict=True)
+        )
+        if right < len(files) / 2:
+            raise ModelLoadError(
+                f"{model.info.path} classifies {right} of the {len(files)} sample images right: a CIFAR-10 model gets "
+                "most of them (an export that lost its preprocessing gets about one)"
+            )
+
+
+def release_memory() -> None:
+    """Give freed memory back to the system (glibc keeps it in its arenas otherwise): after a session closes."""
+    gc.collect()
+    libc = ctypes.util.find_library("c")
+    if libc:
+        ctypes.CDLL(libc).malloc_trim(0)
+
+
+class Serving:
+    """The app's serving state: the pipeline new requests take (None until a model is loaded, and after an
+    unload), whether warm-up passed, the drain state; and the swap of one model for another."""
+
+    def __init__(
+        self,
+        *,
+        drain: DrainState,
+        admission: Admission,
+        options: LoadOptions | None = None,
+        make_pipeline: Callable[[OnnxModel], Pipeline] | None = None,
+        on_swap: Callable[[ModelInfo, ModelInfo | None], None] = lambda new, old: None,
+        retire_timeout_s: float = 30.0,
+    ) -> None:
+        self.drain = drain
+        self.admission = admission
+        self.options = options
+        self.make_pipeline = make_pipeline
+        self.on_swap = on_swap
+        self.retire_timeout_s = retire_timeout_s
+        self.pipeline: Pipeline | None = None
+        self.ready = False
+        self.source: Path | None = None
+        """The file the served model was loaded from."""
+        self.loaded_as: str | None = None
+        """The repository name the served model was loaded under, if it came through the repository API."""
+        self.loading: Path | None = None
+        self._retiring: set[asyncio.Task[None]] = set()
+
+    @property
+    def model(self) -> OnnxModel | None:
+        return self.pipeline.model if self.pipeline else None
+
+    def serving_pipeline(self) -> Pipeline:
+        """The pipeline a request starts with now, or NotReady (503) while there is none."""
+        if not self.ready or self.pipeline is None:
+            raise NotReady("the model is not loaded yet")
+        return self.pipeline
+
+    def answers_to(self, name: str) -> bool:
+        """Whether `name` is the served model's: its own name, or the repository name it was loaded under."""
+        info = self.pipeline.info if self.pipeline else None
+        return info is not None and name in (info.name, self.loaded_as)
+
+    @property
+    def serving(self) -> bool:
+        """Loaded, warmed up, inference running and not draining: what readiness reports."""
+        running = self.pipeline is not None and self.pipeline.batcher.running
+        return self.ready and running and not self.drain.draining
+
+    async def swap(self, path: Path, *, loaded_as: str | None = None) -> ModelInfo:
+        """Load the model at `path` off the request path, check it, and make it the one new requests take; the old
+        one finishes what it has and is released. ModelRefused (the old one still serving) or LoadInProgress."""
+        if self.loading is not None:
+            raise LoadInProgress(f"a model is being loaded ({self.loading}); try again once it is done")
+        if self.options is None or self.make_pipeline is None:
+            raise ModelRefused("this app was built without model loading")
+        self.loading = path
+        try:
+            serving = self.pipeline.info if self.pipeline else None
+            model = await asyncio.to_thread(load_checked, path, self.options, serving)
+        except (ModelLoadError, ProviderUnavailable) as error:
+            log.error("event=model_refused path=%s reason=%s", path, error)
+            raise ModelRefused(f"the model was not loaded: {error}; {self._still()}") from None
+        finally:
+            self.loading = None
+        old = self.pipeline
+        self.pipeline = self.make_pipeline(model)
+        self.source, self.loaded_as = path, loaded_as
+        self.ready = True
+        info = self.pipeline.info
+        log.info(
+            "event=model_swapped name=%s version=%s digest=%s previous=%s",
+            info.name, info.version, info.digest, old.info.digest if old else None,
+        )  # fmt: skip
+        self.on_swap(info, old.info if old else None)
+        if old is not None:
+            self._retire(old)
+        return info
+
+    def unload(self) -> ModelInfo | None:
+        """Stop serving the model (readiness then says 503 until a model is loaded); the model finishes what it has
+        and is released. Returns what was served, if anything."""
+        old, self.pipeline, self.ready = self.pipeline, None, False
+        self.source = self.loaded_as = None
+        if old is not None:
+            log.info(
+                "event=model_unloaded name=%s version=%s digest=%s", old.info.name, old.info.version, old.info.digest
+            )
+            self._retire(old)
+        return old.info if old else None
+
+    async def close(self, timeout_s: float) -> None:
+        """At shutdown: the served pipeline and any still retiring finish their requests (within `timeout_s`)."""
+        self.ready = False
+        if self.pipeline is not None:
+            await self.pipeline.batcher.stop(timeout=timeout_s)
+            self.pipeline.model.close()
+            self.pipeline = None
+        if self._retiring:
+            await asyncio.wait(self._retiring, timeout=timeout_s)
+
+    def _still(self) -> str:
+        info = self.pipeline.info if self.pipeline else None
+        return f"still serving {info.name} {info.version} ({info.digest})" if info else "no model is served"
+
+    def _retire(self, old: Pipeline) -> None:
+        task = asyncio.get_running_loop().create_task(self._retired(old), name="retire-model")
+        self._retiring.add(task)
+        task.add_done_callback(self._retiring.discard)
+
+    async def _retired(self, old: Pipeline) -> None:
+        """Once the old pipeline's last request is answered: stop its batcher, close its session, free memory."""
+        try:
+            await asyncio.wait_for(old.users.idle(), self.retire_timeout_s)
+        except TimeoutError:
+            log.warning("event=model_retired_with_requests users=%d", old.users.count)
+        await old.batcher.stop(timeout=self.retire_timeout_s)
+        old.model.close()
+        del old
+        await asyncio.to_thread(release_memory)
