@@ -117,6 +117,7 @@ def create_app(settings: Settings | None = None, drain: DrainState | None = None
 
         state.options, state.make_pipeline = options, make_pipeline
         state.pipeline, state.source = make_pipeline(model), settings.model_path
+        state.loaded_as = settings.model_path.stem  # its name in a repository of its folder
         metrics.served(model_labels(model.info), None)
         app.state.json_parser = open_inference.json_parser()
         state.ready = True
@@ -152,10 +153,16 @@ def create_app(settings: Settings | None = None, drain: DrainState | None = None
         _declare_api_key(app, settings.api_key_header)
     app.state.settings = settings
     admission = Admission(limit=settings.max_concurrent_requests, drain=drain)
+
+    def swapped(new: ModelInfo, old: ModelInfo | None) -> None:
+        metrics.served(model_labels(new), model_labels(old) if old else None)
+        metrics.model_loads.labels("swapped").inc()
+
     app.state.serving = Serving(
         drain=drain,
         admission=admission,
-        on_swap=lambda new, old: metrics.served(model_labels(new), model_labels(old) if old else None),
+        on_swap=lambda new, old: swapped(new, old),
+        on_refused=lambda: metrics.model_loads.labels("refused").inc(),
         retire_timeout_s=settings.request_timeout_s or 30.0,
     )
     app.state.metrics = metrics

@@ -127,6 +127,7 @@ class Serving:
         options: LoadOptions | None = None,
         make_pipeline: Callable[[OnnxModel], Pipeline] | None = None,
         on_swap: Callable[[ModelInfo, ModelInfo | None], None] = lambda new, old: None,
+        on_refused: Callable[[], None] = lambda: None,
         retire_timeout_s: float = 30.0,
     ) -> None:
         self.drain = drain
@@ -134,6 +135,7 @@ class Serving:
         self.options = options
         self.make_pipeline = make_pipeline
         self.on_swap = on_swap
+        self.on_refused = on_refused
         self.retire_timeout_s = retire_timeout_s
         self.pipeline: Pipeline | None = None
         self.ready = False
@@ -178,6 +180,7 @@ class Serving:
             model = await asyncio.to_thread(load_checked, path, self.options, serving)
         except (ModelLoadError, ProviderUnavailable) as error:
             log.error("event=model_refused path=%s reason=%s", path, error)
+            self.on_refused()
             raise ModelRefused(f"the model was not loaded: {error}; {self._still()}") from None
         finally:
             self.loading = None
