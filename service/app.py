@@ -32,19 +32,13 @@ from service.limits import Admission, ApiKeys, BodyBudget
 from service.logs import configure_logging
 from service.metrics import MULTIPROCESS_ENV, Metrics, ModelLabels
 from service.pipeline import ImageLimits, Pipeline
-from service.serving import LoadOptions, Serving, load_checked
+from service.serving import Serving, load_checked
 from service.telemetry import Telemetry
 
 log = logging.getLogger(__name__)
 
 # Decoder processes per server process: enough to keep the cores busy; the memory budget, not this, bounds memory.
 DECODE_PROCESSES = min(4, os.cpu_count() or 1)
-
-
-def warm_up_sizes(max_batch_size: int) -> list[int]:
-    """Batch sizes run once before readiness: powers of two below the largest batch, and the largest itself."""
-    sizes = [size for size in (1, 2, 4, 8, 16, 32, 64, 128, 256, 512) if size < max_batch_size]
-    return [*sizes, max_batch_size]
 
 
 def constant_answer(classes: int) -> Callable[[np.ndarray], np.ndarray]:
@@ -81,9 +75,8 @@ def create_app(settings: Settings | None = None, drain: DrainState | None = None
                 cpu_seconds=settings.decode_cpu_limit_s,
             )
         )
-        options = load_options(settings)
         try:
-            model = await asyncio.to_thread(load_checked, settings.model_path, options, None)
+            model = await asyncio.to_thread(load_checked, settings.model_path, settings, None)
         except (ModelLoadError, ProviderUnavailable, ServiceError) as error:
             log.error("event=startup_failed model_path=%s reason=%s", settings.model_path, error)
             with contextlib.suppress(Exception):
@@ -115,7 +108,7 @@ def create_app(settings: Settings | None = None, drain: DrainState | None = None
             batcher.start()
             return Pipeline(model=model, batcher=batcher, decoder=decoder, admission=state.admission, limits=limits)
 
-        state.options, state.make_pipeline = options, make_pipeline
+        state.settings, state.make_pipeline = settings, make_pipeline
         state.pipeline, state.source = make_pipeline(model), settings.model_path
         state.loaded_as = settings.model_path.stem  # its name in a repository of its folder
         metrics.served(model_labels(model.info), None)
@@ -188,19 +181,6 @@ def create_app(settings: Settings | None = None, drain: DrainState | None = None
     )
     _install_error_handlers(app, refused)
     return app
-
-
-def load_options(settings: Settings) -> LoadOptions:
-    """How model files are opened and checked, at start and on every swap."""
-    return LoadOptions(
-        providers=settings.providers,
-        intra_op_threads=settings.intra_op_threads,
-        inter_op_threads=settings.inter_op_threads,
-        intra_op_spinning=settings.intra_op_spinning,
-        require_gpu=settings.require_gpu,
-        warm_up_sizes=tuple(warm_up_sizes(settings.max_batch_size)),
-        name=settings.model_name,
-    )
 
 
 def model_labels(info: ModelInfo) -> ModelLabels:

@@ -15,11 +15,12 @@ import dataclasses
 import gc
 import logging
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 
+from service.config import Settings
 from service.errors import LoadInProgress, ModelLoadError, ModelRefused, NotReady, ProviderUnavailable, ServiceError
 from service.imaging import decode_image
 from service.inference import ModelInfo, OnnxModel
@@ -31,33 +32,28 @@ log = logging.getLogger(__name__)
 
 SAMPLES = Path(__file__).parent / "samples"
 """Ten CIFAR-10 test images, one per class, named by their label: every new model must classify them."""
+WARM_UP_SIZES = (1, 2, 4, 8, 16, 32, 64, 128, 256, 512)
+
+
+def warm_up_sizes(max_batch_size: int) -> list[int]:
+    """Batch sizes run once before a model serves: powers of two below the largest batch, and the largest."""
+    return [*(size for size in WARM_UP_SIZES if size < max_batch_size), max_batch_size]
+
+
 CIFAR10_LABELS = ("airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck")
 
 
-@dataclass(frozen=True, kw_only=True)
-class LoadOptions:
-    """How a model file is opened and checked, from the settings."""
-
-    providers: tuple[str, ...]
-    intra_op_threads: int
-    inter_op_threads: int
-    intra_op_spinning: bool
-    require_gpu: bool
-    warm_up_sizes: tuple[int, ...]
-    name: str | None
-    """Served under this name rather than the model's own (CLASSIFIER_MODEL_NAME)."""
-
-
-def load_checked(path: Path, options: LoadOptions, serving: ModelInfo | None = None) -> OnnxModel:
-    """Open the model at `path` and check it can take the place of `serving` (if any); ModelLoadError (or
-    ProviderUnavailable) naming what is wrong otherwise. Runs in a thread: nothing here is on the request path."""
+def load_checked(path: Path, settings: Settings, serving: ModelInfo | None = None) -> OnnxModel:
+    """Open the model at `path` as `settings` say and check it can take the place of `serving` (if any);
+    ModelLoadError (or ProviderUnavailable) naming what is wrong otherwise. Runs in a thread: nothing here is on the
+    request path."""
     model = OnnxModel(
         path,
-        providers=options.providers,
-        intra_op_threads=options.intra_op_threads,
-        inter_op_threads=options.inter_op_threads,
-        intra_op_spinning=options.intra_op_spinning,
-        require_gpu=options.require_gpu,
+        providers=settings.providers,
+        intra_op_threads=settings.intra_op_threads,
+        inter_op_threads=settings.inter_op_threads,
+        intra_op_spinning=settings.intra_op_spinning,
+        require_gpu=settings.require_gpu,
     )
     try:
         info = model.info
@@ -67,13 +63,13 @@ def load_checked(path: Path, options: LoadOptions, serving: ModelInfo | None = N
                 "(clients send that size): restart the service to change the input size"
             )
         try:
-            model.warm_up(options.warm_up_sizes)
+            model.warm_up(warm_up_sizes(settings.max_batch_size))
         except ServiceError as error:
             raise ModelLoadError(f"{path} failed its warm-up: {error.detail}") from None
         if serving is not None:  # a swap; at start the model is checked as it always was
             _classify_samples(model)
-        if options.name:
-            model.info = dataclasses.replace(info, name=options.name)
+        if settings.model_name:
+            model.info = dataclasses.replace(info, name=settings.model_name)
         return model
     except BaseException:
         model.close()
@@ -115,36 +111,27 @@ def release_memory() -> None:
         ctypes.CDLL(libc).malloc_trim(0)
 
 
+@dataclass(eq=False, kw_only=True)
 class Serving:
     """The app's serving state: the pipeline new requests take (None until a model is loaded, and after an
-    unload), whether warm-up passed, the drain state; and the swap of one model for another."""
+    unload), whether warm-up passed, the drain state; and the swap of one model for another. `settings` and
+    `make_pipeline` are set once the app starts (its lifespan)."""
 
-    def __init__(
-        self,
-        *,
-        drain: DrainState,
-        admission: Admission,
-        options: LoadOptions | None = None,
-        make_pipeline: Callable[[OnnxModel], Pipeline] | None = None,
-        on_swap: Callable[[ModelInfo, ModelInfo | None], None] = lambda new, old: None,
-        on_refused: Callable[[], None] = lambda: None,
-        retire_timeout_s: float = 30.0,
-    ) -> None:
-        self.drain = drain
-        self.admission = admission
-        self.options = options
-        self.make_pipeline = make_pipeline
-        self.on_swap = on_swap
-        self.on_refused = on_refused
-        self.retire_timeout_s = retire_timeout_s
-        self.pipeline: Pipeline | None = None
-        self.ready = False
-        self.source: Path | None = None
-        """The file the served model was loaded from."""
-        self.loaded_as: str | None = None
-        """The repository name the served model was loaded under, if it came through the repository API."""
-        self.loading: Path | None = None
-        self._retiring: set[asyncio.Task[None]] = set()
+    drain: DrainState
+    admission: Admission
+    settings: Settings | None = None
+    make_pipeline: Callable[[OnnxModel], Pipeline] | None = None
+    on_swap: Callable[[ModelInfo, ModelInfo | None], None] = lambda new, old: None
+    on_refused: Callable[[], None] = lambda: None
+    retire_timeout_s: float = 30.0
+    pipeline: Pipeline | None = None
+    ready: bool = False
+    source: Path | None = None
+    """The file the served model was loaded from."""
+    loaded_as: str | None = None
+    """The name the served model was loaded under in its repository (its file's stem)."""
+    loading: Path | None = None
+    _retiring: set[asyncio.Task[None]] = field(default_factory=set)
 
     @property
     def model(self) -> OnnxModel | None:
@@ -172,12 +159,12 @@ class Serving:
         one finishes what it has and is released. ModelRefused (the old one still serving) or LoadInProgress."""
         if self.loading is not None:
             raise LoadInProgress(f"a model is being loaded ({self.loading}); try again once it is done")
-        if self.options is None or self.make_pipeline is None:
+        if self.settings is None or self.make_pipeline is None:
             raise ModelRefused("this app was built without model loading")
         self.loading = path
         try:
             serving = self.pipeline.info if self.pipeline else None
-            model = await asyncio.to_thread(load_checked, path, self.options, serving)
+            model = await asyncio.to_thread(load_checked, path, self.settings, serving)
         except (ModelLoadError, ProviderUnavailable) as error:
             log.error("event=model_refused path=%s reason=%s", path, error)
             self.on_refused()

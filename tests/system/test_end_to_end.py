@@ -27,6 +27,8 @@ def server(tiny_run: Path, tmp_path: Path) -> Iterator[str]:
 
 def test_real_server_classifies_uploaded_png_and_jpeg(server: str) -> None:
     health = httpx.get(f"{server}/health").json()
+    digest = health.pop("digest")
+    assert re.fullmatch(r"[0-9a-f]{12}", digest)  # of the model file
     assert health == {
         "status": "ok",
         "model": "tiny-colours",
@@ -42,7 +44,7 @@ def test_real_server_classifies_uploaded_png_and_jpeg(server: str) -> None:
     response = httpx.post(f"{server}/predict", files=uploads, timeout=30)
     assert response.status_code == 200, response.text
     body = response.json()
-    assert body["model"] == {"name": "tiny-colours", "version": "test-1"}
+    assert body["model"] == {"name": "tiny-colours", "version": "test-1", "digest": digest}
     assert [p["filename"] for p in body["predictions"]] == ["red.png", "blue.jpg", "green.jpg"]
     assert [p["label"] for p in body["predictions"]] == ["red", "blue", "green"]
     for prediction in body["predictions"]:
