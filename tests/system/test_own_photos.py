@@ -72,7 +72,8 @@ def test_the_walkthrough_turns_a_folder_of_photos_into_a_served_model(tmp_path: 
         else:  # the same request, where curl is missing
             files = {"files": ("new-photo.jpg", (tmp_path / "new-photo.jpg").read_bytes())}
             answer = httpx.post(f"http://127.0.0.1:{port}/predict", files=files, timeout=60).json()
-    assert answer["model"] == {"name": "photos", "version": "1"}
+    assert answer["model"] | {"digest": "-"} == {"name": "photos", "version": "1", "digest": "-"}
+    assert len(answer["model"]["digest"]) == 12
     assert answer["predictions"][0]["label"] == "leaves"
     assert {entry["label"] for entry in answer["predictions"][0]["top_k"]} == set(PHOTO_CLASSES)
     assert "WARNING" not in (tmp_path / "server.log").read_text()  # the CPU build is no cause for a warning
