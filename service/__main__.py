@@ -3,6 +3,7 @@
 import logging
 import os
 import shutil
+import signal
 import socket
 import sys
 import tempfile
@@ -28,6 +29,8 @@ UVICORN_GRACE_S = 2
 def main() -> None:
     """Start the server. A mistake found before serving (an invalid setting, a model path that holds no ONNX model,
     a port in use) exits with status 2 and one line saying what is wrong and what to do."""
+    # SIGHUP reloads the model once the app runs; before that (and after), it must not end the process
+    signal.signal(signal.SIGHUP, signal.SIG_IGN)
     try:
         settings = load_settings()
         check_model_file(settings.model_path)

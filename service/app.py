@@ -23,7 +23,14 @@ from service.asgi import JsonResponse
 from service.batching import Batcher
 from service.config import Settings, load_settings
 from service.error_responses import from_starlette, http_status, render
-from service.errors import InvalidRequest, ModelLoadError, ProviderUnavailable, ServiceError
+from service.errors import (
+    InvalidRequest,
+    LoadInProgress,
+    ModelLoadError,
+    ModelRefused,
+    ProviderUnavailable,
+    ServiceError,
+)
 from service.gateway import Gateway
 from service.imaging import Decoder, configure_pillow
 from service.inference import ModelInfo, OnnxModel
@@ -110,6 +117,7 @@ def create_app(settings: Settings | None = None, drain: DrainState | None = None
 
         state.settings, state.make_pipeline = settings, make_pipeline
         state.pipeline, state.source = make_pipeline(model), settings.model_path
+        state.size = model.info.height, model.info.width
         state.loaded_as = settings.model_path.stem  # its name in a repository of its folder
         metrics.served(model_labels(model.info), None)
         app.state.json_parser = open_inference.json_parser()
@@ -156,6 +164,7 @@ def create_app(settings: Settings | None = None, drain: DrainState | None = None
         admission=admission,
         on_swap=lambda new, old: swapped(new, old),
         on_refused=lambda: metrics.model_loads.labels("refused").inc(),
+        on_unload=lambda old: metrics.model_info.labels(*model_labels(old)).set(0),
         retire_timeout_s=settings.request_timeout_s or 30.0,
     )
     app.state.metrics = metrics
@@ -189,11 +198,15 @@ def model_labels(info: ModelInfo) -> ModelLabels:
 
 class _Reloads:
     """SIGHUP's handler while the app runs: each signal loads the model at the configured path again (a swap;
-    with several workers the supervisor passes the signal to each)."""
+    with several workers the supervisor passes the signal to each). A signal that comes while a load runs is kept:
+    one more reload follows that load, so the file's latest state is what ends up served. Before the app runs and
+    after, SIGHUP is ignored (`python -m service` and the supervisor set that), never the default that ends the
+    process."""
 
     def __init__(self, state: Serving, path: Path) -> None:
         self.state, self.path = state, path
-        self.tasks: set[asyncio.Task[None]] = set()
+        self.task: asyncio.Task[None] | None = None
+        self.pending = False
         self.loop = asyncio.get_running_loop()
         try:
             self.loop.add_signal_handler(signal.SIGHUP, self._signalled)
@@ -202,18 +215,30 @@ class _Reloads:
             self.installed = False
 
     def _signalled(self) -> None:
+        self.pending = True
+        if self.task is not None and not self.task.done():
+            log.info("event=reload_requested signal=SIGHUP path=%s queued=after_the_load_in_progress", self.path)
+            return
         log.info("event=reload_requested signal=SIGHUP path=%s", self.path)
-        task = self.loop.create_task(self._reload())
-        self.tasks.add(task)
-        task.add_done_callback(self.tasks.discard)
+        self.task = self.loop.create_task(self._reload())
 
     async def _reload(self) -> None:
-        with contextlib.suppress(ServiceError):  # refused or already loading: logged by the swap
-            await self.state.swap(self.path)
+        while self.pending:
+            self.pending = False
+            try:
+                await self.state.swap(self.path)
+            except LoadInProgress:  # a load through the API: this reload follows it
+                self.pending = True
+                await asyncio.sleep(0.1)
+            except ModelRefused:  # logged by the swap
+                pass
+            except ServiceError as error:  # shutting down
+                log.warning("event=reload_not_done reason=%s", error.detail)
 
     def close(self) -> None:
         if self.installed:
             self.loop.remove_signal_handler(signal.SIGHUP)
+            signal.signal(signal.SIGHUP, signal.SIG_IGN)
 
 
 def worker_app(drain: DrainState) -> FastAPI:

@@ -3,6 +3,8 @@
 import hashlib
 import json
 import logging
+import os
+import stat
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -56,12 +58,7 @@ class OnnxModel:
         require_gpu: bool = False,
     ) -> None:
         path = Path(path)
-        try:  # read once: the session and the digest come from the same bytes, whatever happens to the file after
-            data = path.read_bytes()
-        except FileNotFoundError:
-            raise ModelLoadError(f"model file {path} does not exist") from None
-        except OSError as error:
-            raise ModelLoadError(f"model file {path} could not be read: {error.strerror}") from None
+        data = _read_model_file(path)  # once: the session and the digest come from the same bytes
         chosen = choose_providers(providers)
         options = ort.SessionOptions()
         options.intra_op_num_threads = intra_op_threads
@@ -111,6 +108,33 @@ class OnnxModel:
         """Run blank batches of each size, so no request pays for ONNX Runtime's lazy set-up of a shape."""
         for size in batch_sizes:
             self.predict(np.zeros((size, self.info.height, self.info.width, 3), dtype=np.uint8))
+
+
+MAX_MODEL_BYTES = 1 << 30
+"""The largest model file read (1 GiB): an image classifier of this service's kind is a few MB, and ONNX's own
+limit for a file without external data is 2 GB."""
+
+
+def _read_model_file(path: Path) -> bytes:
+    """The file's bytes, or ModelLoadError for a missing or unreadable file, one that is not a regular file (a FIFO
+    or a device would block or never end) or one over MAX_MODEL_BYTES."""
+    try:
+        descriptor = os.open(path, os.O_RDONLY | os.O_NONBLOCK)  # a FIFO opens at once, and is refused below
+    except FileNotFoundError:
+        raise ModelLoadError(f"model file {path} does not exist") from None
+    except OSError as error:
+        raise ModelLoadError(f"model file {path} could not be read: {error.strerror}") from None
+    with os.fdopen(descriptor, "rb") as file:
+        status = os.fstat(descriptor)
+        if not stat.S_ISREG(status.st_mode):
+            raise ModelLoadError(f"model file {path} is not a regular file")
+        if status.st_size > MAX_MODEL_BYTES:
+            raise ModelLoadError(f"model file {path} is {status.st_size} bytes; at most {MAX_MODEL_BYTES} are read")
+        os.set_blocking(descriptor, True)
+        data = file.read(MAX_MODEL_BYTES + 1)
+    if len(data) > MAX_MODEL_BYTES:  # it grew after it was looked at
+        raise ModelLoadError(f"model file {path} is over {MAX_MODEL_BYTES} bytes; at most that many are read")
+    return data
 
 
 def choose_providers(requested: tuple[str, ...]) -> tuple[str, ...]:

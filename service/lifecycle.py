@@ -174,7 +174,12 @@ class WorkerSupervisor(Multiprocess):
 
     def _new_worker(self) -> DrainingWorker:
         worker = DrainingWorker(self.config, self.sockets, self.app)
-        worker.start()
+        # Started with SIGHUP ignored (kept across the worker's exec, unlike a handler), until its app handles it
+        handler = signal.signal(signal.SIGHUP, signal.SIG_IGN)
+        try:
+            worker.start()
+        finally:
+            signal.signal(signal.SIGHUP, handler)
         return worker
 
     def init_processes(self) -> None:

@@ -470,6 +470,9 @@ async def infer(request: Request) -> Response:
         if parsed.pixels is None:
             del body  # the files are copies; binary pixels are a view of the body, which then stays (counted once)
     images = parsed.pixels if parsed.pixels is not None else parsed.files
+    # Asked again, with nothing awaited before classify() takes the model: another may have been swapped in during
+    # the upload, and a request names the model that must answer it (404 otherwise).
+    _model(request, params["model_name"], params.get("model_version"))
     classified = await classify(request, images)
     return response(parsed, classified.probabilities, classified.model)
 
@@ -532,7 +535,7 @@ def _entry(request: Request, name: str) -> Path:
     folder = _repository(request)
     path = folder / f"{name}.onnx"
     if not _ENTRY_NAME.fullmatch(name) or not path.is_file():
-        raise UnknownModel(f"the model repository ({folder}) has no model {name!r} (a file {name}.onnx)")
+        raise UnknownModel(f"the model repository has no model {name!r} (a file {name}.onnx)")
     return path
 
 

@@ -21,7 +21,15 @@ from pathlib import Path
 import numpy as np
 
 from service.config import Settings
-from service.errors import LoadInProgress, ModelLoadError, ModelRefused, NotReady, ProviderUnavailable, ServiceError
+from service.errors import (
+    LoadInProgress,
+    ModelLoadError,
+    ModelRefused,
+    NotReady,
+    ProviderUnavailable,
+    ServiceError,
+    ShuttingDown,
+)
 from service.imaging import decode_image
 from service.inference import ModelInfo, OnnxModel
 from service.lifecycle import DrainState
@@ -43,10 +51,10 @@ def warm_up_sizes(max_batch_size: int) -> list[int]:
 CIFAR10_LABELS = ("airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck")
 
 
-def load_checked(path: Path, settings: Settings, serving: ModelInfo | None = None) -> OnnxModel:
-    """Open the model at `path` as `settings` say and check it can take the place of `serving` (if any);
-    ModelLoadError (or ProviderUnavailable) naming what is wrong otherwise. Runs in a thread: nothing here is on the
-    request path."""
+def load_checked(path: Path, settings: Settings, size: tuple[int, int] | None = None) -> OnnxModel:
+    """Open the model at `path` as `settings` say; with the served input `size` (a swap), check it can take the
+    served model's place: that size, and the sample images. ModelLoadError (or ProviderUnavailable) naming what is
+    wrong otherwise. Runs in a thread: nothing here is on the request path."""
     model = OnnxModel(
         path,
         providers=settings.providers,
@@ -57,16 +65,16 @@ def load_checked(path: Path, settings: Settings, serving: ModelInfo | None = Non
     )
     try:
         info = model.info
-        if serving is not None and (info.height, info.width) != (serving.height, serving.width):
+        if size is not None and (info.height, info.width) != size:
             raise ModelLoadError(
-                f"{path} takes {info.height}x{info.width} images; the service serves {serving.height}x{serving.width} "
-                "(clients send that size): restart the service to change the input size"
+                f"{path} takes {info.height}x{info.width} images; the service serves {size[0]}x{size[1]} (clients "
+                "send that size): restart the service to change the input size"
             )
         try:
             model.warm_up(warm_up_sizes(settings.max_batch_size))
         except ServiceError as error:
             raise ModelLoadError(f"{path} failed its warm-up: {error.detail}") from None
-        if serving is not None:  # a swap; at start the model is checked as it always was
+        if size is not None:  # a swap; at start the model is checked as it always was
             _classify_samples(model)
         if settings.model_name:
             model.info = dataclasses.replace(info, name=settings.model_name)
@@ -131,6 +139,9 @@ class Serving:
     loaded_as: str | None = None
     """The name the served model was loaded under in its repository (its file's stem)."""
     loading: Path | None = None
+    size: tuple[int, int] | None = None
+    """The input size the service serves (height, width): the first model's, kept through swaps and unloads."""
+    on_unload: Callable[[ModelInfo], None] = lambda old: None
     _retiring: set[asyncio.Task[None]] = field(default_factory=set)
 
     @property
@@ -158,13 +169,14 @@ class Serving:
         """Load the model at `path` off the request path, check it, and make it the one new requests take; the old
         one finishes what it has and is released. ModelRefused (the old one still serving) or LoadInProgress."""
         if self.loading is not None:
-            raise LoadInProgress(f"a model is being loaded ({self.loading}); try again once it is done")
-        if self.settings is None or self.make_pipeline is None:
+            raise LoadInProgress(f"a model is being loaded ({self.loading.name}); try again once it is done")
+        if self.drain.draining:
+            raise ShuttingDown("the server is shutting down: no model is loaded now")
+        if self.settings is None or self.make_pipeline is None or self.size is None:
             raise ModelRefused("this app was built without model loading")
         self.loading = path
         try:
-            serving = self.pipeline.info if self.pipeline else None
-            model = await asyncio.to_thread(load_checked, path, self.settings, serving)
+            model = await asyncio.to_thread(load_checked, path, self.settings, self.size)
         except (ModelLoadError, ProviderUnavailable) as error:
             log.error("event=model_refused path=%s reason=%s", path, error)
             self.on_refused()
@@ -194,6 +206,7 @@ class Serving:
             log.info(
                 "event=model_unloaded name=%s version=%s digest=%s", old.info.name, old.info.version, old.info.digest
             )
+            self.on_unload(old.info)
             self._retire(old)
         return old.info if old else None
 

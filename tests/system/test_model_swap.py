@@ -188,25 +188,25 @@ def test_bad_new_models_are_refused_and_the_old_one_keeps_serving(bundled_model:
         os.kill(server.pid, signal.SIGHUP)
         wait_for(lambda: "does not exist" in (tmp_path / "server.log").read_text(), "the reload to be refused")
         assert httpx.post(f"{url}/predict", files=good).headers["x-model"] == served
-        # A load while another runs: the first reads a FIFO that nothing writes yet
-        fifo = repository / "served.onnx"
-        os.mkfifo(fifo)
+        # A FIFO where the model was: refused at once, not read until someone writes (it had held the load lock)
+        os.mkfifo(repository / "served.onnx")
         os.kill(server.pid, signal.SIGHUP)
-        # Once the signal is logged, the reload's task is queued ahead of any request sent after: it holds the load
-        wait_for(lambda: (tmp_path / "server.log").read_text().count("event=reload_requested") == 2, "the signal")
-        with pytest.raises(triton.InferenceServerException, match="a model is being loaded"):
-            client.load_model("no_labels")
-        with fifo.open("wb") as writer:
-            writer.write(moved.read_bytes())
-        wait_for(lambda: swaps_logged(tmp_path / "server.log", served) >= 1, "the blocked load to finish")
+        wait_for(lambda: "is not a regular file" in (tmp_path / "server.log").read_text(), "the FIFO to be refused")
         assert httpx.post(f"{url}/predict", files=good).headers["x-model"] == served
+        # After an unload, a new model is checked against the served input size and the samples all the same
+        client.unload_model("served")
+        for name in ("other_size", "wrong_answers"):
+            with pytest.raises(triton.InferenceServerException, match=re.escape(rows[name])):
+                client.load_model(name)
+        assert httpx.get(f"{url}/ready").status_code == 503
         refused = httpx.get(f"{url}/metrics").text
         client.close()
         growth = tree_rss_mb(server.pid) - rss
     log = (tmp_path / "server.log").read_text()
-    print(f"\n{len(rows) + 2} refusals; RSS growth {growth:.1f} MB; threads {threads} -> {threading.active_count()}")
-    assert f'classifier_model_loads_total{{result="refused"}} {len(rows) + 1}.0' in refused
-    assert log.count("event=model_refused") == len(rows) + 1  # the load refused as busy is not a refusal of a model
+    refusals = len(rows) + 2 + 2  # the table, the vanished file, the FIFO, the two after the unload
+    print(f"\n{refusals} refusals; RSS growth {growth:.1f} MB; threads {threads} -> {threading.active_count()}")
+    assert f'classifier_model_loads_total{{result="refused"}} {refusals}.0' in refused
+    assert log.count("event=model_refused") == refusals
     assert growth < 50
 
 
