@@ -176,9 +176,14 @@ class BoundedHttpToolsProtocol(HttpToolsProtocol):
         super().on_body(body)
 
     def on_message_complete(self) -> None:
-        """The request is whole: progress."""
+        """The request is whole: progress. If it was answered before its body was all here, what comes next is
+        the next request's head."""
         self._since_progress = 0
         super().on_message_complete()
+        if self.cycle is not None and self.cycle.response_complete and not self.pipeline:
+            self._in_head = True
+            self._head_bytes = 0
+            self._arm_head_timer()
 
     def on_headers_complete(self) -> None:
         """The head is whole: stop its clock and its byte count, and bound the pipeline."""
@@ -207,8 +212,10 @@ class BoundedHttpToolsProtocol(HttpToolsProtocol):
             return
         if self.pipeline:
             self.flow.pause_reading()
-        elif self.cycle is None or self.cycle.response_complete:
+        elif self.cycle is None or not self.cycle.more_body:
             self._in_head = True  # whatever comes next counts as the next request's head, and is timed as one
+        # else answered before its body was read (a 404, say): the rest of the body is still the body, not a head
+        # (it had been counted as one: 431); it has the head's time to arrive, then the connection is closed
         self._head_bytes = 0
         self._arm_head_timer()
 
@@ -219,6 +226,9 @@ class BoundedHttpToolsProtocol(HttpToolsProtocol):
 
     def _head_timed_out(self) -> None:
         self._head_timer = None
+        if self.cycle is not None and self.cycle.response_complete and self.cycle.more_body:
+            self.transport.close()  # answered, and the unread rest of its body still not here
+            return
         if (
             self.transport.is_closing()
             or not self._in_head

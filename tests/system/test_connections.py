@@ -160,3 +160,18 @@ def test_an_h2c_upgrade_request_is_answered_over_http_1_1(server: tuple[str, int
         )
         reply = read_all(connection)
     assert reply.startswith(b"HTTP/1.1 200 ")
+
+
+def test_a_body_still_arriving_after_its_answer_is_not_taken_for_the_next_head(server: tuple[str, int]) -> None:
+    """A request answered before its body was read (404 for an unknown model): the rest of the body, sent after the
+    answer, is read as the body it is, and the connection serves the next request (it had been counted as a head
+    and refused with 431)."""
+    body = b'{"inputs": []}' + b" " * 300_000
+    with connect(server[0]) as connection:
+        connection.sendall(b"POST /v2/models/nope/infer HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+                           b"Content-Length: %d\r\n\r\n" % len(body))  # fmt: skip
+        answer = connection.recv(65536)
+        assert answer.startswith(b"HTTP/1.1 404 "), answer
+        connection.sendall(body + b"GET /health HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+        rest = read_all(connection)
+    assert rest.startswith(b"HTTP/1.1 200 "), rest[:200]
