@@ -13,7 +13,7 @@ from pathlib import Path
 import httpx2 as httpx
 import pytest
 
-from tests.conftest import encode, noisy_image
+from tests.conftest import encode, noisy_image, read_response
 from tests.helpers import image_files, rss_mb, running_server_process
 
 LIMITS = {"head_timeout_s": "2", "write_timeout_s": "2", "max_connections": "200"}
@@ -170,8 +170,8 @@ def test_a_body_still_arriving_after_its_answer_is_not_taken_for_the_next_head(s
     with connect(server[0]) as connection:
         connection.sendall(b"POST /v2/models/nope/infer HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
                            b"Content-Length: %d\r\n\r\n" % len(body))  # fmt: skip
-        answer = connection.recv(65536)
-        assert answer.startswith(b"HTTP/1.1 404 "), answer
+        status, answer = read_response(connection)  # the whole answer, before the body is sent
+        assert (status, answer["code"]) == (404, "not_found"), answer
         connection.sendall(body + b"GET /health HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
         rest = read_all(connection)
     assert rest.startswith(b"HTTP/1.1 200 "), rest[:200]
