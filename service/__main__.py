@@ -13,7 +13,7 @@ from typing import Any
 import uvicorn
 
 from service.app import create_app, worker_app
-from service.config import Settings, SettingsError, load_settings
+from service.config import ENV_PREFIX, Settings, SettingsError, load_settings
 from service.connections import ConnectionLimits
 from service.lifecycle import DrainingServer, DrainState, WorkerApp, WorkerSupervisor
 from service.logs import configure_logging
@@ -26,9 +26,43 @@ log = logging.getLogger("service.main")
 UVICORN_GRACE_S = 2
 
 
-def main() -> None:
-    """Start the server. A mistake found before serving (an invalid setting, a model path that holds no ONNX model,
-    a port in use) exits with status 2 and one line saying what is wrong and what to do."""
+USAGE = f"""\
+Serve an ONNX image classifier over HTTP. It takes no arguments: every setting is an environment variable
+(or a line of a .env file in the current folder), for example
+
+  {ENV_PREFIX}MODEL_PATH=runs/pets/pets.onnx {ENV_PREFIX}PORT=9000 python -m service
+  {ENV_PREFIX}HOST=0.0.0.0 {ENV_PREFIX}WORKERS=2 {ENV_PREFIX}API_KEYS=key1,key2 python -m service
+
+docs/settings.md lists them all, with their defaults. An invalid one stops the start with one line naming it."""
+
+
+# Flags a user may try, as other servers spell them, and the setting each means.
+FLAG_ALIASES = {"model": "model_path", "bind": "host", "log": "log_level"}
+
+
+def check_arguments(arguments: list[str]) -> None:
+    """`--help` prints the usage; any argument is a mistake (a flag would otherwise be ignored silently, and the
+    server would start on the defaults): a flag that names a setting says which variable to set instead."""
+    if any(argument in ("-h", "--help") for argument in arguments):
+        print(USAGE)
+        raise SystemExit(0)
+    if not arguments:
+        return
+    flag = arguments[0].lstrip("-").partition("=")[0].replace("-", "_").lower()
+    flag = FLAG_ALIASES.get(flag, flag)
+    hint = f"; set {ENV_PREFIX}{flag.upper()} instead" if flag in Settings.model_fields else ""
+    print(
+        f"error: python -m service takes no arguments (got {arguments[0]!r}){hint}: settings are "
+        "environment variables (python -m service --help, docs/settings.md)",
+        file=sys.stderr,
+    )
+    raise SystemExit(2)
+
+
+def main(arguments: list[str] | None = None) -> None:
+    """Start the server. A mistake found before serving (an argument, an invalid setting, a model path that holds
+    no ONNX model, a port in use) exits with status 2 and one line saying what is wrong and what to do."""
+    check_arguments(sys.argv[1:] if arguments is None else arguments)
     # SIGHUP reloads the model once the app runs; before that (and after), it must not end the process
     signal.signal(signal.SIGHUP, signal.SIG_IGN)
     try:

@@ -119,3 +119,30 @@ def test_a_startup_mistake_is_one_line_with_a_hint_and_exit_2(mistake: Setup, ta
     assert line.startswith("error: "), line
     for part in said:
         assert part in line, line
+
+
+@pytest.mark.parametrize(
+    ("arguments", "variable"),
+    [(["--port", "9000"], "CLASSIFIER_PORT"), (["--model=pets.onnx"], "CLASSIFIER_MODEL_PATH"), (["serve"], None)],
+)
+def test_an_argument_is_refused_naming_the_variable_to_set(arguments: list[str], variable: str | None) -> None:
+    # Without this check the flag would be ignored and the server would start on the defaults.
+    result = subprocess.run(
+        [sys.executable, "-m", "service", *arguments], cwd=REPO, capture_output=True, text=True, timeout=120
+    )
+    output = result.stdout + result.stderr
+    assert result.returncode == 2, output
+    (line,) = output.splitlines()
+    assert line.startswith(f"error: python -m service takes no arguments (got {arguments[0]!r})"), line
+    assert "python -m service --help" in line
+    assert (f"set {variable} instead" in line) if variable else ("instead" not in line), line
+
+
+def test_help_says_settings_are_environment_variables_and_starts_nothing() -> None:
+    result = subprocess.run(
+        [sys.executable, "-m", "service", "--help"], cwd=REPO, capture_output=True, text=True, timeout=120
+    )
+    assert result.returncode == 0, result.stderr
+    assert "CLASSIFIER_PORT=9000 python -m service" in result.stdout
+    assert "docs/settings.md" in result.stdout
+    assert "event=listening" not in result.stdout + result.stderr
