@@ -20,6 +20,7 @@ from tests.helpers import running_server
 
 SAMPLE = sorted((REPO / "tests" / "data" / "cifar10-sample").rglob("*.jpg"))[:5]
 MODEL = "cifar10-resnet9"
+VERSION = json.loads((REPO / "models" / "default.card.json").read_text())["version"]  # the bundled model's
 
 
 @pytest.fixture(scope="module")
@@ -59,16 +60,16 @@ def test_health_and_metadata(client: triton.InferenceServerClient) -> None:
     assert client.is_server_live()
     assert client.is_server_ready()
     assert client.is_model_ready(MODEL)
-    assert client.is_model_ready(MODEL, "3.0.0")
+    assert client.is_model_ready(MODEL, VERSION)
     assert not client.is_model_ready("another-model")
     server = client.get_server_metadata()
     assert {"binary_tensor_data", "classification"} <= set(server["extensions"])
     model = client.get_model_metadata(MODEL)
-    assert model["versions"] == ["3.0.0"]
+    assert model["versions"] == [VERSION]
     assert model["inputs"] == [{"name": "image", "datatype": "UINT8", "shape": [-1, 32, 32, 3]}]
     assert model["outputs"] == [{"name": "probabilities", "datatype": "FP32", "shape": [-1, 10]}]
     assert "BYTES" in model["parameters"]["image_bytes"]
-    assert client.get_model_metadata(MODEL, "3.0.0") == model
+    assert client.get_model_metadata(MODEL, VERSION) == model
 
 
 @pytest.mark.parametrize("binary", [True, False], ids=["binary", "json"])
