@@ -30,6 +30,7 @@ from service.errors import (
     ModelRefused,
     ProviderUnavailable,
     ServiceError,
+    StartupFailed,
 )
 from service.gateway import Gateway
 from service.imaging import Decoder, configure_pillow
@@ -88,12 +89,12 @@ def create_app(settings: Settings | None = None, drain: DrainState | None = None
             log.error("event=startup_failed model_path=%s reason=%s", settings.model_path, error)
             with contextlib.suppress(Exception):
                 (await decoder_started).close()
-            raise
+            raise StartupFailed(str(error)) from error
         try:
             decoder = await decoder_started
         except OSError as error:  # e.g. no writable temporary folder for the forkserver's socket
             log.error("event=startup_failed reason=%s", f"the decoder processes could not start: {error!r}")
-            raise
+            raise StartupFailed(str(error)) from error
         limits = ImageLimits(
             max_images=settings.max_images_per_request,
             max_pixels=settings.max_image_pixels,

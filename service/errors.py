@@ -188,3 +188,8 @@ class ModelLoadError(Exception):
 
 class ProviderUnavailable(Exception):
     """A GPU was required (`require_gpu`) but ONNX Runtime could not use CUDA; fatal at startup."""
+
+
+class StartupFailed(Exception):
+    """The app could not start, and its reason is logged already (`event=startup_failed`): the server exits 3
+    without a traceback (service.gateway passes uvicorn no text to log)."""

@@ -8,13 +8,14 @@ Refusals are answered here, in JSON, before FastAPI reads a byte of the body."""
 import asyncio
 import contextlib
 import logging
+import sys
 import time
 from collections.abc import Callable
 
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from service.error_responses import render
-from service.errors import RequestTimedOut, ServiceError, ShuttingDown
+from service.errors import RequestTimedOut, ServiceError, ShuttingDown, StartupFailed
 from service.limits import Admission, ApiKeys, BodyBudget
 from service.telemetry import FIGURES_KEY, REQUEST_ID_HEADER, RequestFigures, Telemetry, request_id_from
 
@@ -24,6 +25,18 @@ Refused = Callable[[str], None]
 """Told the reason of each refusal (for metrics)."""
 
 _REQUEST_ID_KEY = REQUEST_ID_HEADER.lower().encode("latin-1")
+
+
+def quiet_startup_failure(send: Send) -> Send:
+    """`send` for the lifespan, without the traceback of a StartupFailed: Starlette sends its text with
+    `lifespan.startup.failed` (while handling the exception) and uvicorn logs it; the reason is logged already."""
+
+    async def send_without_traceback(message: Message) -> None:
+        if message["type"] == "lifespan.startup.failed" and isinstance(sys.exc_info()[1], StartupFailed):
+            message = {"type": message["type"], "message": ""}
+        await send(message)
+
+    return send_without_traceback
 
 
 class Gateway:
@@ -56,7 +69,7 @@ class Gateway:
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
-            await self.app(scope, receive, send)
+            await self.app(scope, receive, quiet_startup_failure(send) if scope["type"] == "lifespan" else send)
             return
         started = time.perf_counter()
         request_id = request_id_from(scope)

@@ -52,6 +52,7 @@ def test_an_unusable_model_file_stops_startup_with_a_message(fault: str, tmp_pat
     assert result.returncode != 0
     assert str(path) in result.stderr and problem in result.stderr
     assert "event=ready" not in result.stderr
+    assert "Traceback" not in result.stderr  # the reason is logged once, as event=startup_failed
 
 
 def test_with_several_workers_an_unusable_model_file_also_exits_non_zero(tmp_path: Path, bundled_model: Path) -> None:
@@ -60,6 +61,7 @@ def test_with_several_workers_an_unusable_model_file_also_exits_non_zero(tmp_pat
     result = start_and_wait(path, workers="2")
     assert result.returncode == 3
     assert problem in result.stderr and "event=ready" not in result.stderr
+    assert "Traceback" not in result.stderr
 
 
 def failing_model(path: Path) -> Path:
