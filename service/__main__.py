@@ -8,6 +8,7 @@ import socket
 import sys
 import tempfile
 from pathlib import Path
+from types import MappingProxyType
 from typing import Any
 
 import uvicorn
@@ -37,7 +38,7 @@ docs/settings.md lists them all, with their defaults. An invalid one stops the s
 
 
 # Flags a user may try, as other servers spell them, and the setting each means.
-FLAG_ALIASES = {"model": "model_path", "bind": "host", "log": "log_level"}
+FLAG_ALIASES = MappingProxyType({"model": "model_path", "bind": "host", "log": "log_level"})
 
 
 def check_arguments(arguments: list[str]) -> None:
