@@ -1,9 +1,11 @@
 """Model card: what a model is, how it was made, how good and how fast it is (markdown and JSON)."""
 
+import functools
 import hashlib
 import json
 import statistics
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -37,6 +39,17 @@ def card_paths(model: Path, out_dir: Path) -> CardPaths:
     )  # fmt: skip
 
 
+def median_seconds(call: Callable[[], object], seconds: float, at_least: int = 10) -> float:
+    """The median time of `call()`, called again and again for `seconds` (and at least `at_least` times)."""
+    times: list[float] = []
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline or len(times) < at_least:
+        started = time.perf_counter()
+        call()
+        times.append(time.perf_counter() - started)
+    return statistics.median(times)
+
+
 def measure_latency(
     onnx_path: Path, batch_sizes: tuple[int, ...] = (1, 8, 32, 64, 128), seconds: float = 3.0
 ) -> dict[str, Any]:
@@ -47,13 +60,7 @@ def measure_latency(
         images = np.random.default_rng(0).integers(0, 256, (batch, model.info.height, model.info.width, 3), np.uint8)
         for _ in range(5):
             model.predict(images)
-        times = []
-        deadline = time.monotonic() + seconds
-        while time.monotonic() < deadline or len(times) < 10:
-            started = time.perf_counter()
-            model.predict(images)
-            times.append(time.perf_counter() - started)
-        per_image[batch] = round(statistics.median(times) * 1000 / batch, 4)
+        per_image[batch] = round(median_seconds(functools.partial(model.predict, images), seconds) * 1000 / batch, 4)
     best = min(per_image, key=lambda batch: per_image[batch])
     return {
         "threads": 1,
