@@ -2,6 +2,7 @@
 
 import logging
 import os
+import reprlib
 import shutil
 import signal
 import socket
@@ -34,11 +35,19 @@ Serve an ONNX image classifier over HTTP. It takes no arguments: every setting i
   {ENV_PREFIX}MODEL_PATH=runs/pets/pets.onnx {ENV_PREFIX}PORT=9000 python -m service
   {ENV_PREFIX}HOST=0.0.0.0 {ENV_PREFIX}WORKERS=2 {ENV_PREFIX}API_KEYS=key1,key2 python -m service
 
-docs/settings.md lists them all, with their defaults. An invalid one stops the start with one line naming it."""
+docs/settings.md (in the source repository) lists them all, with their defaults. An invalid one stops the
+start with one line naming it."""
 
 
 # Flags a user may try, as other servers spell them, and the setting each means.
-FLAG_ALIASES = MappingProxyType({"model": "model_path", "bind": "host", "log": "log_level"})
+FLAG_ALIASES = MappingProxyType({"model": "model_path", "bind": "host", "log": "log_level", "api_key": "api_keys"})
+
+
+def setting_named(argument: str) -> str | None:
+    """The setting an argument names, as a flag (`--port`, `--model-path=x`) or as a variable (`CLASSIFIER_PORT=1`)."""
+    name = argument.lstrip("-").partition("=")[0].replace("-", "_").lower().removeprefix(ENV_PREFIX.lower())
+    name = FLAG_ALIASES.get(name, name)
+    return name if name in Settings.model_fields else None
 
 
 def check_arguments(arguments: list[str]) -> None:
@@ -49,12 +58,11 @@ def check_arguments(arguments: list[str]) -> None:
         raise SystemExit(0)
     if not arguments:
         return
-    flag = arguments[0].lstrip("-").partition("=")[0].replace("-", "_").lower()
-    flag = FLAG_ALIASES.get(flag, flag)
-    hint = f"; set {ENV_PREFIX}{flag.upper()} instead" if flag in Settings.model_fields else ""
+    named = [setting for argument in arguments if (setting := setting_named(argument))]
+    hint = f"; set {ENV_PREFIX}{named[0].upper()} in the environment instead" if named else ""
     print(
-        f"error: python -m service takes no arguments (got {arguments[0]!r}){hint}: settings are "
-        "environment variables (python -m service --help, docs/settings.md)",
+        f"error: python -m service takes no arguments (got {reprlib.repr(arguments[0])}){hint}: settings are "
+        "environment variables (python -m service --help; docs/settings.md in the source repository)",
         file=sys.stderr,
     )
     raise SystemExit(2)

@@ -1,15 +1,17 @@
 """Admission control, draining refusal, the request timeout, the body limit and the API key."""
 
 import asyncio
-from collections.abc import Iterator
+from collections.abc import AsyncIterator, Iterator
+from contextlib import asynccontextmanager
 from pathlib import Path
 
 import pytest
 from fastapi.testclient import TestClient
+from starlette.applications import Starlette
 
 from service.app import create_app
 from service.config import Settings
-from service.errors import Overloaded
+from service.errors import Overloaded, StartupFailed
 from service.gateway import Gateway
 from service.lifecycle import DrainState
 from service.limits import Admission, BodyBudget
@@ -260,3 +262,35 @@ def test_with_api_keys_the_docs_stay_open_and_offer_the_key(keyed: TestClient) -
     assert schema["components"]["securitySchemes"]["ApiKey"] == {"type": "apiKey", "in": "header", "name": "X-API-Key"}
     assert schema["security"] == [{"ApiKey": []}]
     assert keyed.get("/web/../predict").status_code in (401, 404)
+
+
+def startup_failed_message(error: Exception) -> str:
+    """What the Gateway passes the server (uvicorn logs it) when the app's lifespan raises `error` at startup."""
+
+    @asynccontextmanager
+    async def lifespan(app: Starlette) -> AsyncIterator[None]:
+        raise error
+        yield
+
+    sent: list[dict] = []
+
+    async def receive() -> dict:
+        return {"type": "lifespan.startup"}
+
+    async def send(message: dict) -> None:
+        sent.append(message)
+
+    async def start() -> None:
+        await Gateway(Starlette(lifespan=lifespan))({"type": "lifespan", "state": {}}, receive, send)
+
+    with pytest.raises(type(error)):
+        asyncio.run(start())
+    (failed,) = sent
+    assert failed["type"] == "lifespan.startup.failed"
+    return str(failed["message"])
+
+
+def test_a_startup_failure_already_logged_gets_no_traceback_and_any_other_keeps_it() -> None:
+    assert startup_failed_message(StartupFailed("the model file could not be loaded")) == ""
+    unexpected = startup_failed_message(RuntimeError("a bug"))
+    assert "Traceback" in unexpected and "RuntimeError: a bug" in unexpected

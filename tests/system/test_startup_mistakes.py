@@ -123,7 +123,15 @@ def test_a_startup_mistake_is_one_line_with_a_hint_and_exit_2(mistake: Setup, ta
 
 @pytest.mark.parametrize(
     ("arguments", "variable"),
-    [(["--port", "9000"], "CLASSIFIER_PORT"), (["--model=pets.onnx"], "CLASSIFIER_MODEL_PATH"), (["serve"], None)],
+    [
+        (["--port", "9000"], "CLASSIFIER_PORT"),
+        (["--model=pets.onnx"], "CLASSIFIER_MODEL_PATH"),
+        (["serve", "--workers", "2"], "CLASSIFIER_WORKERS"),
+        (["CLASSIFIER_HOST=0.0.0.0"], "CLASSIFIER_HOST"),
+        (["serve"], None),
+        (["x" * 100_000], None),
+    ],
+    ids=["flag", "alias", "second-argument", "variable", "word", "long"],
 )
 def test_an_argument_is_refused_naming_the_variable_to_set(arguments: list[str], variable: str | None) -> None:
     # Without this check the flag would be ignored and the server would start on the defaults.
@@ -133,9 +141,10 @@ def test_an_argument_is_refused_naming_the_variable_to_set(arguments: list[str],
     output = result.stdout + result.stderr
     assert result.returncode == 2, output
     (line,) = output.splitlines()
-    assert line.startswith(f"error: python -m service takes no arguments (got {arguments[0]!r})"), line
+    assert line.startswith("error: python -m service takes no arguments (got "), line
+    assert len(line) < 400, "the argument is echoed shortened"
     assert "python -m service --help" in line
-    assert (f"set {variable} instead" in line) if variable else ("instead" not in line), line
+    assert (f"set {variable} in the environment instead" in line) if variable else ("instead" not in line), line
 
 
 def test_help_says_settings_are_environment_variables_and_starts_nothing() -> None:
