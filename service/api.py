@@ -6,7 +6,7 @@ from typing import Annotated, Any, Literal
 from fastapi import APIRouter, Depends, Request
 from fastapi.responses import FileResponse, JSONResponse, Response
 from starlette.staticfiles import StaticFiles
-from starlette.types import Scope
+from starlette.types import Receive, Scope, Send
 
 from service.asgi import JsonResponse, header
 from service.config import Settings
@@ -154,8 +154,24 @@ PAGE_HEADERS = {
 }
 
 
+def without_range(scope: Scope) -> Scope:
+    """`scope` without a Range header: the page's files are small and come whole (RFC 9110 lets a server ignore
+    Range), so a bad range cannot get Starlette's plain-text 400 or 416."""
+    return {**scope, "headers": [(name, value) for name, value in scope["headers"] if name != b"range"]}
+
+
+class WholeFileResponse(FileResponse):
+    """A file, always whole (see `without_range`)."""
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        await super().__call__(without_range(scope), receive, send)
+
+
 class PageFiles(StaticFiles):
-    """The web page's script and style under `/web/`, with the page's headers (index.html there too)."""
+    """The web page's script and style under `/web/`, with the page's headers (index.html there too), whole."""
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        await super().__call__(without_range(scope), receive, send)
 
     async def get_response(self, path: str, scope: Scope) -> Response:
         """The file, or Starlette's answer for it, with PAGE_HEADERS."""
@@ -167,7 +183,7 @@ class PageFiles(StaticFiles):
 @router.api_route("/", methods=["GET", "HEAD"], include_in_schema=False)
 async def page() -> FileResponse:
     """The web page to try the model: pick or drop images, see what the model says."""
-    return FileResponse(WEB / "index.html", headers=PAGE_HEADERS)
+    return WholeFileResponse(WEB / "index.html", headers=PAGE_HEADERS)
 
 
 @router.get("/health", response_model=HealthResponse, responses=_OTHER_ERRORS)

@@ -66,6 +66,7 @@ class ConnectionLimits:
         """Make uvicorn's `config` serve with BoundedHttpToolsProtocol and these limits (kept on the config, which
         travels to worker processes)."""
         config.http = BoundedHttpToolsProtocol
+        config.ws = "none"  # no WebSocket endpoint: an offer to upgrade is declined, its request served as HTTP/1.1
         config.connection_limits = self  # type: ignore[attr-defined]  # uvicorn's Config has no slot for them
         return config
 
@@ -91,6 +92,7 @@ class BoundedHttpToolsProtocol(HttpToolsProtocol):
         self._write_timer: asyncio.TimerHandle | None = None
         self._idle_since = time.monotonic()
         self._since_progress = 0  # bytes fed since the parser last reported progress (a head, body bytes, an end)
+        self._replay: bytes | None = None  # a head to parse again, without its offer to upgrade
 
     # -- the connection ---------------------------------------------------------------------------------------------
 
@@ -126,16 +128,18 @@ class BoundedHttpToolsProtocol(HttpToolsProtocol):
         self._since_progress += len(data)
         self._unset_keepalive_if_required()
         try:
-            self.parser.feed_data(data)
+            try:
+                self.parser.feed_data(data)
+            except httptools.HttpParserUpgrade as upgrade:
+                if self._replay is None:  # CONNECT: served plainly, as uvicorn does, and the connection closed
+                    if self.cycle is not None:
+                        self.cycle.keep_alive = False
+                else:  # the request again, without its offer to upgrade, and then what came after its head
+                    head, self._replay = self._replay, None
+                    self.parser = httptools.HttpRequestParser(self)
+                    self.parser.feed_data(head + data[upgrade.args[0] :])
         except _Refused:
             pass
-        except httptools.HttpParserUpgrade:  # as uvicorn: WebSocket if offered, else the request is served plainly
-            if self._should_upgrade():
-                self.handle_websocket_upgrade()
-            else:
-                self._unsupported_upgrade_warning()
-                if self.cycle is not None:
-                    self.cycle.keep_alive = False
         except Exception as error:  # httptools' errors: a malformed request
             if self._refusal is None and not self.transport.is_closing():
                 self._refusal = MalformedHttp(f"the request could not be parsed as HTTP/1.1: {error}")
@@ -178,6 +182,8 @@ class BoundedHttpToolsProtocol(HttpToolsProtocol):
     def on_message_complete(self) -> None:
         """The request is whole: progress. If it was answered before its body was all here, what comes next is
         the next request's head."""
+        if self._replay is not None:
+            return  # not whole: the parser skipped its body (see _without_upgrade)
         self._since_progress = 0
         super().on_message_complete()
         if self.cycle is not None and self.cycle.response_complete and not self.pipeline:
@@ -187,6 +193,9 @@ class BoundedHttpToolsProtocol(HttpToolsProtocol):
 
     def on_headers_complete(self) -> None:
         """The head is whole: stop its clock and its byte count, and bound the pipeline."""
+        if self.parser.should_upgrade() and self.parser.get_method() != b"CONNECT":
+            self._replay = self._without_upgrade()
+            return
         self._in_head = False
         self._head_bytes = 0
         self._since_progress = 0
@@ -199,6 +208,29 @@ class BoundedHttpToolsProtocol(HttpToolsProtocol):
         super().on_headers_complete()
         if self._drain is not None and self._drain.refusing and self.cycle is not None:
             self.cycle.keep_alive = False  # answered with `Connection: close`: the client will not send on it again
+
+    def _without_upgrade(self) -> bytes:
+        """The request's head as received, less its offer to switch protocols (`Upgrade`, `HTTP2-Settings`, and
+        those tokens of `Connection`).
+
+        A client may offer to upgrade any request (`curl --http2` and Java's HTTP clients offer HTTP/2 as
+        `Upgrade: h2c` on plain HTTP), and a server that does not switch serves the request as if the offer had
+        not been made (RFC 9110, 7.8). httptools treats every such offer as accepted: it ends the request at its
+        head and skips its body, so the app got an empty body (a 422 for a valid upload; uvicorn issue #2722). So
+        the head is parsed again without the offer, by a new parser, which then reads the body and what follows."""
+        headers = []
+        for name, value in self.headers:
+            if name in (b"upgrade", b"http2-settings"):
+                continue
+            if name == b"connection":
+                tokens = [token.strip() for token in value.split(b",")]
+                value = b", ".join(token for token in tokens if token.lower() not in (b"upgrade", b"http2-settings"))
+                if not value:
+                    continue
+            headers.append(name + b": " + value + b"\r\n")
+        version = self.parser.get_http_version().encode("ascii")
+        request_line = self.parser.get_method() + b" " + self.url + b" HTTP/" + version + b"\r\n"
+        return request_line + b"".join(headers) + b"\r\n"
 
     def on_response_complete(self) -> None:
         """An answer is sent: the next request's head has its own time and byte budget; reading resumes only once

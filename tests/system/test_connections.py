@@ -152,14 +152,56 @@ def test_chunked_trailers_are_bounded_like_a_head(server: tuple[str, int]) -> No
     assert rss_mb(pid) - before < 50
 
 
-def test_an_h2c_upgrade_request_is_answered_over_http_1_1(server: tuple[str, int]) -> None:
+H2C_OFFER = b"Connection: Upgrade, HTTP2-Settings\r\nUpgrade: h2c\r\nHTTP2-Settings: AAMAAABkAARAAAAAAAIAAAAA\r\n"
+CLOSING_HEALTH = b"GET /health HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n"
+
+
+def test_an_h2c_upgrade_offer_is_declined_and_the_request_served_over_http_1_1(server: tuple[str, int]) -> None:
+    with connect(server[0]) as connection:
+        connection.sendall(b"GET /health HTTP/1.1\r\nHost: x\r\n" + H2C_OFFER + b"\r\n" + CLOSING_HEALTH)
+        reply = read_all(connection)
+    assert reply.startswith(b"HTTP/1.1 200 ") and reply.count(b"HTTP/1.1 200 ") == 2, reply  # the connection lives on
+
+
+def upload(framing: str) -> tuple[bytes, bytes]:
+    """A /predict upload of one image: its framing and content headers, and its body (whole or in chunks)."""
+    image = encode(noisy_image((200, 120, 60)), "PNG")
+    form = (b'--b\r\nContent-Disposition: form-data; name="files"; filename="cat.png"\r\nContent-Type: image/png'
+            b"\r\n\r\n" + image + b"\r\n--b--\r\n")  # fmt: skip
+    headers = b"Content-Type: multipart/form-data; boundary=b\r\n"
+    if framing == "chunked":
+        return headers + b"Transfer-Encoding: chunked\r\n", b"%x\r\n%s\r\n0\r\n\r\n" % (len(form), form)
+    return headers + b"Content-Length: %d\r\n" % len(form), form
+
+
+@pytest.mark.parametrize("framing", ["content-length", "chunked"])
+@pytest.mark.parametrize("writes", ["one-write", "head-then-body"])
+def test_an_upload_that_offers_an_upgrade_keeps_its_body(server: tuple[str, int], framing: str, writes: str) -> None:
+    """`curl --http2` on plain HTTP, and Java's HTTP clients, offer HTTP/2 on an HTTP/1.1 request (`Upgrade: h2c`).
+    httptools ends such a request at its head; the upload had reached the app with an empty body (a 422)."""
+    headers, body = upload(framing)
+    head = b"POST /predict HTTP/1.1\r\nHost: x\r\n" + H2C_OFFER + headers + b"\r\n"
+    with connect(server[0]) as connection:
+        if writes == "one-write":
+            connection.sendall(head + body + CLOSING_HEALTH)
+        else:
+            connection.sendall(head)
+            time.sleep(0.2)
+            connection.sendall(body + CLOSING_HEALTH)
+        reply = read_all(connection)
+    assert reply.startswith(b"HTTP/1.1 200 ") and b'"filename":"cat.png"' in reply, reply[:400]
+    assert reply.count(b"HTTP/1.1 200 OK") == 2, "the next request on the connection is served too"
+
+
+def test_a_websocket_upgrade_is_declined_with_a_json_answer(server: tuple[str, int]) -> None:
     with connect(server[0]) as connection:
         connection.sendall(
-            b"GET /health HTTP/1.1\r\nHost: x\r\nConnection: Upgrade, HTTP2-Settings\r\nUpgrade: h2c\r\n"
-            b"HTTP2-Settings: AAMAAABkAARAAAAAAAIAAAAA\r\n\r\n"
+            b"GET /predict HTTP/1.1\r\nHost: x\r\nConnection: Upgrade\r\nUpgrade: websocket\r\n"
+            b"Sec-WebSocket-Version: 13\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n\r\n" + CLOSING_HEALTH
         )
         reply = read_all(connection)
-    assert reply.startswith(b"HTTP/1.1 200 ")
+    assert reply.startswith(b"HTTP/1.1 405 "), reply[:200]  # /predict is POST only, as for any GET
+    assert b'{"error":"method_not_allowed"' in reply and b"HTTP/1.1 200 OK" in reply
 
 
 def test_a_body_still_arriving_after_its_answer_is_not_taken_for_the_next_head(server: tuple[str, int]) -> None:
