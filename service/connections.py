@@ -93,6 +93,7 @@ class BoundedHttpToolsProtocol(HttpToolsProtocol):
         self._idle_since = time.monotonic()
         self._since_progress = 0  # bytes fed since the parser last reported progress (a head, body bytes, an end)
         self._replay: bytes | None = None  # a head to parse again, without its offer to upgrade
+        self._raw_headers: list[tuple[bytes, bytes]] = []  # the request's, as received (uvicorn lower-cases them)
 
     # -- the connection ---------------------------------------------------------------------------------------------
 
@@ -128,16 +129,7 @@ class BoundedHttpToolsProtocol(HttpToolsProtocol):
         self._since_progress += len(data)
         self._unset_keepalive_if_required()
         try:
-            try:
-                self.parser.feed_data(data)
-            except httptools.HttpParserUpgrade as upgrade:
-                if self._replay is None:  # CONNECT: served plainly, as uvicorn does, and the connection closed
-                    if self.cycle is not None:
-                        self.cycle.keep_alive = False
-                else:  # the request again, without its offer to upgrade, and then what came after its head
-                    head, self._replay = self._replay, None
-                    self.parser = httptools.HttpRequestParser(self)
-                    self.parser.feed_data(head + data[upgrade.args[0] :])
+            self._feed(data)
         except _Refused:
             pass
         except Exception as error:  # httptools' errors: a malformed request
@@ -153,11 +145,28 @@ class BoundedHttpToolsProtocol(HttpToolsProtocol):
         if self._refusal is not None:
             self._refuse(self._refusal)
 
+    def _feed(self, data: bytes) -> None:
+        """Feed the parser. A request that offers to upgrade (CONNECT aside) is parsed again without the offer, by
+        a fresh parser, with what came after its head: each offer is taken out once, so this ends."""
+        while True:
+            try:
+                self.parser.feed_data(data)
+                return
+            except httptools.HttpParserUpgrade as upgrade:
+                if self._replay is None:  # CONNECT: served plainly, as uvicorn does, and the connection closed
+                    if self.cycle is not None:
+                        self.cycle.keep_alive = False
+                    return
+                data, self._replay = self._replay + data[upgrade.args[0] :], None
+                self.parser = httptools.HttpRequestParser(self)
+                self.parser.set_dangerous_leniencies(lenient_data_after_close=True)  # as uvicorn makes its parser
+
     def on_message_begin(self) -> None:
         """A new request begins: its head is counted from here."""
         super().on_message_begin()
         self._in_head = True
         self._header_count = 0
+        self._raw_headers = []
 
     def on_url(self, url: bytes) -> None:
         """Parts of the request target, counted against the head's limit."""
@@ -172,6 +181,7 @@ class BoundedHttpToolsProtocol(HttpToolsProtocol):
         if self._header_count > self.limits.max_headers:
             self._refusal = TooManyHeaders(f"the request has more than {self.limits.max_headers} headers")
             raise _Refused
+        self._raw_headers.append((name, value))
         super().on_header(name, value)
 
     def on_body(self, body: bytes) -> None:
@@ -219,10 +229,10 @@ class BoundedHttpToolsProtocol(HttpToolsProtocol):
         head and skips its body, so the app got an empty body (a 422 for a valid upload; uvicorn issue #2722). So
         the head is parsed again without the offer, by a new parser, which then reads the body and what follows."""
         headers = []
-        for name, value in self.headers:
-            if name in (b"upgrade", b"http2-settings"):
+        for name, value in self._raw_headers:
+            if name.lower() in (b"upgrade", b"http2-settings"):
                 continue
-            if name == b"connection":
+            if name.lower() == b"connection":
                 tokens = [token.strip() for token in value.split(b",")]
                 value = b", ".join(token for token in tokens if token.lower() not in (b"upgrade", b"http2-settings"))
                 if not value:

@@ -163,6 +163,25 @@ def test_an_h2c_upgrade_offer_is_declined_and_the_request_served_over_http_1_1(s
     assert reply.startswith(b"HTTP/1.1 200 ") and reply.count(b"HTTP/1.1 200 ") == 2, reply  # the connection lives on
 
 
+def test_offers_to_upgrade_pipelined_in_one_write_are_each_served(server: tuple[str, int]) -> None:
+    offer = b"GET /health HTTP/1.1\r\nHost: x\r\n" + H2C_OFFER + b"\r\n"
+    with connect(server[0]) as connection:
+        connection.sendall(offer + offer + CLOSING_HEALTH)
+        reply = read_all(connection)
+    assert reply.count(b"HTTP/1.1 200 OK") == 3, reply
+
+
+def test_an_offer_on_a_closing_request_is_answered_whatever_follows_it(server: tuple[str, int]) -> None:
+    # As without the offer: the answer comes, and the bytes after a `Connection: close` request are ignored.
+    with connect(server[0]) as connection:
+        connection.sendall(
+            b"GET /health HTTP/1.1\r\nHost: x\r\nConnection: Upgrade, HTTP2-Settings, close\r\nUpgrade: h2c\r\n"
+            b"HTTP2-Settings: AAMAAABkAARAAAAAAAIAAAAA\r\n\r\n" + CLOSING_HEALTH
+        )
+        reply = read_all(connection)
+    assert reply.count(b"HTTP/1.1 200 OK") == 1, reply
+
+
 def upload(framing: str) -> tuple[bytes, bytes]:
     """A /predict upload of one image: its framing and content headers, and its body (whole or in chunks)."""
     image = encode(noisy_image((200, 120, 60)), "PNG")
