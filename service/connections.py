@@ -28,7 +28,7 @@ from typing import Any
 
 import httptools
 from uvicorn.config import Config
-from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
+from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol, RequestResponseCycle
 from uvicorn.server import ServerState
 
 from service.error_responses import http_status, raw_answer
@@ -93,6 +93,7 @@ class BoundedHttpToolsProtocol(HttpToolsProtocol):
         self._idle_since = time.monotonic()
         self._since_progress = 0  # bytes fed since the parser last reported progress (a head, body bytes, an end)
         self._replay: bytes | None = None  # a head to parse again, without its offer to upgrade
+        self._in_body_of: RequestResponseCycle | None = None  # the request whose body is being read
         self._raw_headers: list[tuple[bytes, bytes]] = []  # the request's, as received (uvicorn lower-cases them)
 
     # -- the connection ---------------------------------------------------------------------------------------------
@@ -165,6 +166,7 @@ class BoundedHttpToolsProtocol(HttpToolsProtocol):
         """A new request begins: its head is counted from here."""
         super().on_message_begin()
         self._in_head = True
+        self._in_body_of = None
         self._header_count = 0
         self._raw_headers = []
 
@@ -195,6 +197,7 @@ class BoundedHttpToolsProtocol(HttpToolsProtocol):
         if self._replay is not None:
             return  # not whole: the parser skipped its body (see _without_upgrade)
         self._since_progress = 0
+        self._in_body_of = None
         super().on_message_complete()
         if self.cycle is not None and self.cycle.response_complete and not self.pipeline:
             self._in_head = True
@@ -216,6 +219,7 @@ class BoundedHttpToolsProtocol(HttpToolsProtocol):
             )
             raise _Refused
         super().on_headers_complete()
+        self._in_body_of = self.cycle
         if self._drain is not None and self._drain.refusing and self.cycle is not None:
             self.cycle.keep_alive = False  # answered with `Connection: close`: the client will not send on it again
 
@@ -331,7 +335,15 @@ class BoundedHttpToolsProtocol(HttpToolsProtocol):
         self._cancel(self._head_timer)
         if self.transport.is_closing():
             return
-        if self.cycle is None or self.cycle.response_complete:  # else an answer is being written: just close
+        cycle = self.cycle
+        # Refused in its own body (a bad chunk, trailers over the limit, a Transfer-Encoding httptools refuses after
+        # the head) before its answer began: the answer is this one, and the app is told the client is gone.
+        in_its_body = cycle is not None and cycle is self._in_body_of and not self.pipeline
+        if in_its_body and cycle is not None and not cycle.response_started:
+            cycle.disconnected = True
+            cycle.message_event.set()
+            self.transport.write(raw_answer(error))
+        elif cycle is None or cycle.response_complete:  # else an answer is being written: just close
             self.transport.write(raw_answer(error))
         log.info("event=connection_refused status=%d error=%s client=%s", http_status(error), error.error, self.client)
         self.pipeline.clear()

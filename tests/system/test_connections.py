@@ -83,18 +83,38 @@ def test_an_oversized_request_head_gets_431_without_being_buffered(server: tuple
     assert normal_s < 1
 
 
+CHUNKED_UPLOAD = (b"POST /predict HTTP/1.1\r\nHost: x\r\nContent-Type: multipart/form-data; boundary=b\r\n"
+                  b"Transfer-Encoding: chunked\r\n\r\n")  # fmt: skip
+
+
 @pytest.mark.parametrize(
     ("head", "status", "error"),
     [
         (b"GET /health HTTP/1.1\r\nX-A: a\x00b\r\n\r\n", 400, b"bad_request"),
         (b"NOT-HTTP\r\n\r\n", 400, b"bad_request"),
+        # refused after the head, in the request's own body: answered all the same (it had been closed unanswered)
+        (b"POST /predict HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: gzip\r\n\r\nabc", 400, b"bad_request"),
+        (CHUNKED_UPLOAD + b"zz\r\nabc\r\n", 400, b"bad_request"),
     ],
+    ids=["nul-in-header", "not-http", "unknown-transfer-coding", "bad-chunk-size"],
 )
 def test_a_malformed_request_gets_a_json_400(server: tuple[str, int], head: bytes, status: int, error: bytes) -> None:
     with connect(server[0]) as connection:
         connection.sendall(head)
         reply = read_all(connection)
     assert reply.startswith(b"HTTP/1.1 %d " % status) and b'"error":"' + error + b'"' in reply
+
+
+def test_trailers_over_the_limit_are_answered_431_while_the_app_waits_for_the_body(server: tuple[str, int]) -> None:
+    with connect(server[0]) as connection:
+        connection.sendall(CHUNKED_UPLOAD.replace(b"\r\n\r\n", b"\r\nExpect: 100-continue\r\n\r\n"))
+        interim = b""
+        while not interim.endswith(b"\r\n\r\n"):
+            interim += connection.recv(1)
+        assert interim == b"HTTP/1.1 100 Continue\r\n\r\n"  # the app is reading the body
+        connection.sendall(b"0\r\nX-T: " + b"t" * 70_000 + b"\r\n")
+        reply = read_all(connection)
+    assert reply.startswith(b"HTTP/1.1 431 ") and b'"error":"request_trailers_too_large"' in reply, reply[:200]
 
 
 def test_a_request_head_that_never_ends_is_answered_408_and_closed(server: tuple[str, int]) -> None:
