@@ -16,7 +16,7 @@ from tests.conftest import REPO
 from tests.container.engine import Container, Engine
 from tests.helpers import free_port, image_files, memory_limit_bytes
 
-SAMPLE = next((REPO / "tests" / "data" / "cifar10-sample" / "ship").glob("*.jpg"))
+SAMPLE = sorted((REPO / "tests" / "data" / "cifar10-sample" / "ship").glob("*.jpg"))[0]  # the same file everywhere
 
 
 def rendered(port: int) -> list[dict[str, Any]]:
