@@ -343,7 +343,9 @@ class BoundedHttpToolsProtocol(HttpToolsProtocol):
             cycle.disconnected = True
             cycle.message_event.set()
             self.transport.write(raw_answer(error))
-        elif cycle is None or cycle.response_complete:  # else an answer is being written: just close
+        elif cycle is None or (cycle.response_complete and not in_its_body):
+            # else an answer is being written, or was given to this very request (early, before its body ended):
+            # just close
             self.transport.write(raw_answer(error))
         log.info("event=connection_refused status=%d error=%s client=%s", http_status(error), error.error, self.client)
         self.pipeline.clear()

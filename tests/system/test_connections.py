@@ -117,6 +117,14 @@ def test_trailers_over_the_limit_are_answered_431_while_the_app_waits_for_the_bo
     assert reply.startswith(b"HTTP/1.1 431 ") and b'"error":"request_trailers_too_large"' in reply, reply[:200]
 
 
+def test_a_request_answered_early_gets_no_second_answer_when_its_body_turns_out_bad(server: tuple[str, int]) -> None:
+    with connect(server[0]) as connection:
+        connection.sendall(b"POST /v2/models/nope/infer HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n")
+        status, _ = read_response(connection)  # 404, answered before the body
+        connection.sendall(b"zz\r\nabc\r\n")  # a bad chunk size: the connection is closed, with no answer
+        assert (status, read_all(connection)) == (404, b"")
+
+
 def test_a_request_head_that_never_ends_is_answered_408_and_closed(server: tuple[str, int]) -> None:
     with connect(server[0]) as connection:
         connection.sendall(b"GET /health HTTP/1.1\r\n")
