@@ -336,16 +336,16 @@ class BoundedHttpToolsProtocol(HttpToolsProtocol):
         if self.transport.is_closing():
             return
         cycle = self.cycle
-        # Refused in its own body (a bad chunk, trailers over the limit, a Transfer-Encoding httptools refuses after
-        # the head) before its answer began: the answer is this one, and the app is told the client is gone.
-        in_its_body = cycle is not None and cycle is self._in_body_of and not self.pipeline
-        if in_its_body and cycle is not None and not cycle.response_started:
-            cycle.disconnected = True
-            cycle.message_event.set()
-            self.transport.write(raw_answer(error))
-        elif cycle is None or (cycle.response_complete and not in_its_body):
-            # else an answer is being written, or was given to this very request (early, before its body ended):
-            # just close
+        answer = cycle is None or cycle.response_complete  # else an answer is being written: just close
+        if cycle is not None and cycle is self._in_body_of and not self.pipeline:
+            # Refused in its own body (a bad chunk, trailers over the limit, a Transfer-Encoding httptools refuses
+            # after the head): answered here if its answer has not begun, and the app is told the client is gone;
+            # answered already (early, before its body ended) or being answered: just close
+            answer = not cycle.response_started
+            if answer:
+                cycle.disconnected = True
+                cycle.message_event.set()
+        if answer:
             self.transport.write(raw_answer(error))
         log.info("event=connection_refused status=%d error=%s client=%s", http_status(error), error.error, self.client)
         self.pipeline.clear()
