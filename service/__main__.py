@@ -68,10 +68,10 @@ def check_arguments(arguments: list[str]) -> None:
     raise SystemExit(2)
 
 
-def main(arguments: list[str] | None = None) -> None:
+def main() -> None:
     """Start the server. A mistake found before serving (an argument, an invalid setting, a model path that holds
     no ONNX model, a port in use) exits with status 2 and one line saying what is wrong and what to do."""
-    check_arguments(sys.argv[1:] if arguments is None else arguments)
+    check_arguments(sys.argv[1:])
     # SIGHUP reloads the model once the app runs; before that (and after), it must not end the process
     signal.signal(signal.SIGHUP, signal.SIG_IGN)
     try:
