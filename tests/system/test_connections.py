@@ -43,6 +43,13 @@ def read_all(connection: socket.socket) -> bytes:
     return received
 
 
+def exchange(url: str, request: bytes) -> bytes:
+    """Send `request` in one write on a new connection; everything the server sends until it closes it."""
+    with connect(url) as connection:
+        connection.sendall(request)
+        return read_all(connection)
+
+
 def during(attack: Callable[[], object], url: str) -> tuple[object, float]:
     """Run `attack` on a thread; once it has had a moment, time a normal /predict. Returns the attack's result
     and the normal request's seconds."""
@@ -99,9 +106,7 @@ CHUNKED_UPLOAD = (b"POST /predict HTTP/1.1\r\nHost: x\r\nContent-Type: multipart
     ids=["nul-in-header", "not-http", "unknown-transfer-coding", "bad-chunk-size"],
 )
 def test_a_malformed_request_gets_a_json_400(server: tuple[str, int], head: bytes, status: int, error: bytes) -> None:
-    with connect(server[0]) as connection:
-        connection.sendall(head)
-        reply = read_all(connection)
+    reply = exchange(server[0], head)
     assert reply.startswith(b"HTTP/1.1 %d " % status) and b'"error":"' + error + b'"' in reply
 
 
@@ -185,28 +190,20 @@ CLOSING_HEALTH = b"GET /health HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n"
 
 
 def test_an_h2c_upgrade_offer_is_declined_and_the_request_served_over_http_1_1(server: tuple[str, int]) -> None:
-    with connect(server[0]) as connection:
-        connection.sendall(b"GET /health HTTP/1.1\r\nHost: x\r\n" + H2C_OFFER + b"\r\n" + CLOSING_HEALTH)
-        reply = read_all(connection)
+    reply = exchange(server[0], b"GET /health HTTP/1.1\r\nHost: x\r\n" + H2C_OFFER + b"\r\n" + CLOSING_HEALTH)
     assert reply.startswith(b"HTTP/1.1 200 ") and reply.count(b"HTTP/1.1 200 ") == 2, reply  # the connection lives on
 
 
 def test_offers_to_upgrade_pipelined_in_one_write_are_each_served(server: tuple[str, int]) -> None:
     offer = b"GET /health HTTP/1.1\r\nHost: x\r\n" + H2C_OFFER + b"\r\n"
-    with connect(server[0]) as connection:
-        connection.sendall(offer + offer + CLOSING_HEALTH)
-        reply = read_all(connection)
+    reply = exchange(server[0], offer + offer + CLOSING_HEALTH)
     assert reply.count(b"HTTP/1.1 200 OK") == 3, reply
 
 
 def test_an_offer_on_a_closing_request_is_answered_whatever_follows_it(server: tuple[str, int]) -> None:
     # As without the offer: the answer comes, and the bytes after a `Connection: close` request are ignored.
-    with connect(server[0]) as connection:
-        connection.sendall(
-            b"GET /health HTTP/1.1\r\nHost: x\r\nConnection: Upgrade, HTTP2-Settings, close\r\nUpgrade: h2c\r\n"
-            b"HTTP2-Settings: AAMAAABkAARAAAAAAAIAAAAA\r\n\r\n" + CLOSING_HEALTH
-        )
-        reply = read_all(connection)
+    closing_offer = H2C_OFFER.replace(b"HTTP2-Settings\r\n", b"HTTP2-Settings, close\r\n", 1)
+    reply = exchange(server[0], b"GET /health HTTP/1.1\r\nHost: x\r\n" + closing_offer + b"\r\n" + CLOSING_HEALTH)
     assert reply.count(b"HTTP/1.1 200 OK") == 1, reply
 
 
@@ -241,12 +238,11 @@ def test_an_upload_that_offers_an_upgrade_keeps_its_body(server: tuple[str, int]
 
 
 def test_a_websocket_upgrade_is_declined_with_a_json_answer(server: tuple[str, int]) -> None:
-    with connect(server[0]) as connection:
-        connection.sendall(
-            b"GET /predict HTTP/1.1\r\nHost: x\r\nConnection: Upgrade\r\nUpgrade: websocket\r\n"
-            b"Sec-WebSocket-Version: 13\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n\r\n" + CLOSING_HEALTH
-        )
-        reply = read_all(connection)
+    reply = exchange(
+        server[0],
+        b"GET /predict HTTP/1.1\r\nHost: x\r\nConnection: Upgrade\r\nUpgrade: websocket\r\n"
+        b"Sec-WebSocket-Version: 13\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n\r\n" + CLOSING_HEALTH,
+    )
     assert reply.startswith(b"HTTP/1.1 405 "), reply[:200]  # /predict is POST only, as for any GET
     assert b'{"error":"method_not_allowed"' in reply and b"HTTP/1.1 200 OK" in reply
 
