@@ -41,6 +41,12 @@ class TrainConfig:
     schedule: str = setting("constant", help="learning-rate schedule", choices=("constant", "cosine"))
     warmup_epochs: float = setting(0.0, help="linear warm-up before the cosine decay", minimum=0)
     label_smoothing: float = setting(0.0, help="label smoothing of the cross-entropy", minimum=0)
+    precision: str = setting(
+        "float32",
+        help="mixed_bfloat16 computes in bfloat16 with float32 weights: about 1.5x faster on CPUs with AMX or "
+        "AVX-512 BF16 and on GPUs, slower on CPUs without; the export is float32 either way",
+        choices=("float32", "mixed_bfloat16"),
+    )
     augment: bool = setting(True, help="flip, pad-and-crop and cutout while training")
     cutout: int = setting(0, help="side of the cutout square in pixels; 0 is off", minimum=0)
     seed: int = setting(0, help="seeds the split, the shuffling and the weights", minimum=0, maximum=2**32 - 1)

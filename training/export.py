@@ -66,7 +66,7 @@ def export_run(
     """
     import keras
 
-    from training.models import with_flip_averaging
+    from training.models import in_float32, with_flip_averaging
 
     if opset < MIN_OPSET:
         raise ExportError(f"opset {opset} is below the minimum {MIN_OPSET}")
@@ -86,6 +86,7 @@ def export_run(
         model = keras.saving.load_model(model_path, compile=False)  # no optimizer: it would ride along
     except Exception as error:  # Keras raises many types for a corrupt or foreign file
         raise ExportError(f"cannot load Keras model {model_path}: not a valid .keras file ({error})") from error
+    model = in_float32(model, config.architecture)  # what trained in mixed precision exports in float32
     if flip_averaging:
         model = with_flip_averaging(model)
 

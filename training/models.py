@@ -1,7 +1,8 @@
 """Network architectures by name. Every model takes raw uint8 RGB pixels (NHWC) and returns probabilities,
 so its preprocessing travels with it into ONNX and serving cannot drift from training."""
 
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 
 import keras
 from keras import layers
@@ -21,7 +22,7 @@ def build_baseline(input_shape: tuple[int, int, int], num_classes: int) -> keras
         x = layers.MaxPooling2D(2)(x)
     x = layers.Flatten()(x)
     x = layers.Dense(128, activation="relu")(x)
-    outputs = layers.Dense(num_classes, activation="softmax", name=OUTPUT_NAME)(x)
+    outputs = layers.Dense(num_classes, activation="softmax", name=OUTPUT_NAME, dtype="float32")(x)
     return keras.Model(inputs, outputs, name="baseline")
 
 
@@ -52,7 +53,7 @@ def build_resnet9(input_shape: tuple[int, int, int], num_classes: int, width: in
     x = layers.GlobalMaxPooling2D()(x)
     x = layers.Dense(num_classes)(x)
     x = layers.Rescaling(0.125, name="logit_scale")(x)
-    outputs = layers.Activation("softmax", name=OUTPUT_NAME)(x)
+    outputs = layers.Activation("softmax", name=OUTPUT_NAME, dtype="float32")(x)  # float32 in mixed precision too
     return keras.Model(inputs, outputs, name=f"resnet9_w{width}")
 
 
@@ -78,16 +79,42 @@ ARCHITECTURES: dict[str, ModelBuilder] = {
     "resnet9-w16": lambda shape, classes: build_resnet9(shape, classes, 16),
     "resnet9-w24": lambda shape, classes: build_resnet9(shape, classes, 24),
     "resnet9-w32": lambda shape, classes: build_resnet9(shape, classes, 32),
+    "resnet9-w64": lambda shape, classes: build_resnet9(shape, classes, 64),  # full width, as published
 }
 
 
-def build_model(architecture: str, input_shape: tuple[int, int, int], num_classes: int) -> keras.Model:
-    """Build the named architecture; an unknown name lists the known ones."""
+def build_model(
+    architecture: str, input_shape: tuple[int, int, int], num_classes: int, precision: str = "float32"
+) -> keras.Model:
+    """Build the named architecture, computing in `precision` (a Keras dtype policy: float32 or
+    mixed_bfloat16, whose weights stay float32); an unknown name lists the known ones."""
     try:
         builder = ARCHITECTURES[architecture]
     except KeyError:
         raise ValueError(f"unknown architecture {architecture!r}; known: {sorted(ARCHITECTURES)}") from None
-    return builder(input_shape, num_classes)
+    with dtype_policy(precision):
+        return builder(input_shape, num_classes)
+
+
+def in_float32(model: keras.Model, architecture: str) -> keras.Model:
+    """`model` itself if it computes in float32, else the same architecture built in float32 with its weights:
+    what is evaluated and exported, whatever precision it trained in."""
+    if all(layer.dtype_policy.compute_dtype == "float32" for layer in model.layers):
+        return model
+    copy = build_model(architecture, model.input_shape[1:], model.output_shape[-1])
+    copy.set_weights(model.get_weights())  # mixed precision keeps float32 weights: they copy as they are
+    return copy
+
+
+@contextmanager
+def dtype_policy(name: str) -> Iterator[None]:
+    """Keras's global dtype policy set to `name` while layers are built inside the block."""
+    previous = keras.config.dtype_policy()
+    keras.config.set_dtype_policy(name)
+    try:
+        yield
+    finally:
+        keras.config.set_dtype_policy(previous)
 
 
 def count_flops(model: keras.Model) -> int:

@@ -13,7 +13,7 @@ from training import machine
 from training.config import TrainConfig
 from training.data import Dataset, Splits
 from training.evaluation import evaluate_model, keras_predictor, plot_history, write_report
-from training.models import build_model
+from training.models import build_model, in_float32
 from training.run import RunDirectory, RunError, RunRecord, splits_for
 
 log = logging.getLogger(__name__)
@@ -120,7 +120,7 @@ def train(
     )
     height, width = config.image_size
     try:
-        model = build_model(config.architecture, (height, width, 3), len(class_names))
+        model = build_model(config.architecture, (height, width, 3), len(class_names), config.precision)
     except ValueError:  # Keras: a layer's output would be empty
         raise RunError(
             f"the {config.architecture} network cannot take {height}x{width} images: its layers shrink them to "
@@ -168,7 +168,7 @@ def train(
     history = run.read_history()
     run.write_history(history)
     plot_history(history, run.curves)
-    metrics = evaluate_model(keras_predictor(model), splits.validation)
+    metrics = evaluate_model(keras_predictor(in_float32(model, config.architecture)), splits.validation)
     write_report(metrics, run.path)
     log.info("trained run_dir=%s validation_accuracy=%.4f", run.path, metrics["accuracy"])
     return run.path

@@ -20,6 +20,7 @@ GIVEN = {
     "schedule": ("cosine", "cosine"),
     "warmup_epochs": ("1.5", 1.5),
     "label_smoothing": ("0.1", 0.1),
+    "precision": ("mixed_bfloat16", "mixed_bfloat16"),
     "cutout": ("8", 8),
     "seed": ("7", 7),
     "validation_fraction": ("0.2", 0.2),

@@ -6,6 +6,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import keras
 import numpy as np
 import onnx
 import pytest
@@ -402,6 +403,27 @@ def test_model_card_of_an_int8_flip_averaged_export(tiny_run: Path, int8_export:
     )["flops_per_image"]
     assert card["flops_per_image"] == 2 * network_flops
     assert "int8 static QDQ" in markdown.read_text() and "horizontal flip" in markdown.read_text()
+
+
+def test_mixed_precision_trains_in_bfloat16_and_exports_float32(tmp_path: Path) -> None:
+    data = make_image_folder(tmp_path / "data", per_class=4)
+    config = TrainConfig(
+        data=str(data), run_dir=str(tmp_path / "run"), architecture="resnet9-w16", epochs=1, batch_size=8,
+        validation_fraction=0.25, precision="mixed_bfloat16",
+    )  # fmt: skip
+    run_dir = train(config)
+    trained = keras.saving.load_model(run_dir / "model.keras")
+    convolutions = [layer for layer in trained.layers if isinstance(layer, keras.layers.Conv2D)]
+    assert {layer.compute_dtype for layer in convolutions} == {"bfloat16"}
+    assert trained.output.dtype == "float32"  # the softmax (and so the loss) stays float32
+    assert keras.config.dtype_policy().name == "float32"  # the policy was set only while the network was built
+    assert json.loads((run_dir / "run.json").read_text())["precision"] == "mixed_bfloat16"
+
+    export_run(run_dir, run_dir / "model.onnx")  # through the parity gate, against the network in float32
+    proto = onnx.load(run_dir / "model.onnx")
+    bfloat16 = onnx.TensorProto.BFLOAT16
+    assert all(tensor.data_type != bfloat16 for tensor in proto.graph.initializer)
+    assert not [node.name for node in proto.graph.node if node.op_type == "Cast" and node.attribute[0].i == bfloat16]
 
 
 def test_a_model_of_another_input_size_is_exported_evaluated_and_carded_at_its_size(tmp_path: Path) -> None:
