@@ -64,6 +64,17 @@ class TrainConfig:
     init_from: str | None = setting(
         None, help="a .keras model of the same architecture whose weights start this run (a second stage)"
     )
+    teacher: str | None = setting(
+        None,
+        help="a .keras model whose probabilities on each augmented batch are mixed into the targets "
+        "(knowledge distillation; its classes must be this run's)",
+    )
+    distillation: float = setting(
+        0.5,
+        help="with --teacher, the teacher's share of each target (the labels have the rest)",
+        minimum=0,
+        maximum=1,
+    )
 
     @classmethod
     def from_record(cls, record: dict[str, Any]) -> "TrainConfig":

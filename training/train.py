@@ -37,9 +37,19 @@ def augment_image(image: tf.Tensor, padding: int = 4, cutout: int = 0) -> tf.Ten
 
 
 def make_dataset(
-    data: Dataset, *, batch_size: int, training: bool, augment: bool, seed: int, cutout: int = 0
+    data: Dataset,
+    *,
+    batch_size: int,
+    training: bool,
+    augment: bool,
+    seed: int,
+    cutout: int = 0,
+    teacher: keras.Model | None = None,
+    distillation: float = 0.5,
 ) -> tf.data.Dataset:
-    """A tf.data pipeline of (uint8 images, one-hot labels); shuffled and augmented only for training."""
+    """A tf.data pipeline of (uint8 images, one-hot labels); shuffled and augmented only for training. With a
+    `teacher`, each target is its probabilities on the batch as augmented, weighted `distillation`, plus the one-hot
+    label weighted the rest."""
     num_classes = len(data.class_names)
     dataset = tf.data.Dataset.from_tensor_slices((data.images, data.labels))
     if training:
@@ -50,6 +60,13 @@ def make_dataset(
             )
     dataset = dataset.batch(batch_size)
     dataset = dataset.map(lambda x, y: (x, tf.one_hot(y, num_classes)), num_parallel_calls=tf.data.AUTOTUNE)
+    if teacher is not None:
+
+        def distilled(images: tf.Tensor, labels: tf.Tensor) -> tuple[tf.Tensor, tf.Tensor]:
+            taught = tf.cast(teacher(images, training=False), labels.dtype)
+            return images, (1 - distillation) * labels + distillation * taught
+
+        dataset = dataset.map(distilled)  # one teacher call at a time: the training step needs the cores more
     return dataset.prefetch(tf.data.AUTOTUNE)
 
 
@@ -128,6 +145,7 @@ def train(
         ) from None
     if config.init_from:
         load_initial_weights(model, Path(config.init_from))
+    teacher = load_teacher(config, len(class_names))
 
     if not resume:
         run.clear()  # a new run must not pick up an earlier run's epoch counter, history or model
@@ -147,6 +165,8 @@ def train(
         augment=config.augment,
         seed=config.seed,
         cutout=config.cutout,
+        teacher=teacher,
+        distillation=config.distillation,
     )
     validation_data = make_dataset(splits.validation, batch_size=256, training=False, augment=False, seed=config.seed)
     callbacks = [
@@ -172,6 +192,26 @@ def train(
     write_report(metrics, run.path)
     log.info("trained run_dir=%s validation_accuracy=%.4f", run.path, metrics["accuracy"])
     return run.path
+
+
+def load_teacher(config: TrainConfig, num_classes: int) -> keras.Model | None:
+    """The run's teacher model, if it has one, checked to give one probability per class of this run."""
+    if not config.teacher:
+        return None
+    path = Path(config.teacher)
+    if not path.is_file():
+        raise RunError(f"cannot learn from teacher {path}: no such file")
+    try:
+        teacher = keras.saving.load_model(path, compile=False)
+    except Exception as error:  # Keras raises many types for a corrupt or foreign file
+        raise RunError(f"cannot learn from teacher {path}: not a valid .keras file ({error})") from error
+    if teacher.output_shape[-1] != num_classes:
+        raise RunError(
+            f"cannot learn from teacher {path}: it gives {teacher.output_shape[-1]} probabilities, "
+            f"this run has {num_classes} classes"
+        )
+    log.info("teacher path=%s distillation=%.2f", path, config.distillation)
+    return teacher
 
 
 class IncompatibleWeightsError(RunError):

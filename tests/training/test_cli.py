@@ -28,6 +28,8 @@ GIVEN = {
     "classes": ("cat,dog", ["cat", "dog"]),
     "name": ("pets", "pets"),
     "init_from": ("stage1/model.keras", "stage1/model.keras"),
+    "teacher": ("big/model.keras", "big/model.keras"),
+    "distillation": ("0.7", 0.7),
 }
 
 

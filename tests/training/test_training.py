@@ -426,6 +426,39 @@ def test_mixed_precision_trains_in_bfloat16_and_exports_float32(tmp_path: Path) 
     assert not [node.name for node in proto.graph.node if node.op_type == "Cast" and node.attribute[0].i == bfloat16]
 
 
+def test_a_teachers_probabilities_are_mixed_into_the_targets() -> None:
+    from training.data import Dataset
+    from training.train import make_dataset
+
+    images = np.random.default_rng(0).integers(0, 256, (6, 32, 32, 3), dtype=np.uint8)
+    data = Dataset(images, np.array([0, 1, 2, 0, 1, 2]), ["a", "b", "c"])
+    teacher = build_model("resnet9-w16", (32, 32, 3), 3)
+    batches = make_dataset(
+        data, batch_size=4, training=False, augment=False, seed=0, teacher=teacher, distillation=0.3
+    )  # fmt: skip
+    targets = np.concatenate([batch_targets.numpy() for _, batch_targets in batches])
+    expected = 0.7 * np.eye(3)[data.labels] + 0.3 * teacher.predict(images, verbose=0)
+    np.testing.assert_allclose(targets, expected, atol=1e-6)
+
+
+def test_a_teacher_of_other_classes_is_refused_before_anything_is_written_one_of_the_same_teaches(
+    tiny_run: Path, tmp_path: Path
+) -> None:
+    data = make_image_folder(tmp_path / "data", per_class=4)
+    shutil.rmtree(data / "blue")
+    run_dir = tmp_path / "run"
+    config = TrainConfig(
+        data=str(data), run_dir=str(run_dir), epochs=1, batch_size=8, teacher=str(tiny_run / "model.keras")
+    )  # fmt: skip
+    with pytest.raises(RunError, match="it gives 3 probabilities, this run has 2 classes"):
+        train(config)
+    assert not run_dir.exists() or not any(run_dir.iterdir())
+
+    shutil.copytree(tiny_run.parent / "data" / "blue", data / "blue")  # now the teacher's classes: it teaches
+    train(config)
+    assert json.loads((run_dir / "run.json").read_text())["teacher"] == str(tiny_run / "model.keras")
+
+
 def test_a_model_of_another_input_size_is_exported_evaluated_and_carded_at_its_size(tmp_path: Path) -> None:
     from training.card import build_card
 
