@@ -43,6 +43,7 @@ from service.errors import (
     TrailersTooLarge,
 )
 from service.lifecycle import DrainingServerState
+from service.telemetry import REFUSAL_KEY
 
 log = logging.getLogger(__name__)
 
@@ -343,6 +344,7 @@ class BoundedHttpToolsProtocol(HttpToolsProtocol):
             # answered already (early, before its body ended) or being answered: just close
             answer = not cycle.response_started
             if answer:
+                cycle.scope.setdefault("state", {})[REFUSAL_KEY] = error
                 cycle.disconnected = True
                 cycle.message_event.set()
         if answer:

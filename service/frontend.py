@@ -15,7 +15,7 @@ from starlette.types import Receive
 from service.errors import ClientDisconnected
 from service.inference import ModelInfo
 from service.pipeline import Classified, ClientGone, Pipeline
-from service.telemetry import figures
+from service.telemetry import connection_refusal, figures
 
 
 class PlainRoute(APIRoute):
@@ -29,12 +29,14 @@ class PlainRoute(APIRoute):
 
 
 async def upload(request: Request) -> AsyncIterator[bytes]:
-    """The request's body as it arrives; ClientDisconnected (499) if the client goes during its upload."""
+    """The request's body as it arrives; ClientDisconnected (499) if the client goes during its upload, or the error
+    the connection refused the body with (already answered on the wire: raised so that it is what is recorded)."""
     try:
         async for chunk in request.stream():
             yield chunk
     except ClientDisconnect:
-        raise ClientDisconnected("the client disconnected during its upload") from None
+        gone = ClientDisconnected("the client disconnected during its upload")
+        raise connection_refusal(request.scope) or gone from None
 
 
 MODEL_HEADER = "X-Model"

@@ -14,10 +14,17 @@ from collections.abc import Callable
 
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from service.error_responses import render
+from service.error_responses import http_status, render
 from service.errors import RequestTimedOut, ServiceError, ShuttingDown, StartupFailed
 from service.limits import Admission, ApiKeys, BodyBudget
-from service.telemetry import FIGURES_KEY, REQUEST_ID_HEADER, RequestFigures, Telemetry, request_id_from
+from service.telemetry import (
+    FIGURES_KEY,
+    REQUEST_ID_HEADER,
+    RequestFigures,
+    Telemetry,
+    connection_refusal,
+    request_id_from,
+)
 
 log = logging.getLogger(__name__)
 
@@ -102,6 +109,8 @@ class Gateway:
         finally:
             if telemetry:
                 telemetry.metrics.requests_in_flight.dec()
+                if (refused := connection_refusal(scope)) is not None:
+                    status = http_status(refused)  # the connection's answer: the app's (if any) went nowhere
                 telemetry.record(scope, request_id, status or 500, time.perf_counter() - started, added)
 
     async def _within_timeout(self, scope: Scope, receive: Receive, send: Send, answered: Callable[[], bool]) -> None:

@@ -12,6 +12,7 @@ from starlette.routing import BaseRoute, Match, Mount, Route
 from starlette.types import Scope
 
 from service.asgi import header
+from service.errors import ServiceError
 from service.metrics import Metrics
 
 access_log = logging.getLogger("service.access")
@@ -23,6 +24,17 @@ UNMATCHED_ROUTE = "<unmatched>"
 
 FIGURES_KEY = "figures"
 """Where a request's RequestFigures are kept in its ASGI scope's `state`."""
+
+
+REFUSAL_KEY = "connection_refusal"
+"""Where, in a request's ASGI scope's `state`, the connection (service.connections) puts the error it answered the
+request with when it refused it in its own body (a bad chunk, trailers over the limit) before the app answered:
+the app then sees the client gone, and the access log and metrics record what went on the wire."""
+
+
+def connection_refusal(scope: Scope) -> ServiceError | None:
+    """The error the connection answered this request with, if it refused it in its body."""
+    return cast(ServiceError | None, scope.get("state", {}).get(REFUSAL_KEY))
 
 
 @dataclass(slots=True)

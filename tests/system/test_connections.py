@@ -14,7 +14,7 @@ import httpx2 as httpx
 import pytest
 
 from tests.conftest import encode, noisy_image, read_response
-from tests.helpers import image_files, rss_mb, running_server_process
+from tests.helpers import image_files, metric, rss_mb, running_server_process, wait_for
 
 LIMITS = {"head_timeout_s": "2", "write_timeout_s": "2", "max_connections": "200"}
 PREDICT = image_files(("cat.png", encode(noisy_image((200, 120, 60)), "PNG")))
@@ -110,16 +110,47 @@ def test_a_malformed_request_gets_a_json_400(server: tuple[str, int], head: byte
     assert reply.startswith(b"HTTP/1.1 %d " % status) and b'"error":"' + error + b'"' in reply
 
 
-def test_trailers_over_the_limit_are_answered_431_while_the_app_waits_for_the_body(server: tuple[str, int]) -> None:
-    with connect(server[0]) as connection:
+def send_trailers_over_the_limit(url: str) -> bytes:
+    """A chunked upload whose trailers pass the limit once the app is waiting for its body; the reply."""
+    with connect(url) as connection:
         connection.sendall(CHUNKED_UPLOAD.replace(b"\r\n\r\n", b"\r\nExpect: 100-continue\r\n\r\n"))
         interim = b""
         while not interim.endswith(b"\r\n\r\n"):
             interim += connection.recv(1)
         assert interim == b"HTTP/1.1 100 Continue\r\n\r\n"  # the app is reading the body
         connection.sendall(b"0\r\nX-T: " + b"t" * 70_000 + b"\r\n")
-        reply = read_all(connection)
+        return read_all(connection)
+
+
+def test_trailers_over_the_limit_are_answered_431_while_the_app_waits_for_the_body(server: tuple[str, int]) -> None:
+    reply = send_trailers_over_the_limit(server[0])
     assert reply.startswith(b"HTTP/1.1 431 ") and b'"error":"request_trailers_too_large"' in reply, reply[:200]
+
+
+@pytest.mark.parametrize(
+    ("send", "status"),
+    [(send_trailers_over_the_limit, "431"), (lambda url: exchange(url, CHUNKED_UPLOAD + b"zz\r\nabc\r\n"), "400")],
+    ids=["trailers-over-the-limit", "bad-chunk-size"],
+)
+def test_metrics_count_the_answer_a_body_refused_by_the_connection_got(
+    server: tuple[str, int], send: Callable[[str], bytes], status: str
+) -> None:
+    # the app saw its client leave; it had been counted as such (499, a refusal "client_disconnected")
+    url = server[0]
+
+    def counts() -> tuple[float, ...]:
+        # once nothing is in flight but this scrape, every earlier request is counted
+        wait_for(lambda: metric(url, "classifier_http_requests_in_flight") == 1, "earlier requests recorded")
+        requests = "classifier_http_requests_total"
+        return (
+            metric(url, requests, route="/predict", method="POST", status=status),
+            metric(url, requests, route="/predict", method="POST", status="499"),
+            metric(url, "classifier_refusals_total", reason="client_disconnected"),
+        )
+
+    before = counts()
+    assert send(url).startswith(f"HTTP/1.1 {status} ".encode())
+    assert counts() == (before[0] + 1, before[1], before[2])
 
 
 def test_a_request_answered_early_gets_no_second_answer_when_its_body_turns_out_bad(server: tuple[str, int]) -> None:
