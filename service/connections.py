@@ -88,6 +88,7 @@ class BoundedHttpToolsProtocol(HttpToolsProtocol):
         self._in_head = True  # between the end of one request's head (or the connection's start) and the next's
         self._head_bytes = 0
         self._header_count = 0
+        self._header_bytes = 0  # the request's header (and trailer) names and values, with their separators
         self._refusal: ServiceError | None = None
         self._head_timer: asyncio.TimerHandle | None = None
         self._write_timer: asyncio.TimerHandle | None = None
@@ -169,6 +170,7 @@ class BoundedHttpToolsProtocol(HttpToolsProtocol):
         self._in_head = True
         self._in_body_of = None
         self._header_count = 0
+        self._header_bytes = 0
         self._raw_headers = []
 
     def on_url(self, url: bytes) -> None:
@@ -179,10 +181,20 @@ class BoundedHttpToolsProtocol(HttpToolsProtocol):
             raise _Refused
 
     def on_header(self, name: bytes, value: bytes) -> None:
-        """One header, counted against the header limit."""
+        """One header (or trailer), counted against the header limit, and with the request line against the head's
+        size limit: so a head that arrives whole in one read is held to it too."""
         self._header_count += 1
+        self._header_bytes += len(name) + len(value) + 4  # ": " and CRLF
         if self._header_count > self.limits.max_headers:
             self._refusal = TooManyHeaders(f"the request has more than {self.limits.max_headers} headers")
+            raise _Refused
+        if len(self.url) + self._header_bytes > self.limits.max_head_bytes:
+            limit = self.limits.max_head_bytes
+            self._refusal = (
+                RequestHeadTooLarge(f"the request line and headers are over {limit} bytes")
+                if self._in_head
+                else TrailersTooLarge(f"over {limit} bytes of headers and trailers")
+            )
             raise _Refused
         self._raw_headers.append((name, value))
         super().on_header(name, value)

@@ -122,6 +122,22 @@ def send_trailers_over_the_limit(url: str) -> bytes:
         return read_all(connection)
 
 
+@pytest.mark.parametrize(
+    ("request_", "error"),
+    [
+        (b"GET /health HTTP/1.1\r\nHost: x\r\nX-Big: " + b"a" * 70_000 + b"\r\n\r\n", b"request_head_too_large"),
+        (CHUNKED_UPLOAD + b"0\r\nX-T: " + b"t" * 70_000 + b"\r\n\r\n", b"request_trailers_too_large"),
+    ],
+    ids=["head", "trailers"],
+)
+def test_70_kb_of_head_or_trailers_in_one_write_is_over_the_64_kb_limit(
+    server: tuple[str, int], request_: bytes, error: bytes
+) -> None:
+    # a whole request in one read had been parsed before its size was checked (and then it was complete): served
+    reply = exchange(server[0], request_)
+    assert reply.startswith(b"HTTP/1.1 431 ") and b'"error":"' + error + b'"' in reply, reply[:200]
+
+
 def test_trailers_over_the_limit_are_answered_431_while_the_app_waits_for_the_body(server: tuple[str, int]) -> None:
     reply = send_trailers_over_the_limit(server[0])
     assert reply.startswith(b"HTTP/1.1 431 ") and b'"error":"request_trailers_too_large"' in reply, reply[:200]
