@@ -8,13 +8,13 @@ connection can make the server hold before a request reaches the app (uvicorn ha
   answer (a byte now and then does not extend it); an idle keep-alive connection is closed after uvicorn's
   keep-alive timeout;
 - pipelining: at most `max_pipelined` requests parsed and waiting behind the one in progress; reading stops until
-  they are answered, and a client that sends more in one go is cut off;
+  they are answered, and a client that sends more in one go gets those answers, a 400 and the close;
 - slow readers: an answer the client does not read for `write_timeout_s` closes the connection;
 - connections: at most `max_connections` open at once per process; one more is answered 503 and closed before
   anything of it is read.
 
 Malformed requests (a bad request line, a NUL in a header, a URL over the head limit) get a JSON 400 like every
-other error of the service.
+other error of the service, after the answers of the requests pipelined before them.
 
 And no connection is closed under a client that may be sending on it: while the server drains, every answer says
 `Connection: close`, and at the end of the drain an idle connection is closed only once it has been idle for
@@ -97,6 +97,8 @@ class BoundedHttpToolsProtocol(HttpToolsProtocol):
         self._replay: bytes | None = None  # a head to parse again, without its offer to upgrade
         self._in_body_of: RequestResponseCycle | None = None  # the request whose body is being read
         self._raw_headers: list[tuple[bytes, bytes]] = []  # the request's, as received (uvicorn lower-cases them)
+        self._last_answer: bytes | None = None  # a refusal's, held until the answers before it are sent
+        self._answers_owed = 0  # answers to send before it
 
     # -- the connection ---------------------------------------------------------------------------------------------
 
@@ -125,8 +127,8 @@ class BoundedHttpToolsProtocol(HttpToolsProtocol):
     def data_received(self, data: bytes) -> None:
         """Feed the parser, and stop at the first budget passed: the head's size or header count, the queue of
         pipelined requests."""
-        if self.transport.is_closing():
-            return
+        if self.transport.is_closing() or self._last_answer is not None:
+            return  # closed, or closing once the answers owed are sent: the rest is not read
         if self._in_head:
             self._head_bytes += len(data)
         self._since_progress += len(data)
@@ -261,9 +263,16 @@ class BoundedHttpToolsProtocol(HttpToolsProtocol):
 
     def on_response_complete(self) -> None:
         """An answer is sent: the next request's head has its own time and byte budget; reading resumes only once
-        nothing is queued (uvicorn resumes at once, which let one connection queue without bound)."""
+        nothing is queued (uvicorn resumes at once, which let one connection queue without bound). After a refusal
+        that waited for the answers before it, the last of them is followed by the refusal's, then the close."""
         super().on_response_complete()
         self._idle_since = time.monotonic()
+        if self._last_answer is not None:
+            self.flow.pause_reading()
+            self._answers_owed -= 1
+            if self._answers_owed == 0 and not self.transport.is_closing():
+                self._close_with(self._last_answer)
+            return
         if self.transport.get_write_buffer_size() and self._write_timer is None and self.limits.write_timeout_s > 0:
             # an answer not yet taken by the client: it has write_timeout_s to take it (also while closing)
             self._write_timer = self.loop.call_later(self.limits.write_timeout_s, self._write_timed_out)
@@ -344,24 +353,39 @@ class BoundedHttpToolsProtocol(HttpToolsProtocol):
         self._refuse(MalformedHttp(msg))
 
     def _refuse(self, error: ServiceError) -> None:
-        """Answer `error` in the service's JSON, and close the connection."""
+        """Answer `error` in the service's JSON, and close the connection; after the answers of the requests
+        before it, if some are still in progress or queued (pipelined)."""
         self._cancel(self._head_timer)
-        if self.transport.is_closing():
+        if self.transport.is_closing() or self._last_answer is not None:
             return
-        cycle = self.cycle
-        answer = cycle is None or cycle.response_complete  # else an answer is being written: just close
-        if cycle is not None and cycle is self._in_body_of and not self.pipeline:
+        log.info("event=connection_refused status=%d error=%s client=%s", http_status(error), error.error, self.client)
+        answer = raw_answer(error)
+        cycle: RequestResponseCycle | None = self.cycle
+        if cycle is not None and cycle is self._in_body_of:
             # Refused in its own body (a bad chunk, trailers over the limit, a Transfer-Encoding httptools refuses
-            # after the head): answered here if its answer has not begun, and the app is told the client is gone;
-            # answered already (early, before its body ended) or being answered: just close
-            answer = not cycle.response_started
-            if answer:
+            # after the head).
+            if self.pipeline:  # queued behind another request's answer: it never runs
+                self.pipeline.popleft()  # the newest, and so this one
+            elif not cycle.response_started:  # running, waiting for its body: answered here, the app told it left
                 cycle.scope.setdefault("state", {})[REFUSAL_KEY] = error
                 cycle.disconnected = True
                 cycle.message_event.set()
+                cycle = None
+            else:  # answered early (before its body ended), or being answered: closed, no second answer
+                self._close_with(b"")
+                return
+        if cycle is None or cycle.response_complete:
+            self._close_with(answer)
+            return
+        # Requests before it are in progress or queued: they are answered first, then this, then the connection is
+        # closed (it had been closed at once, and their answers lost). Nothing more is read meanwhile.
+        self._last_answer = answer
+        self._answers_owed = len(self.pipeline) + 1  # those queued, and the one in progress
+        self.flow.pause_reading()
+
+    def _close_with(self, answer: bytes) -> None:
         if answer:
-            self.transport.write(raw_answer(error))
-        log.info("event=connection_refused status=%d error=%s client=%s", http_status(error), error.error, self.client)
+            self.transport.write(answer)
         self.pipeline.clear()
         self.transport.close()
 

@@ -4,6 +4,7 @@ not read a large answer, trailers, an h2c upgrade: each is cut off or answered i
 memory, and does not hold up a normal request meanwhile."""
 
 import contextlib
+import re
 import socket
 import threading
 import time
@@ -175,6 +176,29 @@ def test_a_request_answered_early_gets_no_second_answer_when_its_body_turns_out_
         status, _ = read_response(connection)  # 404, answered before the body
         connection.sendall(b"zz\r\nabc\r\n")  # a bad chunk size: the connection is closed, with no answer
         assert (status, read_all(connection)) == (404, b"")
+
+
+HEALTH = b"GET /health HTTP/1.1\r\nHost: x\r\n\r\n"
+
+
+@pytest.mark.parametrize(
+    ("requests", "answered", "error"),
+    [
+        (HEALTH + b"NOT-HTTP\r\n\r\n", 1, b"bad_request"),
+        (HEALTH * 2 + b"GET /health HTTP/1.1\r\nX-A: a\x00b\r\n\r\n", 2, b"bad_request"),
+        (HEALTH + CHUNKED_UPLOAD + b"zz\r\nabc\r\n", 1, b"bad_request"),  # refused in its body, while queued
+        (HEALTH * 12, 9, b"too_many_pipelined_requests"),  # the one in progress and 8 queued (LIMITS: the default)
+    ],
+    ids=["malformed-head", "nul-in-header", "bad-chunk-size", "over-the-pipeline-limit"],
+)
+def test_requests_pipelined_before_a_refused_one_are_answered_first(
+    server: tuple[str, int], requests: bytes, answered: int, error: bytes
+) -> None:
+    # they had been lost: the connection was closed at once, with no answer at all
+    reply = exchange(server[0], requests)
+    statuses = re.findall(rb"HTTP/1\.1 (\d{3}) ", reply)
+    assert statuses == [b"200"] * answered + [b"400"], reply[-300:]
+    assert b'"error":"' + error + b'"' in reply.rpartition(b"HTTP/1.1 400 ")[2]  # the last answer is the refusal
 
 
 def test_a_request_head_that_never_ends_is_answered_408_and_closed(server: tuple[str, int]) -> None:
