@@ -1,9 +1,12 @@
 """Per-connection limits of the HTTP server, below the app: uvicorn's httptools protocol with budgets for what one
 connection can make the server hold before a request reaches the app (uvicorn has none of these of its own).
 
-- the request head (request line and headers): at most `max_head_bytes` received before it is complete, and at
-  most `max_headers` headers; beyond either, 431 and the connection is closed, having buffered at most the limit
-  and one read;
+- the request head (request line and headers): at most `max_head_bytes` bytes on the wire (exactly, for a head
+  that begins a read, as a request's head does unless pipelined behind a body; such a one is counted from the next
+  read on), and at most `max_headers` headers; beyond either, 431 and the connection is closed, having buffered at
+  most the limit and one read;
+- trailers (of a chunked body): budgets of their own, as large: `max_headers` trailers, `max_head_bytes` of their
+  names and values, and as many bytes of chunk headers or trailers received without progress;
 - time: a request head must arrive whole within `head_timeout_s` of the connection opening or of the previous
   answer (a byte now and then does not extend it); an idle keep-alive connection is closed after uvicorn's
   keep-alive timeout;
@@ -87,8 +90,9 @@ class BoundedHttpToolsProtocol(HttpToolsProtocol):
         self._drain = server_state.drain if isinstance(server_state, DrainingServerState) else None
         self._in_head = True  # between the end of one request's head (or the connection's start) and the next's
         self._head_bytes = 0
-        self._header_count = 0
-        self._header_bytes = 0  # the request's header (and trailer) names and values, with their separators
+        self._header_count = 0  # the request's headers, then its trailers
+        self._trailer_bytes = 0  # the request's trailers' names and values
+        self._heads_complete = 0  # request heads parsed on this connection
         self._refusal: ServiceError | None = None
         self._head_timer: asyncio.TimerHandle | None = None
         self._write_timer: asyncio.TimerHandle | None = None
@@ -129,26 +133,42 @@ class BoundedHttpToolsProtocol(HttpToolsProtocol):
         pipelined requests."""
         if self.transport.is_closing() or self._last_answer is not None:
             return  # closed, or closing once the answers owed are sent: the rest is not read
-        if self._in_head:
-            self._head_bytes += len(data)
         self._since_progress += len(data)
         self._unset_keepalive_if_required()
         try:
-            self._feed(data)
+            self._feed_within_head_limit(data)
         except _Refused:
             pass
         except Exception as error:  # httptools' errors: a malformed request
             if self._refusal is None and not self.transport.is_closing():
                 self._refusal = MalformedHttp(f"the request could not be parsed as HTTP/1.1: {error}")
-        if self._refusal is None and self._in_head and self._head_bytes > self.limits.max_head_bytes:
-            self._refusal = RequestHeadTooLarge(
-                f"the request line and headers are over {self.limits.max_head_bytes} bytes"
-            )
-        elif self._refusal is None and self._since_progress > self.limits.max_head_bytes:
+        if self._refusal is None and self._since_progress > self.limits.max_head_bytes:
             # bytes the parser holds without a word to us: a chunked body's trailers, or chunk extensions
             self._refusal = TrailersTooLarge(f"over {self.limits.max_head_bytes} bytes of chunk headers or trailers")
         if self._refusal is not None:
             self._refuse(self._refusal)
+
+    def _feed_within_head_limit(self, data: bytes) -> None:
+        """Feed the parser, no more than the head's limit of bytes while a head is incomplete: a head that arrives
+        in one read with the request's end (so it is complete before its size could be checked) is held to the
+        limit too. Exact for a head that begins a read (the usual case); one pipelined behind a body in the same
+        read is counted from the next read on."""
+        while True:
+            if not self._in_head or self._head_bytes + len(data) <= self.limits.max_head_bytes:
+                if self._in_head:
+                    self._head_bytes += len(data)
+                self._feed(data)
+                return
+            room = self.limits.max_head_bytes - self._head_bytes
+            heads = self._heads_complete
+            self._head_bytes += room
+            self._feed(data[:room])
+            if self._heads_complete == heads:  # still the same head, and more of it than the limit
+                self._refusal = RequestHeadTooLarge(
+                    f"the request line and headers are over {self.limits.max_head_bytes} bytes"
+                )
+                raise _Refused
+            data = data[room:]
 
     def _feed(self, data: bytes) -> None:
         """Feed the parser. A request that offers to upgrade (CONNECT aside) is parsed again without the offer, by
@@ -172,7 +192,7 @@ class BoundedHttpToolsProtocol(HttpToolsProtocol):
         self._in_head = True
         self._in_body_of = None
         self._header_count = 0
-        self._header_bytes = 0
+        self._trailer_bytes = 0
         self._raw_headers = []
 
     def on_url(self, url: bytes) -> None:
@@ -183,21 +203,18 @@ class BoundedHttpToolsProtocol(HttpToolsProtocol):
             raise _Refused
 
     def on_header(self, name: bytes, value: bytes) -> None:
-        """One header (or trailer), counted against the header limit, and with the request line against the head's
-        size limit: so a head that arrives whole in one read is held to it too."""
+        """One header, counted against the header limit; or one trailer, counted against that limit and, with its
+        name, against the head's size limit (trailers have budgets of their own, as large as the head's: so
+        trailers that arrive in one read with the request's end are held to them too)."""
         self._header_count += 1
-        self._header_bytes += len(name) + len(value) + 4  # ": " and CRLF
         if self._header_count > self.limits.max_headers:
             self._refusal = TooManyHeaders(f"the request has more than {self.limits.max_headers} headers")
             raise _Refused
-        if len(self.url) + self._header_bytes > self.limits.max_head_bytes:
-            limit = self.limits.max_head_bytes
-            self._refusal = (
-                RequestHeadTooLarge(f"the request line and headers are over {limit} bytes")
-                if self._in_head
-                else TrailersTooLarge(f"over {limit} bytes of headers and trailers")
-            )
-            raise _Refused
+        if not self._in_head:
+            self._trailer_bytes += len(name) + len(value)
+            if self._trailer_bytes > self.limits.max_head_bytes:
+                self._refusal = TrailersTooLarge(f"over {self.limits.max_head_bytes} bytes of trailers")
+                raise _Refused
         self._raw_headers.append((name, value))
         super().on_header(name, value)
 
@@ -225,7 +242,9 @@ class BoundedHttpToolsProtocol(HttpToolsProtocol):
             self._replay = self._without_upgrade()
             return
         self._in_head = False
+        self._heads_complete += 1
         self._head_bytes = 0
+        self._header_count = 0
         self._since_progress = 0
         self._cancel(self._head_timer)
         if len(self.pipeline) >= self.limits.max_pipelined:

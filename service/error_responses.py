@@ -139,7 +139,7 @@ ROWS: Mapping[type[ServiceError], Row] = MappingProxyType(
         InvalidImage: Row(415, "A file that is not a decodable image", Where.CLASSIFY),
         UnsupportedEncoding: Row(415, "A compressed request body (Content-Encoding)", Where.INFER),
         RequestHeadTooLarge: Row(431, "A request line and headers over max_head_bytes", Where.NOWHERE),
-        TrailersTooLarge: Row(431, "Chunk headers or trailers over max_head_bytes", Where.NOWHERE),
+        TrailersTooLarge: Row(431, "Trailers (or chunk headers) over max_head_bytes", Where.NOWHERE),
         TooManyHeaders: Row(431, "More than max_headers headers", Where.NOWHERE),
         ClientDisconnected: Row(499, "The client left before its answer (only logged: nobody reads it)", Where.NOWHERE),
         ServiceError: Row(500, "A fault of the server's, logged under the request id", Where.ANY),

@@ -127,9 +127,13 @@ def send_trailers_over_the_limit(url: str) -> bytes:
     ("request_", "error"),
     [
         (b"GET /health HTTP/1.1\r\nHost: x\r\nX-Big: " + b"a" * 70_000 + b"\r\n\r\n", b"request_head_too_large"),
+        # padding the parser skips and never hands over
+        (b"GET /health HTTP/1.1\r\nHost: x\r\nX-Pad:" + b" " * 70_000 + b"a\r\n\r\n", b"request_head_too_large"),
+        (b"\r\n" * 35_000 + b"GET /health HTTP/1.1\r\nHost: x\r\n\r\n", b"request_head_too_large"),
+        (b"GET" + b" " * 70_000 + b"/health HTTP/1.1\r\nHost: x\r\n\r\n", b"request_head_too_large"),
         (CHUNKED_UPLOAD + b"0\r\nX-T: " + b"t" * 70_000 + b"\r\n\r\n", b"request_trailers_too_large"),
     ],
-    ids=["head", "trailers"],
+    ids=["head", "head-padded-value", "blank-lines-first", "spaces-in-request-line", "trailers"],
 )
 def test_70_kb_of_head_or_trailers_in_one_write_is_over_the_64_kb_limit(
     server: tuple[str, int], request_: bytes, error: bytes
@@ -137,6 +141,30 @@ def test_70_kb_of_head_or_trailers_in_one_write_is_over_the_64_kb_limit(
     # a whole request in one read had been parsed before its size was checked (and then it was complete): served
     reply = exchange(server[0], request_)
     assert reply.startswith(b"HTTP/1.1 431 ") and b'"error":"' + error + b'"' in reply, reply[:200]
+
+
+def head_of(size: int) -> bytes:
+    start = b"GET /health HTTP/1.1\r\nHost: x\r\nConnection: close\r\nX-Fill: "
+    return start + b"a" * (size - len(start) - 4) + b"\r\n\r\n"
+
+
+@pytest.mark.parametrize("write_size", [None, 1024], ids=["one-write", "1-KB-writes"])
+def test_the_head_limit_is_64_kb_on_the_wire(server: tuple[str, int], write_size: int | None) -> None:
+    def status(request: bytes) -> bytes:
+        with connect(server[0]) as connection:
+            with contextlib.suppress(OSError):  # closed by the server before the whole head was sent
+                for start in range(0, len(request), write_size or len(request)):
+                    connection.sendall(request[start : start + (write_size or len(request))])
+            return read_all(connection)[:12]
+
+    assert (status(head_of(65_536)), status(head_of(65_537))) == (b"HTTP/1.1 200", b"HTTP/1.1 431")
+
+
+def test_headers_and_trailers_have_a_budget_each(server: tuple[str, int]) -> None:
+    fields = b"".join(b"X-%02d: " % index + b"a" * 1000 + b"\r\n" for index in range(40))
+    upload = CHUNKED_UPLOAD.replace(b"\r\n\r\n", b"\r\nConnection: close\r\n" + fields + b"\r\n")
+    reply = exchange(server[0], upload + b"0\r\n" + fields + b"\r\n")  # 40 KB of each: served (no file: 422)
+    assert reply.startswith(b"HTTP/1.1 422 "), reply[:200]
 
 
 def test_trailers_over_the_limit_are_answered_431_while_the_app_waits_for_the_body(server: tuple[str, int]) -> None:
