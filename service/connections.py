@@ -1,10 +1,11 @@
 """Per-connection limits of the HTTP server, below the app: uvicorn's httptools protocol with budgets for what one
 connection can make the server hold before a request reaches the app (uvicorn has none of these of its own).
 
-- the request head (request line and headers): at most `max_head_bytes` bytes on the wire (exactly, for a head
-  that begins a read, as a request's head does unless pipelined behind a body; such a one is counted from the next
-  read on), and at most `max_headers` headers; beyond either, 431 and the connection is closed, having buffered at
-  most the limit and one read;
+- the request head (request line and headers): at most `max_head_bytes` bytes on the wire, and at most
+  `max_headers` headers; beyond either, 431 and the connection is closed, having buffered at most the limit and one
+  read. Exact for a head that begins a read (as a request's head does unless pipelined behind another request); of
+  one that begins in the middle of a read, what the parser keeps (the request target, header names and values) is
+  held to the limit, and its bytes on the wire from the next read on;
 - trailers (of a chunked body): budgets of their own, as large: `max_headers` trailers, `max_head_bytes` of their
   names and values, and as many bytes of chunk headers or trailers received without progress;
 - time: a request head must arrive whole within `head_timeout_s` of the connection opening or of the previous
@@ -93,6 +94,8 @@ class BoundedHttpToolsProtocol(HttpToolsProtocol):
         self._header_count = 0  # the request's headers, then its trailers
         self._trailer_bytes = 0  # the request's trailers' names and values
         self._heads_complete = 0  # request heads parsed on this connection
+        self._head_begun = False  # from a request's first byte to the end of its head
+        self._head_retained = 0  # bytes of the head the parser handed over: at most its bytes on the wire
         self._refusal: ServiceError | None = None
         self._head_timer: asyncio.TimerHandle | None = None
         self._write_timer: asyncio.TimerHandle | None = None
@@ -143,8 +146,12 @@ class BoundedHttpToolsProtocol(HttpToolsProtocol):
             if self._refusal is None and not self.transport.is_closing():
                 self._refusal = MalformedHttp(f"the request could not be parsed as HTTP/1.1: {error}")
         if self._refusal is None and self._since_progress > self.limits.max_head_bytes:
-            # bytes the parser holds without a word to us: a chunked body's trailers, or chunk extensions
-            self._refusal = TrailersTooLarge(f"over {self.limits.max_head_bytes} bytes of chunk headers or trailers")
+            # bytes the parser holds without a word to us: a head, a chunked body's trailers, or chunk extensions
+            self._refusal = (
+                RequestHeadTooLarge(f"the request line and headers are over {self.limits.max_head_bytes} bytes")
+                if self._head_begun
+                else TrailersTooLarge(f"over {self.limits.max_head_bytes} bytes of chunk headers or trailers")
+            )
         if self._refusal is not None:
             self._refuse(self._refusal)
 
@@ -190,6 +197,8 @@ class BoundedHttpToolsProtocol(HttpToolsProtocol):
         """A new request begins: its head is counted from here."""
         super().on_message_begin()
         self._in_head = True
+        self._head_begun = True
+        self._head_retained = 0
         self._in_body_of = None
         self._header_count = 0
         self._trailer_bytes = 0
@@ -210,7 +219,17 @@ class BoundedHttpToolsProtocol(HttpToolsProtocol):
         if self._header_count > self.limits.max_headers:
             self._refusal = TooManyHeaders(f"the request has more than {self.limits.max_headers} headers")
             raise _Refused
-        if not self._in_head:
+        if self._in_head:
+            # What is kept of the head, never more than came on the wire (":" and CRLF at least per header): it
+            # bounds a head that began in the middle of a read, behind another request, which the wire count does
+            # not see whole.
+            self._head_retained += len(name) + len(value) + 3
+            if len(self.url) + self._head_retained > self.limits.max_head_bytes:
+                self._refusal = RequestHeadTooLarge(
+                    f"the request line and headers are over {self.limits.max_head_bytes} bytes"
+                )
+                raise _Refused
+        else:
             self._trailer_bytes += len(name) + len(value)
             if self._trailer_bytes > self.limits.max_head_bytes:
                 self._refusal = TrailersTooLarge(f"over {self.limits.max_head_bytes} bytes of trailers")
@@ -242,6 +261,7 @@ class BoundedHttpToolsProtocol(HttpToolsProtocol):
             self._replay = self._without_upgrade()
             return
         self._in_head = False
+        self._head_begun = False
         self._heads_complete += 1
         self._head_bytes = 0
         self._header_count = 0
@@ -286,15 +306,13 @@ class BoundedHttpToolsProtocol(HttpToolsProtocol):
         that waited for the answers before it, the last of them is followed by the refusal's, then the close."""
         super().on_response_complete()
         self._idle_since = time.monotonic()
+        self._arm_write_timer_if_unsent()
         if self._last_answer is not None:
             self.flow.pause_reading()
             self._answers_owed -= 1
             if self._answers_owed == 0 and not self.transport.is_closing():
                 self._close_with(self._last_answer)
             return
-        if self.transport.get_write_buffer_size() and self._write_timer is None and self.limits.write_timeout_s > 0:
-            # an answer not yet taken by the client: it has write_timeout_s to take it (also while closing)
-            self._write_timer = self.loop.call_later(self.limits.write_timeout_s, self._write_timed_out)
         if self.transport.is_closing():
             return
         if self.pipeline:
@@ -303,8 +321,14 @@ class BoundedHttpToolsProtocol(HttpToolsProtocol):
             self._in_head = True  # whatever comes next counts as the next request's head, and is timed as one
         # else answered before its body was read (a 404, say): the rest of the body is still the body, not a head
         # (it had been counted as one: 431); it has the head's time to arrive, then the connection is closed
-        self._head_bytes = 0
+        if not self._head_begun:
+            self._head_bytes = 0  # (a head already begun keeps its count)
         self._arm_head_timer()
+
+    def _arm_write_timer_if_unsent(self) -> None:
+        """An answer not yet taken by the client: it has write_timeout_s to take it (also while closing)."""
+        if self.transport.get_write_buffer_size() and self._write_timer is None and self.limits.write_timeout_s > 0:
+            self._write_timer = self.loop.call_later(self.limits.write_timeout_s, self._write_timed_out)
 
     def _arm_head_timer(self) -> None:
         self._cancel(self._head_timer)
@@ -407,6 +431,7 @@ class BoundedHttpToolsProtocol(HttpToolsProtocol):
             self.transport.write(answer)
         self.pipeline.clear()
         self.transport.close()
+        self._arm_write_timer_if_unsent()  # a client that does not read would hold the closing connection
 
     @staticmethod
     def _cancel(timer: asyncio.TimerHandle | None) -> None:
