@@ -104,6 +104,7 @@ class BoundedHttpToolsProtocol(HttpToolsProtocol):
         self._replay: bytes | None = None  # a head to parse again, without its offer to upgrade
         self._in_body_of: RequestResponseCycle | None = None  # the request whose body is being read
         self._raw_headers: list[tuple[bytes, bytes]] = []  # the request's, as received (uvicorn lower-cases them)
+        self._running: RequestResponseCycle | None = None  # the request whose app runs (the rest are queued)
         self._last_answer: bytes | None = None  # a refusal's, held until the answers before it are sent
         self._answers_owed = 0  # answers to send before it
 
@@ -123,10 +124,16 @@ class BoundedHttpToolsProtocol(HttpToolsProtocol):
         self._arm_head_timer()
 
     def connection_lost(self, exc: Exception | None) -> None:
-        """Forget the timers and whatever was queued."""
+        """Forget the timers and whatever was queued, and tell the request in progress that its client is gone
+        (uvicorn tells only the newest request, which is a queued one when requests were pipelined: the one in
+        progress then wrote to the closed connection, a server error)."""
         self._cancel(self._head_timer)
         self._cancel(self._write_timer)
         self.pipeline.clear()
+        running = self._running
+        if running is not None and running is not self.cycle and not running.response_complete:
+            running.disconnected = True
+            running.message_event.set()
         super().connection_lost(exc)
 
     # -- the request head --------------------------------------------------------------------------------------------
@@ -274,6 +281,8 @@ class BoundedHttpToolsProtocol(HttpToolsProtocol):
             raise _Refused
         super().on_headers_complete()
         self._in_body_of = self.cycle
+        if not (self.pipeline and self.pipeline[0][0] is self.cycle):
+            self._running = self.cycle  # started at once, not queued
         if self._drain is not None and self._drain.refusing and self.cycle is not None:
             self.cycle.keep_alive = False  # answered with `Connection: close`: the client will not send on it again
 
@@ -304,7 +313,10 @@ class BoundedHttpToolsProtocol(HttpToolsProtocol):
         """An answer is sent: the next request's head has its own time and byte budget; reading resumes only once
         nothing is queued (uvicorn resumes at once, which let one connection queue without bound). After a refusal
         that waited for the answers before it, the last of them is followed by the refusal's, then the close."""
+        queued = self.pipeline[-1][0] if self.pipeline else None  # the next to run
         super().on_response_complete()
+        if queued is not None and all(cycle is not queued for cycle, _ in self.pipeline):
+            self._running = queued  # started by uvicorn
         self._idle_since = time.monotonic()
         self._arm_write_timer_if_unsent()
         if self._last_answer is not None:

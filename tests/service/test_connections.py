@@ -55,8 +55,8 @@ async def hello(scope: Scope, receive: Receive, send: Send) -> None:
     await send({"type": "http.response.body", "body": b"ok"})
 
 
-def connected(transport: asyncio.Transport) -> BoundedHttpToolsProtocol:
-    config = ConnectionLimits(write_timeout_s=0.05).apply(Config(app=hello, log_level="warning"))
+def connected(transport: asyncio.Transport, app: Any = hello) -> BoundedHttpToolsProtocol:
+    config = ConnectionLimits(write_timeout_s=0.05).apply(Config(app=app, log_level="warning"))
     config.load()
     protocol = BoundedHttpToolsProtocol(config, ServerState(), {}, asyncio.get_running_loop())
     protocol.connection_made(transport)
@@ -73,3 +73,26 @@ def test_a_refusal_behind_an_answer_the_client_does_not_read_is_cut_off_at_the_w
 
     written = asyncio.run(scenario())
     assert written.startswith(b"HTTP/1.1 200 ") and b'"error":"bad_request"' in written  # both answers, in order
+
+
+def test_the_request_in_progress_is_told_its_client_left_when_others_were_pipelined_behind_it() -> None:
+    # uvicorn told only the newest request (a queued one): the one in progress went on, and its answer raised a
+    # server error on the closed connection
+    async def scenario() -> list[str]:
+        heard: list[str] = []
+        left = asyncio.Event()
+
+        async def waits_for_its_client(scope: Scope, receive: Receive, send: Send) -> None:
+            heard.append((await receive())["type"])  # the request
+            heard.append((await receive())["type"])  # then nothing more, until the client leaves
+            left.set()
+
+        transport = UnreadTransport()
+        protocol = connected(transport, waits_for_its_client)
+        protocol.data_received(b"GET /a HTTP/1.1\r\nHost: x\r\n\r\n" + b"GET /b HTTP/1.1\r\nHost: x\r\n\r\n")
+        await asyncio.sleep(0)  # the first request's app starts; the second is queued behind it
+        protocol.connection_lost(None)
+        await asyncio.wait_for(left.wait(), timeout=30)  # only a guard against a hang
+        return heard
+
+    assert asyncio.run(scenario()) == ["http.request", "http.disconnect"]
