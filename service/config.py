@@ -75,7 +75,8 @@ class Settings(BaseSettings):
     """An idle keep-alive connection is closed after this long."""
 
     max_pipelined_requests: int = Field(default=8, ge=1)
-    """Most requests a client may send ahead of their answers on one connection; more closes the connection."""
+    """Most requests a client may send ahead of their answers on one connection; more gets those answers, a 400 and
+    the close."""
 
     write_timeout_s: float = Field(default=30.0, ge=0)
     """A client that does not read its answer for this long has its connection closed; 0 turns this off."""
