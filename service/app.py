@@ -22,6 +22,7 @@ from service.api import WEB, PageFiles, router
 from service.asgi import JsonResponse
 from service.batching import Batcher
 from service.config import Settings, load_settings
+from service.connections import ON_REFUSAL
 from service.error_responses import from_starlette, http_status, render
 from service.errors import (
     InvalidRequest,
@@ -71,7 +72,7 @@ def create_app(settings: Settings | None = None, drain: DrainState | None = None
     metrics = Metrics()
 
     @asynccontextmanager
-    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+    async def lifespan(app: FastAPI) -> AsyncIterator[dict[str, Any]]:
         state: Serving = app.state.serving
         configure_pillow()  # for the images small enough to decode here; decoder processes do it themselves
         # The decoder processes start (a forkserver importing Pillow: about 0.3 s of CPU) while the model loads.
@@ -129,7 +130,8 @@ def create_app(settings: Settings | None = None, drain: DrainState | None = None
             model.info.name, model.info.version, model.info.digest, model.info.provider, settings.batching,
             settings.max_batch_size,
         )  # fmt: skip
-        yield
+        # the lifespan's state reaches uvicorn's protocol too: the connection counts its refusals here
+        yield {ON_REFUSAL: lambda error: metrics.connection_refusals.labels(error).inc()}
         reloads.close()
         # What is left of the drain: preStop + drain + this stay inside the orchestrator's grace period.
         await state.close(drain.remaining(settings.drain_timeout_s))

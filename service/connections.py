@@ -51,6 +51,9 @@ from service.telemetry import REFUSAL_KEY
 
 log = logging.getLogger(__name__)
 
+ON_REFUSAL = "on_connection_refusal"
+"""The key, in the app's lifespan state, of a function told the error code of each refusal (for metrics)."""
+
 IDLE_CLOSE_S = 1.0
 """At the end of a drain, how long a connection must have been idle before it is closed: a client that was about
 to send on it has sent by then, and is answered (with `Connection: close`) instead of reset."""
@@ -414,6 +417,8 @@ class BoundedHttpToolsProtocol(HttpToolsProtocol):
         if self.transport.is_closing() or self._last_answer is not None:
             return
         log.info("event=connection_refused status=%d error=%s client=%s", http_status(error), error.error, self.client)
+        if (counted := self.app_state.get(ON_REFUSAL)) is not None:
+            counted(error.error)
         answer = raw_answer(error)
         cycle: RequestResponseCycle | None = self.cycle
         if cycle is not None and cycle is self._in_body_of:

@@ -55,6 +55,12 @@ class Metrics:
             "(overloaded, queue_full, timeout, upload_stalled, shutting_down, client_disconnected).",
             ["reason"],
         )  # fmt: skip
+        self.connection_refusals = counter(
+            "classifier_connection_refusals", "Requests (or connections) refused by the connection, below the app, "
+            "by error (request_head_too_large, request_head_timeout, too_many_headers, bad_request, "
+            "request_trailers_too_large, too_many_pipelined_requests, too_many_connections).",
+            ["error"],
+        )  # fmt: skip
         self.inference_failures = counter(
             "classifier_inference_failures", "Model calls that raised (each fails its batch's requests with 500)."
         )

@@ -371,3 +371,15 @@ def test_a_body_still_arriving_after_its_answer_is_not_taken_for_the_next_head(s
         connection.sendall(body + b"GET /health HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
         rest = read_all(connection)
     assert rest.startswith(b"HTTP/1.1 200 "), rest[:200]
+
+
+def test_refusals_by_the_connection_are_counted_by_error(server: tuple[str, int]) -> None:
+    url = server[0]
+
+    def count(error: str) -> float:
+        return metric(url, "classifier_connection_refusals_total", error=error)
+
+    before = count("request_head_too_large"), count("bad_request")
+    exchange(url, head_of(70_000))
+    exchange(url, b"NOT-HTTP\r\n\r\n")
+    assert (count("request_head_too_large"), count("bad_request")) == (before[0] + 1, before[1] + 1)
