@@ -159,7 +159,7 @@ class BoundedHttpToolsProtocol(HttpToolsProtocol):
             # bytes the parser holds without a word to us: a head, a chunked body's trailers, or chunk extensions
             self._refusal = (
                 RequestHeadTooLarge(f"the request line and headers are over {self.limits.max_head_bytes} bytes")
-                if self._head_begun
+                if self._in_body_of is None  # a head, or blank lines before one
                 else TrailersTooLarge(f"over {self.limits.max_head_bytes} bytes of chunk headers or trailers")
             )
         if self._refusal is not None:
@@ -361,7 +361,7 @@ class BoundedHttpToolsProtocol(HttpToolsProtocol):
             or (self.cycle is not None and not self.cycle.response_complete)
         ):
             return
-        if self._head_bytes == 0:  # nothing sent since the last answer (or ever): an idle connection, just closed
+        if self._head_bytes == 0 and not self._head_begun:  # nothing since the last answer (or ever): idle, closed
             self.transport.close()
             return
         self._refuse(
@@ -380,7 +380,7 @@ class BoundedHttpToolsProtocol(HttpToolsProtocol):
         if self.transport.is_closing() or (self.cycle is not None and not self.cycle.response_complete):
             return  # closed, or a request came: it is answered with `Connection: close`
         idle = time.monotonic() - self._idle_since
-        if idle >= IDLE_CLOSE_S and self._head_bytes == 0:
+        if idle >= IDLE_CLOSE_S and self._head_bytes == 0 and not self._head_begun:
             self.transport.close()
         else:
             self.loop.call_later(max(IDLE_CLOSE_S - idle, 0.05), self._close_when_idle)

@@ -383,3 +383,9 @@ def test_refusals_by_the_connection_are_counted_by_error(server: tuple[str, int]
     exchange(url, head_of(70_000))
     exchange(url, b"NOT-HTTP\r\n\r\n")
     assert (count("request_head_too_large"), count("bad_request")) == (before[0] + 1, before[1] + 1)
+
+
+def test_a_head_begun_in_the_read_of_the_request_before_it_times_out_with_408(server: tuple[str, int]) -> None:
+    # its bytes had not been counted: the connection was taken for idle and closed without a word at the timeout
+    reply = exchange(server[0], HEALTH + b"GET /health HTTP/1.1\r\nHost: x\r\n")
+    assert re.findall(rb"HTTP/1\.1 (\d{3}) ", reply) == [b"200", b"408"], reply[-300:]
