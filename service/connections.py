@@ -158,7 +158,7 @@ class BoundedHttpToolsProtocol(HttpToolsProtocol):
         if self._refusal is None and self._since_progress > self.limits.max_head_bytes:
             # bytes the parser holds without a word to us: a head, a chunked body's trailers, or chunk extensions
             self._refusal = (
-                RequestHeadTooLarge(f"the request line and headers are over {self.limits.max_head_bytes} bytes")
+                self._head_too_large()
                 if self._in_body_of is None  # a head, or blank lines before one
                 else TrailersTooLarge(f"over {self.limits.max_head_bytes} bytes of chunk headers or trailers")
             )
@@ -181,11 +181,12 @@ class BoundedHttpToolsProtocol(HttpToolsProtocol):
             self._head_bytes += room
             self._feed(data[:room])
             if self._heads_complete == heads:  # still the same head, and more of it than the limit
-                self._refusal = RequestHeadTooLarge(
-                    f"the request line and headers are over {self.limits.max_head_bytes} bytes"
-                )
+                self._refusal = self._head_too_large()
                 raise _Refused
             data = data[room:]
+
+    def _head_too_large(self) -> RequestHeadTooLarge:
+        return RequestHeadTooLarge(f"the request line and headers are over {self.limits.max_head_bytes} bytes")
 
     def _feed(self, data: bytes) -> None:
         """Feed the parser. A request that offers to upgrade (CONNECT aside) is parsed again without the offer, by
@@ -235,9 +236,7 @@ class BoundedHttpToolsProtocol(HttpToolsProtocol):
             # not see whole.
             self._head_retained += len(name) + len(value) + 3
             if len(self.url) + self._head_retained > self.limits.max_head_bytes:
-                self._refusal = RequestHeadTooLarge(
-                    f"the request line and headers are over {self.limits.max_head_bytes} bytes"
-                )
+                self._refusal = self._head_too_large()
                 raise _Refused
         else:
             self._trailer_bytes += len(name) + len(value)
