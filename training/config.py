@@ -38,6 +38,11 @@ class TrainConfig:
     learning_rate: float = setting(1e-3, help="peak rate", minimum=0)
     momentum: float = setting(0.9, help="SGD momentum", minimum=0)
     weight_decay: float = setting(0.0, help="decoupled weight decay", minimum=0)
+    bias_learning_rate_scale: float = setting(
+        1.0,
+        help="batch norm's shifts learn at this multiple of the rate (their weight decay is not scaled)",
+        minimum=0,
+    )
     schedule: str = setting("constant", help="learning-rate schedule", choices=("constant", "cosine"))
     warmup_epochs: float = setting(0.0, help="linear warm-up before the cosine decay", minimum=0)
     label_smoothing: float = setting(0.0, help="label smoothing of the cross-entropy", minimum=0)
@@ -49,6 +54,7 @@ class TrainConfig:
     )
     augment: bool = setting(True, help="flip, pad-and-crop and cutout while training")
     cutout: int = setting(0, help="side of the cutout square in pixels; 0 is off", minimum=0)
+    translate: int = setting(4, help="pad-and-crop moves the image by up to this many pixels each way", minimum=0)
     seed: int = setting(0, help="seeds the split, the shuffling and the weights", minimum=0, maximum=2**32 - 1)
     validation_fraction: float = setting(0.1, help="held out of an image folder, stratified")
     image_size: tuple[int, int] = setting(

@@ -13,7 +13,7 @@ from training import machine
 from training.config import TrainConfig
 from training.data import Dataset, Splits
 from training.evaluation import evaluate_model, keras_predictor, plot_history, write_report
-from training.models import build_model, in_float32
+from training.models import build_model, in_float32, initialise_from_data
 from training.run import RunDirectory, RunError, RunRecord, splits_for
 
 log = logging.getLogger(__name__)
@@ -44,6 +44,7 @@ def make_dataset(
     augment: bool,
     seed: int,
     cutout: int = 0,
+    translate: int = 4,
     teacher: keras.Model | None = None,
     distillation: float = 0.5,
 ) -> tf.data.Dataset:
@@ -55,9 +56,11 @@ def make_dataset(
     if training:
         dataset = dataset.shuffle(len(data), seed=seed, reshuffle_each_iteration=True)
         if augment:
-            dataset = dataset.map(
-                lambda x, y: (augment_image(x, cutout=cutout), y), num_parallel_calls=tf.data.AUTOTUNE
-            )
+
+            def augmented(images: tf.Tensor, labels: tf.Tensor) -> tuple[tf.Tensor, tf.Tensor]:
+                return augment_image(images, padding=translate, cutout=cutout), labels
+
+            dataset = dataset.map(augmented, num_parallel_calls=tf.data.AUTOTUNE)
     dataset = dataset.batch(batch_size)
     dataset = dataset.map(lambda x, y: (x, tf.one_hot(y, num_classes)), num_parallel_calls=tf.data.AUTOTUNE)
     if teacher is not None:
@@ -84,11 +87,42 @@ def make_optimizer(config: TrainConfig, steps_per_epoch: int) -> keras.optimizer
     elif config.schedule != "constant":
         raise ValueError(f"unknown schedule {config.schedule!r}; known: constant, cosine")
     weight_decay = config.weight_decay or None
+    if config.optimizer == "sgd" and config.bias_learning_rate_scale != 1:
+        return ScaledBiasSGD(
+            rate,
+            momentum=config.momentum,
+            nesterov=True,
+            weight_decay=weight_decay,
+            bias_learning_rate_scale=config.bias_learning_rate_scale,
+        )
     if config.optimizer == "sgd":
         return keras.optimizers.SGD(rate, momentum=config.momentum, nesterov=True, weight_decay=weight_decay)
     if config.optimizer == "adam":
         return keras.optimizers.Adam(rate, weight_decay=weight_decay)
     raise ValueError(f"unknown optimizer {config.optimizer!r}; known: adam, sgd")
+
+
+@keras.saving.register_keras_serializable(package="training")
+class ScaledBiasSGD(keras.optimizers.SGD):
+    """Keras's SGD with batch norm's shifts (`beta`) learning at `bias_learning_rate_scale` times the rate, as
+    airbench trains them; weight decay, which Keras applies at the unscaled rate, is the same for all."""
+
+    def __init__(self, *args: Any, bias_learning_rate_scale: float = 1.0, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.bias_learning_rate_scale = bias_learning_rate_scale
+        self._scaled: set[int] = set()
+
+    def build(self, variables: list[keras.Variable]) -> None:
+        super().build(variables)
+        self._scaled = {self._var_key(variable) for variable in variables if variable.path.endswith("/beta")}
+
+    def update_step(self, gradient: Any, variable: Any, learning_rate: Any) -> None:
+        if self._var_key(variable) in self._scaled:
+            learning_rate = learning_rate * self.bias_learning_rate_scale
+        super().update_step(gradient, variable, learning_rate)
+
+    def get_config(self) -> dict[str, Any]:
+        return super().get_config() | {"bias_learning_rate_scale": self.bias_learning_rate_scale}
 
 
 class EpochTimer(keras.callbacks.Callback):
@@ -145,6 +179,8 @@ def train(
         ) from None
     if config.init_from:
         load_initial_weights(model, Path(config.init_from))
+    else:
+        initialise_from_data(model, splits.train.images)  # a network with a data-dependent first layer
     teacher = load_teacher(config, len(class_names))
 
     if not resume:
@@ -165,6 +201,7 @@ def train(
         augment=config.augment,
         seed=config.seed,
         cutout=config.cutout,
+        translate=config.translate,
         teacher=teacher,
         distillation=config.distillation,
     )

@@ -203,7 +203,7 @@ def test_cli_train_with_a_missing_data_source_is_a_clear_error(tmp_path: Path) -
     assert "does not exist" in result.stderr
 
 
-@pytest.mark.parametrize("architecture", ["resnet9-w16", "resnet9-w24"])
+@pytest.mark.parametrize("architecture", ["resnet9-w16", "resnet9-w24", "airbench-w64"])
 def test_resnet9_takes_uint8_pixels_and_returns_probabilities(architecture: str) -> None:
     model = build_model(architecture, (32, 32, 3), 10)
     images = np.random.default_rng(0).integers(0, 256, (2, 32, 32, 3), dtype=np.uint8)
@@ -230,6 +230,76 @@ def test_augmentation_keeps_shape_and_cutout_paints_a_square() -> None:
         painted.append(grey.sum())
     assert max(painted) == 64
     assert np.all(augment_image(image).numpy() == 200)
+
+
+def test_translation_moves_the_image_by_at_most_its_padding() -> None:
+    import tensorflow as tf
+
+    from training.train import augment_image
+
+    image = np.random.default_rng(0).integers(0, 256, (32, 32, 3), dtype=np.uint8)
+    padded = np.pad(image, [(2, 2), (2, 2), (0, 0)], mode="reflect")
+    crops = {(top, left): padded[top : top + 32, left : left + 32] for top in range(5) for left in range(5)}
+    seen = set()
+    for _ in range(100):
+        augmented = augment_image(tf.constant(image), padding=2).numpy()
+        matches = [
+            (offset, mirrored)
+            for offset, crop in crops.items()
+            for mirrored, view in ((False, crop), (True, crop[:, ::-1]))
+            if np.array_equal(augmented, view)
+        ]
+        assert matches, "not a crop of the image padded by 2 pixels (or its mirror image)"
+        seen.update(matches)
+    assert len({offset for offset, _ in seen}) > 10 and {mirrored for _, mirrored in seen} == {False, True}
+    unmoved = [augment_image(tf.constant(image), padding=0).numpy() for _ in range(10)]
+    assert all(np.array_equal(view, image) or np.array_equal(view, image[:, ::-1]) for view in unmoved)
+
+
+def test_airbench_starts_as_the_identity_and_whitens_the_training_images() -> None:
+    from training.models import CIFAR10_MEAN, CIFAR10_STD, initialise_from_data
+
+    model = build_model("airbench-w64", (32, 32, 3), 10)
+    kernel = model.get_layer("group2_conv1").kernel.numpy()  # 64 channels in, 256 out
+    identity = np.zeros((3, 3, 64, 64))
+    identity[1, 1] = np.eye(64)
+    assert np.array_equal(kernel[..., :64], identity) and np.abs(kernel[..., 64:]).max() > 0
+
+    images = np.random.default_rng(0).normal(128, 40, (500, 32, 32, 3)).clip(0, 255).astype(np.uint8)
+    images[..., 1] = images[..., 0] // 2 + images[..., 1] // 2  # correlated channels: whitening has work to do
+    initialise_from_data(model, images)
+    normalised = ((images - np.array(CIFAR10_MEAN)) / np.array(CIFAR10_STD)).astype("float32")
+    whitened = np.asarray(keras.ops.conv(normalised, model.get_layer("whiten").kernel)).reshape(-1, 24)
+    covariance = whitened.T @ whitened / len(whitened)
+    assert np.allclose(covariance[:12, :12], np.eye(12), atol=0.01)  # the patches' covariance is the identity
+    assert np.allclose(whitened[:, 12:], -whitened[:, :12])  # and each filter's negative follows
+    assert not model.get_layer("whiten").trainable
+
+
+def test_batch_norm_shifts_learn_at_the_scaled_rate_and_the_optimizer_saves_with_the_model(tmp_path: Path) -> None:
+    from training.train import ScaledBiasSGD
+
+    rng = np.random.default_rng(0)
+    images = rng.integers(0, 256, (64, 32, 32, 3), dtype=np.uint8)
+    labels = np.eye(10)[rng.integers(0, 10, 64)]
+    model = build_model("airbench-w64", (32, 32, 3), 10)
+    start = model.get_weights()
+    moved = {}
+    for scale in (1.0, 64.0):
+        model.set_weights(start)
+        model.compile(optimizer=ScaledBiasSGD(0.01, bias_learning_rate_scale=scale), loss="categorical_crossentropy")
+        model.fit(images, labels, batch_size=64, epochs=1, shuffle=False, verbose=0)
+        after = zip(model.weights, start, strict=True)
+        moved[scale] = {variable.path: np.abs(variable.numpy() - before).max() for variable, before in after}
+    ratios = {path: moved[64.0][path] / moved[1.0][path] for path in moved[1.0] if moved[1.0][path] > 0}
+    assert {path for path, ratio in ratios.items() if ratio == pytest.approx(64, rel=1e-3)} == {
+        path for path in ratios if path.endswith("/beta")
+    }
+    assert all(ratio == pytest.approx(1, rel=1e-3) for path, ratio in ratios.items() if not path.endswith("/beta"))
+
+    model.save(tmp_path / "model.keras")
+    loaded = keras.saving.load_model(tmp_path / "model.keras")
+    assert isinstance(loaded.optimizer, ScaledBiasSGD) and loaded.optimizer.bias_learning_rate_scale == 64.0
 
 
 def test_cosine_schedule_warms_up_then_decays() -> None:
@@ -424,6 +494,22 @@ def test_mixed_precision_trains_in_bfloat16_and_exports_float32(tmp_path: Path) 
     bfloat16 = onnx.TensorProto.BFLOAT16
     assert all(tensor.data_type != bfloat16 for tensor in proto.graph.initializer)
     assert not [node.name for node in proto.graph.node if node.op_type == "Cast" and node.attribute[0].i == bfloat16]
+
+
+def test_airbench_trains_from_whitened_start_and_exports_through_the_gates(tmp_path: Path) -> None:
+    data = make_image_folder(tmp_path / "data", per_class=8)
+    config = TrainConfig(
+        data=str(data), run_dir=str(tmp_path / "run"), architecture="airbench-w64", epochs=1, batch_size=8,
+        optimizer="sgd", learning_rate=0.1, bias_learning_rate_scale=64, translate=2, validation_fraction=0.25,
+    )  # fmt: skip
+    run_dir = train(config)
+    trained = keras.saving.load_model(run_dir / "model.keras")
+    whiten = trained.get_layer("whiten").kernel.numpy()
+    assert np.allclose(whiten[..., 12:], -whiten[..., :12]) and np.abs(whiten).max() > 1  # set from the data, kept
+    assert json.loads((run_dir / "run.json").read_text())["bias_learning_rate_scale"] == 64
+
+    output = export_run(run_dir, tmp_path / "model.onnx", flip_averaging=True, quantize=True, max_accuracy_drop=1.0)
+    assert onnx_model(output).info.metadata["architecture"] == "airbench-w64"
 
 
 def test_a_teachers_probabilities_are_mixed_into_the_targets() -> None:
