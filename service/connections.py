@@ -110,6 +110,8 @@ class BoundedHttpToolsProtocol(HttpToolsProtocol):
         self._running: RequestResponseCycle | None = None  # the request whose app runs (the rest are queued)
         self._last_answer: bytes | None = None  # a refusal's, held until the answers before it are sent
         self._answers_owed = 0  # answers to send before it
+        self._held = bytearray()  # read while requests are queued, parsed once they have all started
+        self._release_pending = False  # the held bytes are to be parsed (scheduled)
 
     # -- the connection ---------------------------------------------------------------------------------------------
 
@@ -133,6 +135,7 @@ class BoundedHttpToolsProtocol(HttpToolsProtocol):
         self._cancel(self._head_timer)
         self._cancel(self._write_timer)
         self.pipeline.clear()
+        self._held.clear()
         running = self._running
         if running is not None and running is not self.cycle and not running.response_complete:
             running.disconnected = True
@@ -146,6 +149,9 @@ class BoundedHttpToolsProtocol(HttpToolsProtocol):
         pipelined requests."""
         if self.transport.is_closing() or self._last_answer is not None:
             return  # closed, or closing once the answers owed are sent: the rest is not read
+        if self.pipeline or self._release_pending:
+            self._hold(data)
+            return
         self._since_progress += len(data)
         self._unset_keepalive_if_required()
         try:
@@ -184,6 +190,22 @@ class BoundedHttpToolsProtocol(HttpToolsProtocol):
                 self._refusal = self._head_too_large()
                 raise _Refused
             data = data[room:]
+
+    def _hold(self, data: bytes) -> None:
+        """Keep what comes while requests are queued, unparsed, up to the head's limit; past it, stop reading. (uvicorn
+        stops reading as soon as one is queued: then a client that left was not noticed, and the request in progress
+        ran to its end for nobody.)"""
+        self._held += data
+        if len(self._held) > self.limits.max_head_bytes:
+            self.flow.pause_reading()
+
+    def _release_held(self) -> None:
+        """Parse what was held while requests were queued: the last of them has started."""
+        self._release_pending = False
+        data = bytes(self._held)
+        self._held.clear()
+        if data:
+            self.data_received(data)
 
     def _head_too_large(self) -> RequestHeadTooLarge:
         return RequestHeadTooLarge(f"the request line and headers are over {self.limits.max_head_bytes} bytes")
@@ -247,9 +269,12 @@ class BoundedHttpToolsProtocol(HttpToolsProtocol):
         super().on_header(name, value)
 
     def on_body(self, body: bytes) -> None:
-        """Body bytes: progress."""
+        """Body bytes: progress. A queued request's body, in the read of its head, is kept in full (it is at most that
+        read) but does not stop reading, as uvicorn would past 64 KiB: what comes after it is held (_hold)."""
         self._since_progress = 0
         super().on_body(body)
+        if self.pipeline and self.pipeline[0][0] is self.cycle and len(self._held) <= self.limits.max_head_bytes:
+            self.flow.resume_reading()
 
     def on_message_complete(self) -> None:
         """The request is whole: progress. If it was answered before its body was all here, what comes next is
@@ -285,6 +310,8 @@ class BoundedHttpToolsProtocol(HttpToolsProtocol):
         self._in_body_of = self.cycle
         if not (self.pipeline and self.pipeline[0][0] is self.cycle):
             self._running = self.cycle  # started at once, not queued
+        else:  # queued: uvicorn stopped reading; what comes next is read and held (_hold), so a FIN is seen
+            self.flow.resume_reading()
         if self._drain is not None and self._drain.refusing and self.cycle is not None:
             self.cycle.keep_alive = False  # answered with `Connection: close`: the client will not send on it again
 
@@ -330,7 +357,8 @@ class BoundedHttpToolsProtocol(HttpToolsProtocol):
         if self.transport.is_closing():
             return
         if self.pipeline:
-            self.flow.pause_reading()
+            if len(self._held) > self.limits.max_head_bytes:
+                self.flow.pause_reading()  # uvicorn resumed reading: the held bytes are still over the limit
         elif self.cycle is None or not self.cycle.more_body:
             self._in_head = True  # whatever comes next counts as the next request's head, and is timed as one
         # else answered before its body was read (a 404, say): the rest of the body is still the body, not a head
@@ -338,6 +366,9 @@ class BoundedHttpToolsProtocol(HttpToolsProtocol):
         if not self._head_begun:
             self._head_bytes = 0  # (a head already begun keeps its count)
         self._arm_head_timer()
+        if not self.pipeline and self._held and not self._release_pending:
+            self._release_pending = True  # parsed from the loop, not inside this answer's send; in order
+            self.loop.call_soon(self._release_held)
 
     def _arm_write_timer_if_unsent(self) -> None:
         """An answer not yet taken by the client: it has write_timeout_s to take it (also while closing)."""

@@ -96,3 +96,72 @@ def test_the_request_in_progress_is_told_its_client_left_when_others_were_pipeli
         return heard
 
     assert asyncio.run(scenario()) == ["http.request", "http.disconnect"]
+
+
+class ReadingTransport(UnreadTransport):
+    """An UnreadTransport that records whether the protocol has reading paused."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.reading = True
+
+    def pause_reading(self) -> None:
+        self.reading = False
+
+    def resume_reading(self) -> None:
+        self.reading = True
+
+
+async def echo_path(scope: Scope, receive: Receive, send: Send) -> None:
+    body = scope["path"].encode()
+    await send({"type": "http.response.start", "status": 200, "headers": [(b"content-length", b"%d" % len(body))]})
+    await send({"type": "http.response.body", "body": body})
+
+
+def test_reading_goes_on_while_requests_are_queued_and_what_it_brings_is_parsed_after_them_in_order() -> None:
+    # uvicorn stopped reading as soon as a request was queued: a client that then left was not seen, and the request
+    # in progress ran to its end for nobody
+    async def scenario() -> tuple[bool, bool, bytes]:
+        transport = ReadingTransport()
+        protocol = connected(transport, echo_path)
+        protocol.data_received(b"GET /a HTTP/1.1\r\nHost: x\r\n\r\nGET /b HTTP/1.1\r\nHost: x\r\n\r\n")
+        reading_while_queued = transport.reading
+        protocol.data_received(b"GET /c HTTP/1.1\r\nHost: x\r\n\r\nGET /d HTT")  # read while /b waits: held
+        protocol.data_received(b"P/1.1\r\nHost: x\r\n\r\n")
+        held_unparsed = len(protocol.pipeline) == 1
+        for _ in range(100):  # only a guard against a hang
+            if transport.written.count(b"HTTP/1.1 200") == 4:
+                break
+            await asyncio.sleep(0.01)
+        return reading_while_queued, held_unparsed, transport.written
+
+    reading_while_queued, held_unparsed, written = asyncio.run(scenario())
+    assert reading_while_queued and held_unparsed
+    assert [part.rsplit(b"\r\n\r\n", 1)[-1] for part in written.split(b"HTTP/1.1 ")[1:]] == [b"/a", b"/b", b"/c", b"/d"]
+
+
+def test_what_is_held_while_requests_are_queued_is_bounded_by_the_head_limit() -> None:
+    async def scenario() -> list[bool]:
+        transport = ReadingTransport()
+        protocol = connected(transport, echo_path)
+        protocol.data_received(b"GET /a HTTP/1.1\r\nHost: x\r\n\r\nGET /b HTTP/1.1\r\nHost: x\r\n\r\n")
+        reading = [transport.reading]
+        protocol.data_received(b"GET /c HTTP/1.1\r\nX: " + b"y" * 65_000)
+        reading.append(transport.reading)  # 65,000 bytes: under the 64 KiB limit
+        protocol.data_received(b"y" * 1_000)
+        reading.append(transport.reading)  # over it: reading stops until the queue has run
+        return reading
+
+    assert asyncio.run(scenario()) == [True, True, False]
+
+
+def test_a_queued_requests_body_does_not_stop_reading() -> None:
+    # uvicorn stops reading past 64 KiB of a body its app has not taken: for a queued request, that hid a FIN too
+    async def scenario() -> bool:
+        transport = ReadingTransport()
+        protocol = connected(transport, echo_path)
+        upload = b"POST /b HTTP/1.1\r\nHost: x\r\nContent-Length: 100000\r\n\r\n" + b"z" * 100_000
+        protocol.data_received(b"GET /a HTTP/1.1\r\nHost: x\r\n\r\n" + upload)
+        return transport.reading
+
+    assert asyncio.run(scenario())
