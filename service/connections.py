@@ -11,8 +11,11 @@ connection can make the server hold before a request reaches the app (uvicorn ha
 - time: a request head must arrive whole within `head_timeout_s` of the connection opening or of the previous
   answer (a byte now and then does not extend it); an idle keep-alive connection is closed after uvicorn's
   keep-alive timeout;
-- pipelining: at most `max_pipelined` requests parsed and waiting behind the one in progress; reading stops until
-  they are answered, and a client that sends more in one go gets those answers, a 400 and the close;
+- pipelining: at most `max_pipelined` requests parsed and waiting behind the one in progress, and a client that sends
+  more in one go gets those answers, a 400 and the close; what it sends while they wait is held unparsed, at most
+  `max_head_bytes` and one read, then reading stops until they have run;
+- a client that leaves: seen also while reading is stopped (pipelined requests waiting, an upload the app has not
+  taken yet), by looking for its hang-up every HANGUP_POLL_S (Linux), and the request in progress is told;
 - slow readers: an answer the client does not read for `write_timeout_s` closes the connection;
 - connections: at most `max_connections` open at once per process; one more is answered 503 and closed before
   anything of it is read.
@@ -26,12 +29,14 @@ IDLE_CLOSE_S (uvicorn closes it at once: a request the client sent meanwhile was
 
 import asyncio
 import logging
+import select
 import time
 from dataclasses import dataclass
 from typing import Any
 
 import httptools
 from uvicorn.config import Config
+from uvicorn.protocols.http.flow_control import FlowControl
 from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol, RequestResponseCycle
 from uvicorn.server import ServerState
 
@@ -53,6 +58,9 @@ log = logging.getLogger(__name__)
 
 ON_REFUSAL = "on_connection_refusal"
 """The key, in the app's lifespan state, of a function told the error code of each refusal (for metrics)."""
+
+HANGUP_POLL_S = 0.25
+"""While reading is paused, how often the socket is checked for the client's hang-up."""
 
 IDLE_CLOSE_S = 1.0
 """At the end of a drain, how long a connection must have been idle before it is closed: a client that was about
@@ -77,6 +85,46 @@ class ConnectionLimits:
         config.ws = "none"  # no WebSocket endpoint: an offer to upgrade is declined, its request served as HTTP/1.1
         config.connection_limits = self  # type: ignore[attr-defined]  # uvicorn's Config has no slot for them
         return config
+
+
+class _FlowControl(FlowControl):
+    """uvicorn's flow control, which also keeps reading paused while the connection holds more unparsed bytes than its
+    limit, whoever asks to resume (uvicorn resumes on every `receive()` of the app), and, while reading is paused,
+    looks for the client's hang-up every HANGUP_POLL_S: a paused transport does not read a FIN, so a client that
+    left behind pipelined requests or an upload not yet taken was not seen, and its request ran on for nobody."""
+
+    def __init__(self, transport: asyncio.Transport, protocol: "BoundedHttpToolsProtocol") -> None:
+        super().__init__(transport)
+        self._protocol = protocol
+        self._hangup_timer: asyncio.TimerHandle | None = None
+
+    def pause_reading(self) -> None:
+        super().pause_reading()
+        if self._hangup_timer is None and hasattr(select, "POLLRDHUP"):  # Linux
+            self._hangup_timer = self._protocol.loop.call_later(HANGUP_POLL_S, self._look_for_hangup)
+
+    def resume_reading(self) -> None:
+        if self._protocol.holds_too_much():
+            return
+        super().resume_reading()
+        self.stop_watching()
+
+    def stop_watching(self) -> None:
+        if self._hangup_timer is not None:
+            self._hangup_timer.cancel()
+            self._hangup_timer = None
+
+    def _look_for_hangup(self) -> None:
+        self._hangup_timer = None
+        socket = self._transport.get_extra_info("socket")
+        if not self.read_paused or self._transport.is_closing() or socket is None:
+            return
+        poller = select.poll()
+        poller.register(socket.fileno(), select.POLLRDHUP)
+        if poller.poll(0):  # its end of sending (or a reset), even with bytes of it still unread
+            self._protocol.client_hung_up()
+        else:
+            self._hangup_timer = self._protocol.loop.call_later(HANGUP_POLL_S, self._look_for_hangup)
 
 
 class BoundedHttpToolsProtocol(HttpToolsProtocol):
@@ -119,6 +167,7 @@ class BoundedHttpToolsProtocol(HttpToolsProtocol):
     def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
         """Count the connection; over the cap, answer 503 and close at once."""
         super().connection_made(transport)
+        self.flow = _FlowControl(transport, self)
         if len(self.connections) > self.limits.max_connections:
             self._refuse(
                 TooManyConnections(
@@ -134,6 +183,8 @@ class BoundedHttpToolsProtocol(HttpToolsProtocol):
         progress then wrote to the closed connection, a server error)."""
         self._cancel(self._head_timer)
         self._cancel(self._write_timer)
+        if isinstance(self.flow, _FlowControl):
+            self.flow.stop_watching()
         self.pipeline.clear()
         self._held.clear()
         running = self._running
@@ -196,7 +247,7 @@ class BoundedHttpToolsProtocol(HttpToolsProtocol):
         stops reading as soon as one is queued: then a client that left was not noticed, and the request in progress
         ran to its end for nobody.)"""
         self._held += data
-        if len(self._held) > self.limits.max_head_bytes:
+        if self.holds_too_much():
             self.flow.pause_reading()
 
     def _release_held(self) -> None:
@@ -204,8 +255,18 @@ class BoundedHttpToolsProtocol(HttpToolsProtocol):
         self._release_pending = False
         data = bytes(self._held)
         self._held.clear()
+        self.flow.resume_reading()  # if the held bytes had stopped it
         if data:
             self.data_received(data)
+
+    def holds_too_much(self) -> bool:
+        """More unparsed bytes held than the head's limit: reading stays paused until they are parsed."""
+        return len(self._held) > self.limits.max_head_bytes
+
+    def client_hung_up(self) -> None:
+        """The client ended its side while reading was paused: it has left (as a FIN read would say)."""
+        log.info("event=client_left_while_not_read client=%s", self.client)
+        self.transport.close()
 
     def _head_too_large(self) -> RequestHeadTooLarge:
         return RequestHeadTooLarge(f"the request line and headers are over {self.limits.max_head_bytes} bytes")
@@ -273,7 +334,7 @@ class BoundedHttpToolsProtocol(HttpToolsProtocol):
         read) but does not stop reading, as uvicorn would past 64 KiB: what comes after it is held (_hold)."""
         self._since_progress = 0
         super().on_body(body)
-        if self.pipeline and self.pipeline[0][0] is self.cycle and len(self._held) <= self.limits.max_head_bytes:
+        if self.pipeline and self.pipeline[0][0] is self.cycle:
             self.flow.resume_reading()
 
     def on_message_complete(self) -> None:
@@ -339,9 +400,9 @@ class BoundedHttpToolsProtocol(HttpToolsProtocol):
         return request_line + b"".join(headers) + b"\r\n"
 
     def on_response_complete(self) -> None:
-        """An answer is sent: the next request's head has its own time and byte budget; reading resumes only once
-        nothing is queued (uvicorn resumes at once, which let one connection queue without bound). After a refusal
-        that waited for the answers before it, the last of them is followed by the refusal's, then the close."""
+        """An answer is sent: the next request's head has its own time and byte budget, and once no request is queued
+        what was held meanwhile is parsed. After a refusal that waited for the answers before it, the last of them is
+        followed by the refusal's, then the close."""
         queued = self.pipeline[-1][0] if self.pipeline else None  # the next to run
         super().on_response_complete()
         if queued is not None and all(cycle is not queued for cycle, _ in self.pipeline):
@@ -356,10 +417,7 @@ class BoundedHttpToolsProtocol(HttpToolsProtocol):
             return
         if self.transport.is_closing():
             return
-        if self.pipeline:
-            if len(self._held) > self.limits.max_head_bytes:
-                self.flow.pause_reading()  # uvicorn resumed reading: the held bytes are still over the limit
-        elif self.cycle is None or not self.cycle.more_body:
+        if not self.pipeline and (self.cycle is None or not self.cycle.more_body):
             self._in_head = True  # whatever comes next counts as the next request's head, and is timed as one
         # else answered before its body was read (a 404, say): the rest of the body is still the body, not a head
         # (it had been counted as one: 431); it has the head's time to arrive, then the connection is closed
