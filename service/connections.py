@@ -15,7 +15,8 @@ connection can make the server hold before a request reaches the app (uvicorn ha
   more in one go gets those answers, a 400 and the close; what it sends while they wait is held unparsed, at most
   `max_head_bytes` and one read, then reading stops until they have run;
 - a client that leaves: seen also while reading is stopped (pipelined requests waiting, an upload the app has not
-  taken yet), by looking for its hang-up every HANGUP_POLL_S (Linux), and the request in progress is told;
+  taken yet), by an epoll set that watches those sockets for its hang-up (Linux), and the request in progress is
+  told;
 - slow readers: an answer the client does not read for `write_timeout_s` closes the connection;
 - connections: at most `max_connections` open at once per process; one more is answered 503 and closed before
   anything of it is read.
@@ -28,9 +29,11 @@ And no connection is closed under a client that may be sending on it: while the 
 IDLE_CLOSE_S (uvicorn closes it at once: a request the client sent meanwhile was lost to a reset)."""
 
 import asyncio
+import contextlib
 import logging
 import select
 import time
+import weakref
 from dataclasses import dataclass
 from typing import Any
 
@@ -59,9 +62,6 @@ log = logging.getLogger(__name__)
 ON_REFUSAL = "on_connection_refusal"
 """The key, in the app's lifespan state, of a function told the error code of each refusal (for metrics)."""
 
-HANGUP_POLL_S = 0.25
-"""While reading is paused, how often the socket is checked for the client's hang-up."""
-
 IDLE_CLOSE_S = 1.0
 """At the end of a drain, how long a connection must have been idle before it is closed: a client that was about
 to send on it has sent by then, and is answered (with `Connection: close`) instead of reset."""
@@ -87,21 +87,64 @@ class ConnectionLimits:
         return config
 
 
+class _HangupWatcher:
+    """The sockets of one event loop whose reading is paused, in one epoll set that wakes the loop when a client
+    hangs up (EPOLLRDHUP: its end of sending, or a reset, even with bytes of it still unread). No timers, and no
+    work while nobody hangs up. Linux only: elsewhere nothing is watched."""
+
+    def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
+        self._epoll = select.epoll()
+        self._watched: dict[int, BoundedHttpToolsProtocol] = {}
+        loop.add_reader(self._epoll.fileno(), self._woken)
+
+    def watch(self, fd: int, protocol: "BoundedHttpToolsProtocol") -> None:
+        self._epoll.register(fd, select.EPOLLRDHUP)
+        self._watched[fd] = protocol
+
+    def forget(self, fd: int, protocol: "BoundedHttpToolsProtocol") -> None:
+        if self._watched.get(fd) is protocol:
+            del self._watched[fd]
+            with contextlib.suppress(OSError):  # closed already: the kernel took it out of the set
+                self._epoll.unregister(fd)
+
+    def _woken(self) -> None:
+        for fd, _ in self._epoll.poll(0):
+            if (protocol := self._watched.get(fd)) is not None:
+                protocol.client_hung_up()  # which forgets it
+
+
+_WATCHERS: "weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, _HangupWatcher]" = weakref.WeakKeyDictionary()
+
+
+def _watcher_of(loop: asyncio.AbstractEventLoop) -> _HangupWatcher | None:
+    """The loop's hang-up watcher, made on first use; None where epoll cannot watch for hang-ups."""
+    if not hasattr(select, "EPOLLRDHUP"):
+        return None
+    if (watcher := _WATCHERS.get(loop)) is None:
+        watcher = _WATCHERS[loop] = _HangupWatcher(loop)
+    return watcher
+
+
 class _FlowControl(FlowControl):
     """uvicorn's flow control, which also keeps reading paused while the connection holds more unparsed bytes than its
-    limit, whoever asks to resume (uvicorn resumes on every `receive()` of the app), and, while reading is paused,
-    looks for the client's hang-up every HANGUP_POLL_S: a paused transport does not read a FIN, so a client that
-    left behind pipelined requests or an upload not yet taken was not seen, and its request ran on for nobody."""
+    limit, whoever asks to resume (uvicorn resumes on every `receive()` of the app), and has the socket watched for
+    the client's hang-up while reading is paused: a paused transport does not read a FIN, so a client that left
+    behind pipelined requests or an upload not yet taken was not seen, and its request ran on for nobody."""
 
     def __init__(self, transport: asyncio.Transport, protocol: "BoundedHttpToolsProtocol") -> None:
         super().__init__(transport)
         self._protocol = protocol
-        self._hangup_timer: asyncio.TimerHandle | None = None
+        self._watched: tuple[_HangupWatcher, int] | None = None
 
     def pause_reading(self) -> None:
         super().pause_reading()
-        if self._hangup_timer is None and hasattr(select, "POLLRDHUP"):  # Linux
-            self._hangup_timer = self._protocol.loop.call_later(HANGUP_POLL_S, self._look_for_hangup)
+        if self._watched is not None or self._transport.is_closing():
+            return
+        socket = self._transport.get_extra_info("socket")
+        watcher = _watcher_of(self._protocol.loop)
+        if socket is not None and watcher is not None:
+            watcher.watch(socket.fileno(), self._protocol)
+            self._watched = (watcher, socket.fileno())
 
     def resume_reading(self) -> None:
         if self._protocol.holds_too_much():
@@ -110,21 +153,10 @@ class _FlowControl(FlowControl):
         self.stop_watching()
 
     def stop_watching(self) -> None:
-        if self._hangup_timer is not None:
-            self._hangup_timer.cancel()
-            self._hangup_timer = None
-
-    def _look_for_hangup(self) -> None:
-        self._hangup_timer = None
-        socket = self._transport.get_extra_info("socket")
-        if not self.read_paused or self._transport.is_closing() or socket is None:
-            return
-        poller = select.poll()
-        poller.register(socket.fileno(), select.POLLRDHUP)
-        if poller.poll(0):  # its end of sending (or a reset), even with bytes of it still unread
-            self._protocol.client_hung_up()
-        else:
-            self._hangup_timer = self._protocol.loop.call_later(HANGUP_POLL_S, self._look_for_hangup)
+        if self._watched is not None:
+            watcher, fd = self._watched
+            self._watched = None
+            watcher.forget(fd, self._protocol)
 
 
 class BoundedHttpToolsProtocol(HttpToolsProtocol):
@@ -265,6 +297,8 @@ class BoundedHttpToolsProtocol(HttpToolsProtocol):
 
     def client_hung_up(self) -> None:
         """The client ended its side while reading was paused: it has left (as a FIN read would say)."""
+        if isinstance(self.flow, _FlowControl):
+            self.flow.stop_watching()
         log.info("event=client_left_while_not_read client=%s", self.client)
         self.transport.close()
 

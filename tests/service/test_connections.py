@@ -2,8 +2,12 @@
 a real socket shows only once the kernel's buffers are full (the system tests use real sockets otherwise)."""
 
 import asyncio
+import socket
+from collections.abc import Callable
 from typing import Any
 
+import pytest
+import uvloop
 from starlette.types import Receive, Scope, Send
 from uvicorn.config import Config
 from uvicorn.server import ServerState
@@ -167,3 +171,40 @@ def test_a_queued_requests_body_does_not_stop_reading() -> None:
         return transport.reading
 
     assert asyncio.run(scenario())
+
+
+@pytest.mark.parametrize("loop_factory", [asyncio.new_event_loop, uvloop.new_event_loop], ids=["asyncio", "uvloop"])
+def test_a_client_that_hangs_up_while_reading_is_paused_is_seen(loop_factory: Callable[[], Any]) -> None:
+    # a paused transport does not read the FIN: the request in progress ran on for nobody (a real socket here)
+    async def scenario() -> list[str]:
+        heard: list[str] = []
+        left = asyncio.Event()
+
+        async def waits_for_its_client(scope: Scope, receive: Receive, send: Send) -> None:
+            heard.append((await receive())["type"])
+            heard.append((await receive())["type"])
+            left.set()
+
+        config = ConnectionLimits().apply(Config(app=waits_for_its_client, log_level="warning"))
+        config.load()
+        loop = asyncio.get_running_loop()
+        protocols: list[BoundedHttpToolsProtocol] = []
+
+        def made() -> BoundedHttpToolsProtocol:
+            protocols.append(BoundedHttpToolsProtocol(config, ServerState(), {}, loop))
+            return protocols[-1]
+
+        server = await loop.create_server(made, "127.0.0.1", 0)
+        port = server.sockets[0].getsockname()[1]
+        with socket.create_connection(("127.0.0.1", port)) as client:
+            client.sendall(b"GET /a HTTP/1.1\r\nHost: x\r\n\r\n")
+            while not heard:
+                await asyncio.sleep(0.01)
+            protocols[0].flow.pause_reading()  # as for an upload the app has not taken, or too much held
+            client.shutdown(socket.SHUT_WR)
+            await asyncio.wait_for(left.wait(), timeout=30)  # only a guard against a hang
+        server.close()
+        return heard
+
+    with asyncio.Runner(loop_factory=loop_factory) as runner:
+        assert runner.run(scenario()) == ["http.request", "http.disconnect"]

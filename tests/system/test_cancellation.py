@@ -69,8 +69,8 @@ def images_run(log: Path) -> int:
 
 
 # client_disconnect_behind_pipelined: two more requests sent while it runs, one a 150 KB upload. uvicorn stopped
-# reading once a request was queued, so the client's leaving was seen only after the request in progress had run to
-# its end; now what comes is held, and past 64 KiB the paused socket is watched for the client's hang-up.
+# reading once a request was queued (and past 64 KiB of a body not yet taken), so the client's leaving was seen only
+# after the request in progress had run to its end.
 @pytest.mark.parametrize("ending", ["request_timeout", "client_disconnect", "client_disconnect_behind_pipelined"])
 def test_a_request_that_ends_early_leaves_the_queue_at_once(ending: str, tmp_path: Path) -> None:
     model = slow_model(tmp_path / "slow.onnx")
@@ -89,7 +89,7 @@ def test_a_request_that_ends_early_leaves_the_queue_at_once(ending: str, tmp_pat
                 request = f"{head}Content-Length: {len(body)}\r\n\r\n".encode() + body
                 client.sendall(request)
                 wait_for(lambda: metric(url, "classifier_queue_depth") > 0, "the request's images to be queued")
-                if ending.endswith("pipelined"):  # more than the 64 KiB held while it runs: reading stops
+                if ending.endswith("pipelined"):
                     client.sendall(request + b"POST /predict HTTP/1.1\r\nHost: x\r\nContent-Length: 150000\r\n\r\n")
                     client.sendall(bytes(150_000))
             wait_for(
