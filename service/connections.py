@@ -33,7 +33,6 @@ import contextlib
 import logging
 import select
 import time
-import weakref
 from dataclasses import dataclass
 from typing import Any
 
@@ -88,9 +87,9 @@ class ConnectionLimits:
 
 
 class _HangupWatcher:
-    """The sockets of one event loop whose reading is paused, in one epoll set that wakes the loop when a client
-    hangs up (EPOLLRDHUP: its end of sending, or a reset, even with bytes of it still unread). No timers, and no
-    work while nobody hangs up. Linux only: elsewhere nothing is watched."""
+    """The sockets of one server (and so of one event loop) whose reading is paused, in one epoll set that wakes the
+    loop when a client hangs up (EPOLLRDHUP: its end of sending, or a reset, even with bytes of it still unread). No
+    timers, and no work while nobody hangs up. Linux only: elsewhere nothing is watched."""
 
     def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
         self._epoll = select.epoll()
@@ -113,18 +112,6 @@ class _HangupWatcher:
                 protocol.client_hung_up()  # which forgets it
 
 
-_WATCHERS: "weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, _HangupWatcher]" = weakref.WeakKeyDictionary()
-
-
-def _watcher_of(loop: asyncio.AbstractEventLoop) -> _HangupWatcher | None:
-    """The loop's hang-up watcher, made on first use; None where epoll cannot watch for hang-ups."""
-    if not hasattr(select, "EPOLLRDHUP"):
-        return None
-    if (watcher := _WATCHERS.get(loop)) is None:
-        watcher = _WATCHERS[loop] = _HangupWatcher(loop)
-    return watcher
-
-
 class _FlowControl(FlowControl):
     """uvicorn's flow control, which also keeps reading paused while the connection holds more unparsed bytes than its
     limit, whoever asks to resume (uvicorn resumes on every `receive()` of the app), and has the socket watched for
@@ -141,7 +128,7 @@ class _FlowControl(FlowControl):
         if self._watched is not None or self._transport.is_closing():
             return
         socket = self._transport.get_extra_info("socket")
-        watcher = _watcher_of(self._protocol.loop)
+        watcher = self._protocol.hangup_watcher()
         if socket is not None and watcher is not None:
             watcher.watch(socket.fileno(), self._protocol)
             self._watched = (watcher, socket.fileno())
@@ -290,6 +277,17 @@ class BoundedHttpToolsProtocol(HttpToolsProtocol):
         self.flow.resume_reading()  # if the held bytes had stopped it
         if data:
             self.data_received(data)
+
+    def hangup_watcher(self) -> _HangupWatcher | None:
+        """The server's hang-up watcher (one per server, so per event loop), made on first use; None where epoll
+        cannot watch for hang-ups."""
+        if not hasattr(select, "EPOLLRDHUP"):
+            return None
+        watcher: _HangupWatcher | None = getattr(self.server_state, "hangup_watcher", None)
+        if watcher is None:
+            watcher = _HangupWatcher(self.loop)
+            self.server_state.hangup_watcher = watcher  # type: ignore[attr-defined]  # uvicorn's has no slot for it
+        return watcher
 
     def holds_too_much(self) -> bool:
         """More unparsed bytes held than the head's limit: reading stays paused until they are parsed."""
